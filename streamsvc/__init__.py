@@ -1,0 +1,1 @@
+"""streamsvc: HTTP streaming on Twisted producers."""

@@ -1,0 +1,98 @@
+# -*- test-case-name: tests.test_app -*-
+"""
+Builds the resource tree and the Site from a L{Config}.
+
+No I/O happens at import time; L{prepare_data_dir} is the one step that
+touches the disk, and it runs at start-up, before anything listens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Site
+
+from streamsvc.auth import BearerGuard, TokenSet
+from streamsvc.config import Config, ConfigError
+from streamsvc.errors import JSONResource, Request, not_found
+from streamsvc.files import FilesResource
+
+
+def files_dir(config: Config) -> str:
+    return os.path.join(config.server.data_dir, "files")
+
+
+def prepare_data_dir(config: Config) -> None:
+    """Create C{DATA_DIR/files} if missing; a ConfigError if that is impossible."""
+    path = files_dir(config)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(
+            f"data_dir {config.server.data_dir!r}: cannot create {path!r}: {e.strerror}"
+        ) from None
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise ConfigError(f"data_dir {config.server.data_dir!r}: {path!r} is not readable")
+
+
+class Health(JSONResource):
+    """C{GET /healthz}: the process is up and serving."""
+
+    isLeaf = True
+
+    def render_GET(self, request: IRequest) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return b'{"status": "ok"}\n'
+
+    def render_HEAD(self, request: IRequest) -> bytes:
+        self.render_GET(request)
+        request.setHeader(b"content-length", b"16")
+        return b""
+
+
+class Root(JSONResource):
+    """C{/}: an index of the endpoints; unknown children are JSON 404s."""
+
+    def getChild(self, path: bytes, request: IRequest) -> IResource:
+        return not_found()
+
+    def render_GET(self, request: IRequest) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        names = sorted(name.decode("ascii") for name in self.children)
+        return json.dumps({"endpoints": [f"/{n}" for n in names]}).encode("ascii") + b"\n"
+
+    def render_HEAD(self, request: IRequest) -> bytes:
+        body = self.render_GET(request)
+        request.setHeader(b"content-length", b"%d" % (len(body),))
+        return b""
+
+
+def build_resource(config: Config, *, clock: IReactorTime | None = None) -> Resource:
+    """The whole tree: C{/files}, C{/healthz}."""
+    root = Root()
+    files: IResource = FilesResource(
+        files_dir(config),
+        chunk_size=config.stream.chunk_size,
+        max_ranges=config.stream.max_ranges,
+        gzip=config.stream.gzip,
+        gzip_level=config.stream.gzip_level,
+        clock=clock,
+    )
+    if config.auth.protect_downloads:
+        files = BearerGuard(files, TokenSet(config.auth.tokens))
+    root.putChild(b"files", files)
+    root.putChild(b"healthz", Health())
+    return root
+
+
+def build_site(config: Config, *, reactor: IReactorTime | None = None) -> Site:
+    """A Site whose requests answer unexpected failures with JSON."""
+    site = Site(build_resource(config, clock=reactor), reactor=reactor)
+    site.requestFactory = Request
+    site.displayTracebacks = False
+    return site

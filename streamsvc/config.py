@@ -1,0 +1,514 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The service's configuration: the C{tap.conf} INI file and the command-line
+values that override it.
+
+Parsing (L{parse_config}, L{parse_size}, L{parse_tokens}) is pure so every
+rule can be tested on strings; the few functions that touch the disk
+(L{load_config}, L{read_tokens_file}) only read bytes and hand them over.
+
+Every mistake is a L{ConfigError} whose message is one line naming where the
+bad value came from (file, section and key, or the command-line option): it is
+printed as-is by C{twistd streamsvc} and must be enough to fix the file
+without a traceback. Unknown sections and keys are errors too, because a typo
+silently ignored is a setting silently not applied.
+
+Bearer tokens are secrets: they are kept out of C{repr}, out of every error
+message and out of anything else that could end up in a log.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, Final
+
+import attrs
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.testing import MemoryReactor
+
+__all__ = [
+    "DEFAULT_CONFIG_NAME",
+    "KNOWN_KEYS",
+    "AuthConfig",
+    "Config",
+    "ConfigError",
+    "ServerConfig",
+    "StreamConfig",
+    "apply_overrides",
+    "check_endpoint",
+    "load_config",
+    "parse_config",
+    "parse_size",
+    "parse_tokens",
+    "read_tokens_file",
+]
+
+#: Looked for in the working directory when no C{--config} is given.
+DEFAULT_CONFIG_NAME: Final = "tap.conf"
+
+#: Bounds of C{[stream] chunk_size}: below 4 KiB the per-chunk overhead
+#: dominates; above 16 MiB one chunk is a memory spike per connection.
+MIN_CHUNK_SIZE: Final = 4 * 1024
+MAX_CHUNK_SIZE: Final = 16 * 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """
+    A configuration value that cannot be used.
+
+    The message is a single line that starts with where the value came from,
+    e.g. C{"tap.conf: [stream] chunk_size = 'abc': expected a size such as
+    65536 or 64KiB"} or C{"--listen 'tcp:abc': ..."}. It never contains a token.
+    """
+
+
+@attrs.frozen
+class ServerConfig:
+    """C{[server]}: where to listen and what to serve."""
+
+    listen: tuple[str, ...] = ("tcp:8080:interface=127.0.0.1",)
+    data_dir: str = "./data"
+
+
+@attrs.frozen
+class StreamConfig:
+    """C{[stream]}: how bodies are read, split into ranges and compressed."""
+
+    chunk_size: int = 65536
+    max_ranges: int = 16
+    gzip: bool = True
+    gzip_level: int = 6
+
+
+@attrs.frozen
+class AuthConfig:
+    """
+    C{[auth]}: Bearer tokens and what they protect.
+
+    C{tokens} is left out of C{repr} (and so of C{str}) because a config
+    object is exactly the kind of thing that gets logged at start-up.
+    """
+
+    tokens: tuple[str, ...] = attrs.field(default=(), repr=False)
+    tokens_file: str | None = None
+    protect_downloads: bool = False
+
+
+@attrs.frozen
+class Config:
+    """The whole configuration; C{Config()} is the built-in defaults."""
+
+    server: ServerConfig = ServerConfig()
+    stream: StreamConfig = StreamConfig()
+    auth: AuthConfig = AuthConfig()
+
+
+# --- values -----------------------------------------------------------------
+
+_SIZE = re.compile(r"([0-9]+)\s*(?:([km])(?:i?b)?)?", re.IGNORECASE | re.ASCII)
+_SIZE_FACTORS: Final = {"": 1, "k": 1024, "m": 1024 * 1024}
+_INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
+_BOOLEANS: Final = {
+    "yes": True,
+    "true": True,
+    "on": True,
+    "1": True,
+    "no": False,
+    "false": False,
+    "off": False,
+    "0": False,
+}
+#: Tokens in C{[auth] tokens} are separated by any mix of these.
+_TOKEN_SEPARATORS = re.compile(r"[\s,]+")
+
+#: RFC 6750 §2.1 b64token: what an C{Authorization: Bearer} value can carry.
+#: A token outside it could be configured but could never authenticate.
+_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*", re.ASCII)
+_TOKEN_RULE = "a token may only contain letters, digits and -._~+/ (then = padding)"
+
+
+def parse_size(text: str) -> int:
+    """
+    Bytes from C{"65536"}, C{"64k"}, C{"64KiB"}, C{"1M"}, C{"1MiB"}...
+
+    Suffixes are binary (k = 1024) whatever their spelling, because chunk
+    sizes are thought of in powers of two; C{"64KB"} is therefore 65536 too.
+    Raises L{ValueError} for anything else, including negative numbers and
+    fractions, rather than guessing.
+    """
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"not a size: {text!r}")
+    number, unit = match.groups()
+    return int(number) * _SIZE_FACTORS[(unit or "").lower()]
+
+
+def check_endpoint(description: str) -> None:
+    """
+    Raise L{ValueError} with a one-line reason if Twisted cannot build a
+    server endpoint from C{description}.
+
+    The endpoint is constructed on a L{MemoryReactor}, so nothing listens; it
+    is the same parser C{makeService} uses, so whatever passes here is what
+    will be used. (An C{ssl:} endpoint reads its key and certificate files
+    while being constructed: a missing file is reported here, at start-up,
+    rather than after the other ports are already open.)
+    """
+    if not description.strip():
+        raise ValueError("empty endpoint string")
+    try:
+        endpoint = serverFromString(MemoryReactor(), description)
+    except Exception as e:
+        raise ValueError(_one_line(str(e)) or type(e).__name__) from None
+    # Twisted accepts any integer as a TCP port and only fails when binding,
+    # after other endpoints may have started: catch it here instead.
+    port = getattr(endpoint, "_port", None)
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range 0-65535")
+
+
+def parse_tokens(text: str, source: str) -> tuple[str, ...]:
+    """
+    The tokens in the text of a tokens file: one per line, surrounding
+    whitespace stripped, blank lines and C{#} comment lines skipped.
+
+    A line with whitespace inside is an error (a token can never contain
+    whitespace, so it is most likely two tokens, or a token and a comment).
+    Errors name C{source} and the line number, never the line itself.
+    """
+    tokens: list[str] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        token = line.strip()
+        if not token or token.startswith("#"):
+            continue
+        if any(c.isspace() for c in token):
+            raise ConfigError(
+                f"{source}: line {lineno}: a token cannot contain whitespace "
+                "(one token per line; comments must be on their own line)"
+            )
+        if _TOKEN.fullmatch(token) is None:
+            raise ConfigError(f"{source}: line {lineno}: {_TOKEN_RULE}")
+        tokens.append(token)
+    return _unique(tokens)
+
+
+# --- the schema -------------------------------------------------------------
+
+
+def _parse_listen(value: str) -> tuple[str, ...]:
+    descriptions = value.split()
+    if not descriptions:
+        raise ValueError("expected one or more endpoint strings such as tcp:8080")
+    for description in descriptions:
+        try:
+            check_endpoint(description)
+        except ValueError as e:
+            if len(descriptions) == 1:
+                raise ValueError(f"not a server endpoint: {e}") from None
+            raise ValueError(f"{description!r} is not a server endpoint: {e}") from None
+    return tuple(descriptions)
+
+
+def _parse_path(value: str) -> str:
+    if not value:
+        raise ValueError("expected a path, not an empty value")
+    if "\0" in value:
+        raise ValueError("a path cannot contain a NUL character")
+    return value
+
+
+def _parse_chunk_size(value: str) -> int:
+    try:
+        size = parse_size(value)
+    except ValueError:
+        raise ValueError("expected a size such as 65536 or 64KiB") from None
+    if not MIN_CHUNK_SIZE <= size <= MAX_CHUNK_SIZE:
+        raise ValueError(f"must be between 4KiB ({MIN_CHUNK_SIZE}) and 16MiB ({MAX_CHUNK_SIZE})")
+    return size
+
+
+def _integer(low: int, high: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        if _INTEGER.fullmatch(value) is None:
+            raise ValueError(f"expected an integer from {low} to {high}")
+        number = int(value)
+        if not low <= number <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return number
+
+    return parse
+
+
+def _parse_boolean(value: str) -> bool:
+    try:
+        return _BOOLEANS[value.lower()]
+    except KeyError:
+        raise ValueError("expected yes/no, true/false, on/off or 1/0") from None
+
+
+def _parse_token_list(value: str) -> tuple[str, ...]:
+    tokens = [t for t in _TOKEN_SEPARATORS.split(value) if t]
+    if any(_TOKEN.fullmatch(t) is None for t in tokens):
+        raise ValueError(_TOKEN_RULE)
+    return _unique(tokens)
+
+
+@attrs.frozen
+class _Key:
+    """How one key is parsed, and whether its value may be shown in errors."""
+
+    parse: Callable[[str], Any]
+    secret: bool = False
+
+
+#: Every section and key the file may contain, in the order of C{tap.conf}.
+#: Key names are the attribute names of the section's class.
+_SCHEMA: Final[Mapping[str, tuple[type, Mapping[str, _Key]]]] = MappingProxyType(
+    {
+        "server": (
+            ServerConfig,
+            {"listen": _Key(_parse_listen), "data_dir": _Key(_parse_path)},
+        ),
+        "stream": (
+            StreamConfig,
+            {
+                "chunk_size": _Key(_parse_chunk_size),
+                "max_ranges": _Key(_integer(1, 1000)),
+                "gzip": _Key(_parse_boolean),
+                "gzip_level": _Key(_integer(1, 9)),
+            },
+        ),
+        "auth": (
+            AuthConfig,
+            {
+                "tokens": _Key(_parse_token_list, secret=True),
+                "tokens_file": _Key(_parse_path),
+                "protect_downloads": _Key(_parse_boolean),
+            },
+        ),
+    }
+)
+
+#: Section name -> its key names, for documentation and tests.
+KNOWN_KEYS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
+    {section: tuple(keys) for section, (_, keys) in _SCHEMA.items()}
+)
+
+
+# --- parsing ----------------------------------------------------------------
+
+
+def parse_config(text: str, source: str = "<string>") -> Config:
+    """
+    The L{Config} described by the INI C{text}; C{source} names it in errors.
+
+    Pure: no file is read (C{tokens_file} is recorded, not read, and is not
+    resolved against any directory). Checks syntax, unknown sections and keys,
+    a non-empty C{[DEFAULT]}, types and ranges, and every C{listen} endpoint.
+    C{protect_downloads} without tokens is I{not} checked here, since
+    C{tokens_file} may supply them: L{load_config} does that.
+    """
+    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    try:
+        parser.read_string(text, source=source)
+    except configparser.Error as e:
+        raise ConfigError(_syntax_error(e, source)) from None
+
+    # DEFAULT's keys would silently appear in every section (and, for a key
+    # like listen, be "unknown" in the wrong one): refuse it outright.
+    defaults = list(parser.defaults())
+    if defaults:
+        raise ConfigError(
+            f"{source}: [{parser.default_section}] {_show(defaults[0])}: a "
+            f"[{parser.default_section}] section is not allowed (its keys would "
+            "apply to every section); put each key in its own section"
+        )
+
+    known_sections = ", ".join(_SCHEMA)
+    for section in parser.sections():
+        if section not in _SCHEMA:
+            raise ConfigError(
+                f"{source}: unknown section [{_show(section)}] (known: {known_sections})"
+            )
+
+    parts: dict[str, Any] = {}
+    for section, (cls, keys) in _SCHEMA.items():
+        if not parser.has_section(section):
+            parts[section] = cls()
+            continue
+        values: dict[str, Any] = {}
+        for key in parser.options(section):
+            spec = keys.get(key)
+            if spec is None:
+                raise ConfigError(
+                    f"{source}: [{section}] unknown key {key!r} "
+                    f"(known: {', '.join(keys)})"
+                )
+            raw = parser.get(section, key)
+            try:
+                values[key] = spec.parse(raw)
+            except ValueError as e:
+                shown = "" if spec.secret else f" = {raw!r}"
+                raise ConfigError(f"{source}: [{section}] {key}{shown}: {e}") from None
+        parts[section] = cls(**values)
+    return Config(**parts)
+
+
+def _syntax_error(error: configparser.Error, source: str) -> str:
+    """
+    One line for configparser's (often multi-line) message.
+
+    The offending line's text is never repeated: in C{[auth]} it may be a
+    token pasted without its key.
+    """
+    if isinstance(error, configparser.MissingSectionHeaderError):
+        # Its own first line: "File contains no section headers."
+        return f"{source}: line {error.lineno}: {str(error).splitlines()[0]}"
+    if isinstance(error, configparser.ParsingError):
+        lineno = error.errors[0][0] if error.errors else "?"
+        return f"{source}: line {lineno}: expected '[section]', 'key = value' or a # comment"
+    message = str(error)
+    lineno = getattr(error, "lineno", None)
+    # "While reading from 'tap.conf' [line  3]: option 'x' ..." -> "option 'x' ..."
+    message = re.sub(r"^While reading from .*? \[line +\d+\]: ", "", message)
+    message = message.splitlines()[0] if message else type(error).__name__
+    where = f"line {lineno}: " if lineno is not None else ""
+    return f"{source}: {where}{_one_line(message)}"
+
+
+# --- I/O --------------------------------------------------------------------
+
+
+def read_tokens_file(path: str) -> tuple[str, ...]:
+    """
+    The tokens in the file at C{path} (see L{parse_tokens} for the format).
+
+    Any failure is a L{ConfigError} naming C{path}; the tokens themselves
+    never appear in it.
+    """
+    try:
+        text = _read_text(path, what="tokens file")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    return parse_tokens(text, path)
+
+
+def load_config(path: str | None, *, required: bool) -> Config:
+    """
+    Read, parse and complete the configuration file.
+
+    C{path} None means L{DEFAULT_CONFIG_NAME} in the working directory. A
+    missing file is an error only when C{required} (the user named it with
+    C{--config}); otherwise the built-in defaults apply. A file that exists but
+    cannot be read is always an error.
+
+    C{tokens_file} is read relative to the config file's directory (so a
+    config and its tokens can be moved together), its tokens are added to
+    C{tokens} (order kept, duplicates dropped), and the returned
+    C{auth.tokens_file} is the resolved path. Finally C{protect_downloads}
+    must have at least one token to check against.
+    """
+    source = DEFAULT_CONFIG_NAME if path is None else path
+    try:
+        text = _read_text(source, what="config file")
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"{source}: no such file") from None
+        return Config()
+    config = parse_config(text, source)
+    auth = config.auth
+
+    tokens_file = auth.tokens_file
+    file_tokens: tuple[str, ...] = ()
+    if tokens_file is not None:
+        tokens_file = os.path.join(os.path.dirname(source), tokens_file)
+        try:
+            file_tokens = read_tokens_file(tokens_file)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: [auth] tokens_file = {auth.tokens_file!r}: {e}") from None
+
+    if auth.protect_downloads and not (auth.tokens or file_tokens):
+        where = "[auth] tokens is empty" + (
+            f" and tokens_file {tokens_file!r} has none" if tokens_file is not None else ""
+        )
+        raise ConfigError(
+            f"{source}: [auth] protect_downloads = yes needs at least one token ({where})"
+        )
+    return attrs.evolve(
+        config,
+        auth=attrs.evolve(
+            auth, tokens=_unique([*auth.tokens, *file_tokens]), tokens_file=tokens_file
+        ),
+    )
+
+
+def apply_overrides(
+    config: Config, *, listen: Sequence[str] | None = None, data_dir: str | None = None
+) -> Config:
+    """
+    C{config} with the command-line values, which win over the file.
+
+    C{listen}, when given and non-empty, replaces the file's whole list (the
+    user who types C{--listen} means "listen here", not "here as well").
+    Errors name the option, since no file is involved.
+    """
+    server = config.server
+    if listen:
+        for description in listen:
+            try:
+                check_endpoint(description)
+            except ValueError as e:
+                raise ConfigError(f"--listen {description!r}: {e}") from None
+        server = attrs.evolve(server, listen=tuple(listen))
+    if data_dir is not None:
+        try:
+            server = attrs.evolve(server, data_dir=_parse_path(data_dir))
+        except ValueError as e:
+            raise ConfigError(f"--data-dir {data_dir!r}: {e}") from None
+    return attrs.evolve(config, server=server)
+
+
+def _read_text(path: str, *, what: str) -> str:
+    """
+    The UTF-8 text of the file at C{path} (a leading BOM is dropped, as
+    editors on some systems add one).
+
+    Raises L{FileNotFoundError} if it does not exist, so callers can treat
+    that case apart, and L{ConfigError} naming C{path} for anything else.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read {what}: {e.strerror or e}") from None
+    except ValueError as e:  # e.g. a NUL in the path
+        raise ConfigError(f"{path!r}: cannot read {what}: {e}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        lineno = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path}: line {lineno}: {what} is not UTF-8 text") from None
+
+
+# --- helpers ----------------------------------------------------------------
+
+
+def _unique(items: Iterable[str]) -> tuple[str, ...]:
+    """C{items} without repeats, first occurrence kept."""
+    return tuple(dict.fromkeys(items))
+
+
+def _one_line(text: str) -> str:
+    """C{text} with every run of whitespace, line breaks included, as one space."""
+    return " ".join(text.split())
+
+
+def _show(name: str) -> str:
+    """A section or key name as typed, or its repr if it has invisible characters."""
+    return name if name.isprintable() else repr(name)

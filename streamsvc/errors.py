@@ -1,0 +1,153 @@
+# -*- test-case-name: tests.test_errors -*-
+"""
+The one place where failures become C{{"error": ...}} responses.
+
+Resources raise L{HTTPError} (or return L{ErrorPage}) for the client's
+mistakes; anything unexpected reaches L{Request.processingFailed}, which logs
+the traceback and answers a generic JSON 500 — never an HTML traceback, never
+the exception text, which may carry paths or secrets.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import resource, server
+from twisted.web.iweb import IRequest
+
+log = Logger()
+
+
+class HTTPError(Exception):
+    """
+    A response other than success, decided before the body started.
+
+    @ivar code: the HTTP status code (4xx or 5xx).
+    @ivar message: a short human-readable reason, sent as C{{"error": message}}.
+    @ivar headers: extra response headers (e.g. C{Allow}, C{WWW-Authenticate}).
+    """
+
+    def __init__(
+        self, code: int, message: str, headers: Mapping[bytes, bytes] | None = None
+    ) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+def error_body(message: str) -> bytes:
+    """The JSON document every error response carries."""
+    return json.dumps({"error": message}).encode("utf-8") + b"\n"
+
+
+def render_error(request: IRequest, error: HTTPError) -> bytes:
+    """
+    Set status and headers for C{error} on C{request} and return the body.
+
+    Headers a success path may already have set (Content-Length,
+    Content-Encoding, Content-Range, ETag...) describe a body that will not be
+    sent, so they are dropped first.
+    """
+    for name in (
+        b"content-length",
+        b"content-encoding",
+        b"content-range",
+        b"content-disposition",
+        b"etag",
+        b"last-modified",
+        b"accept-ranges",
+    ):
+        request.responseHeaders.removeHeader(name)
+    request.setResponseCode(error.code)
+    for name, value in error.headers.items():
+        request.setHeader(name, value)
+    body = error_body(error.message)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"x-content-type-options", b"nosniff")
+    request.setHeader(b"content-length", b"%d" % (len(body),))
+    return body
+
+
+class ErrorPage(resource.Resource):
+    """
+    A leaf that answers every method with one JSON error.
+
+    Used in place of twisted.web's HTML L{resource.NoResource} and friends.
+    """
+
+    isLeaf = True
+
+    def __init__(self, error: HTTPError) -> None:
+        super().__init__()
+        self._error = error
+
+    def render(self, request: IRequest) -> bytes:
+        return render_error(request, self._error)
+
+
+def not_found() -> ErrorPage:
+    return ErrorPage(HTTPError(404, "not found"))
+
+
+class JSONResource(resource.Resource):
+    """
+    A resource whose C{render_*} methods may raise L{HTTPError}, and whose
+    unsupported methods get a JSON 405 with an C{Allow} header rather than
+    twisted.web's HTML page.
+    """
+
+    def render(self, request: IRequest) -> bytes | int:
+        method = request.method.decode("ascii", "replace")
+        allowed = _own_methods(self)
+        try:
+            if method not in allowed:
+                raise HTTPError(
+                    405,
+                    "method not allowed",
+                    {b"allow": ", ".join(sorted(allowed)).encode("ascii")},
+                )
+            return getattr(self, "render_" + method)(request)
+        except HTTPError as error:
+            return render_error(request, error)
+
+
+def _own_methods(obj: object) -> set[str]:
+    """
+    The HTTP methods an object really implements.
+
+    twisted.web's C{Resource.render_HEAD} silently runs C{render_GET} and
+    throws the body away (ANCHORS E7); streaming resources must define their
+    own, so an inherited one does not count.
+    """
+    methods = {name[len("render_") :] for name in dir(obj) if name.startswith("render_")}
+    if getattr(type(obj), "render_HEAD", None) is resource.Resource.render_HEAD:
+        methods.discard("HEAD")
+    return methods
+
+
+class Request(server.Request):
+    """
+    twisted.web's Request, with unexpected failures answered as JSON.
+
+    The traceback goes to the log, the client gets C{{"error": "internal
+    server error"}}; if the body had already started, the connection is
+    aborted so the client sees a broken body rather than a clean short one.
+    """
+
+    def processingFailed(self, reason: Failure) -> None:
+        log.failure(
+            "Unhandled error while rendering {uri}", failure=reason, uri=self.uri
+        )
+        if self._disconnected or self.finished:
+            return None
+        if self.startedWriting:
+            self.channel.transport.abortConnection()
+            return None
+        body = render_error(self, HTTPError(500, "internal server error"))
+        self.write(body)
+        self.finish()
+        return None

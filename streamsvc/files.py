@@ -1,0 +1,422 @@
+# -*- test-case-name: tests.test_files -*-
+"""
+C{/files}: downloads from a directory, done the way static.File does not
+(see ANCHORS.md): strong ETags, every conditional header, If-Range, safe
+multi-range, HEAD that mirrors GET without reading the file, gzip that never
+touches a 206, and no way out of the root in any spelling.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import os
+import secrets
+import stat
+from collections.abc import Iterator
+from typing import BinaryIO
+from urllib.parse import quote
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.iweb import IRequest
+from twisted.web.server import NOT_DONE_YET
+
+from streamsvc.errors import HTTPError, JSONResource, render_error
+from streamsvc.producers import DEFAULT_CHUNK_SIZE, FileProducer, IterableProducer, send_body
+from streamsvc.interfaces import IStreamProducer
+from streamsvc.ranges import (
+    ByteRange,
+    RangeNotSatisfiable,
+    body_length,
+    evaluate_preconditions,
+    http_date,
+    if_range_allows_partial,
+    make_etag,
+    multipart_byteranges,
+    plan_ranges,
+    unsatisfiable_content_range,
+    weak,
+)
+from streamsvc.stages import GzipStage, accepts_gzip, is_compressible
+
+#: Built from Python's own table only, not /etc/mime.types, so a file gets
+#: the same type on every machine.
+_MIME = mimetypes.MimeTypes()
+for _type, _ext in [
+    ("application/x-ndjson", ".ndjson"),
+    ("application/x-ndjson", ".jsonl"),
+    ("text/markdown", ".md"),
+    ("application/yaml", ".yaml"),
+    ("application/yaml", ".yml"),
+    ("application/wasm", ".wasm"),
+]:
+    _MIME.add_type(_type, _ext)
+
+#: A file that mimetypes calls "encoded" (x.tar.gz) is served as the archive
+#: it is — never with Content-Encoding, which would make clients unpack it.
+_ENCODED_TYPES = {
+    "gzip": "application/gzip",
+    "bzip2": "application/x-bzip2",
+    "xz": "application/x-xz",
+    "br": "application/x-brotli",
+    "compress": "application/x-compress",
+}
+
+#: Entries per listing chunk: enough to keep writes large, few enough that one
+#: chunk's stat() calls stay well under a millisecond or so.
+LISTING_BATCH = 64
+
+
+def content_type_for(name: str) -> str:
+    """The media type to announce for a file name; never text/html by default."""
+    media, encoding = _MIME.guess_type(name, strict=False)
+    if encoding is not None:
+        return _ENCODED_TYPES.get(encoding, "application/octet-stream")
+    return media or "application/octet-stream"
+
+
+def content_disposition(name: str) -> bytes:
+    """C{attachment; filename*=UTF-8''...} (RFC 6266 / RFC 8187)."""
+    return b"attachment; filename*=UTF-8''" + quote(name, safe="").encode("ascii")
+
+
+@attrs.frozen
+class Target:
+    """A request path, checked and resolved inside the root."""
+
+    real: str
+    segments: tuple[str, ...]
+    slash: bool  # the URL ended with "/"
+
+
+@attrs.frozen
+class _Body:
+    """What a file response body is to be: spans of the file, maybe gzipped."""
+
+    spans: list[bytes | ByteRange]
+    gzip: bool
+
+
+def _is_safe_segment(segment: str) -> bool:
+    return bool(segment) and not segment.startswith(".") and not any(
+        c in segment for c in "/\\\x00"
+    )
+
+
+def _inside(real: str, root: str) -> bool:
+    """Whether C{real} (already resolved) is C{root} or below it, with no hidden component."""
+    if real == root:
+        return True
+    if not real.startswith(root.rstrip(os.sep) + os.sep):
+        return False
+    return all(_is_safe_segment(part) for part in os.path.relpath(real, root).split(os.sep))
+
+
+def resolve(root: str, postpath: list[bytes]) -> Target:
+    """
+    Map the decoded URL segments below C{/files} to a real path inside C{root}.
+
+    twisted.web has already percent-decoded each segment exactly once, so
+    C{%2e%2e} arrives as C{..} and C{%2f} as a C{/} inside a segment; both are
+    refused here, as are backslashes, NUL, empty segments, dotfiles and
+    anything a symlink resolves to outside the root (or to a dotfile).
+    A double-encoded C{%252e%252e} stays the literal name C{%2e%2e}.
+
+    @raise HTTPError: 400 for a path that is not UTF-8, 404 for everything
+        that is not a servable name (no hint as to why).
+    """
+    slash = bool(postpath) and postpath[-1] == b""
+    raw = postpath[:-1] if slash else postpath
+    try:
+        segments = tuple(s.decode("utf-8") for s in raw)
+    except UnicodeDecodeError:
+        raise HTTPError(400, "path is not valid UTF-8") from None
+    if not all(_is_safe_segment(s) for s in segments):
+        raise HTTPError(404, "not found")
+    real = os.path.realpath(os.path.join(root, *segments))
+    if not _inside(real, root):
+        raise HTTPError(404, "not found")
+    return Target(real, segments, slash)
+
+
+def _open_regular(path: str) -> tuple[BinaryIO, os.stat_result]:
+    """
+    Open a regular file without following a last-moment symlink swap and
+    without blocking on a FIFO; anything else is a 404.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        raise HTTPError(404, "not found") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise HTTPError(404, "not found")
+        return os.fdopen(fd, "rb", buffering=0), st
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _header(request: IRequest, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return None if value is None else value.decode("latin-1")
+
+
+def _finish_without_body(request: IRequest) -> int:
+    """
+    End a response that has no body (HEAD, 304, redirects) ourselves, so
+    twisted.web's C{render} does not add a C{Content-Length: 0} of its own.
+    """
+    request.write(b"")
+    request.finish()
+    return NOT_DONE_YET  # type: ignore[no-any-return]
+
+
+class FilesResource(JSONResource):
+    """
+    Serves the files below C{root}: GET and HEAD.
+
+    @param root: the directory to serve; it must exist.
+    @param chunk_size: bytes per read.
+    @param max_ranges: more ranges than this in one request get the full 200.
+    @param gzip: compress compressible types for clients that accept gzip.
+    @param streaming: register producers as push (True) or pull producers.
+    @param clock: the reactor, for scheduling push producers (tests pass a Clock).
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        max_ranges: int = 16,
+        gzip: bool = True,
+        gzip_level: int = 6,
+        streaming: bool = True,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        super().__init__()
+        self.root = os.path.realpath(root)
+        self.chunk_size = chunk_size
+        self.max_ranges = max_ranges
+        self.gzip = gzip
+        self.gzip_level = gzip_level
+        self.streaming = streaming
+        self.clock = clock
+
+    def render_GET(self, request: IRequest) -> bytes | int:
+        return self._respond(request, head=False)
+
+    def render_HEAD(self, request: IRequest) -> bytes | int:
+        return self._respond(request, head=True)
+
+    def _respond(self, request: IRequest, *, head: bool) -> bytes | int:
+        target = resolve(self.root, request.postpath)
+        try:
+            is_dir = stat.S_ISDIR(os.stat(target.real).st_mode)
+        except OSError:
+            raise HTTPError(404, "not found") from None
+        if is_dir:
+            if not target.slash:
+                return self._redirect_to_slash(request)
+            return self._listing(request, target, head=head)
+        if target.slash:
+            raise HTTPError(404, "not found")
+        file: BinaryIO | None
+        file, st = _open_regular(target.real)
+        try:
+            decided = self._file(request, target, st, head=head)
+            if not isinstance(decided, _Body):
+                return decided
+            producer = FileProducer(
+                file,
+                decided.spans,
+                chunk_size=self.chunk_size,
+                streaming=self.streaming,
+                clock=self.clock,
+            )
+            file = None  # the producer owns it now, and closes it however the stream ends
+            send_body(request, self._wrap(producer, decided.gzip))
+            return NOT_DONE_YET  # type: ignore[no-any-return]
+        finally:
+            if file is not None:
+                file.close()
+
+    def _gzip_wanted(self, request: IRequest, content_type: str) -> bool:
+        return (
+            self.gzip
+            and is_compressible(content_type)
+            and accepts_gzip(_header(request, b"accept-encoding"))
+        )
+
+    def _wrap(self, producer: IStreamProducer, gzip: bool) -> IStreamProducer:
+        return GzipStage(producer, level=self.gzip_level) if gzip else producer
+
+    def _file(
+        self,
+        request: IRequest,
+        target: Target,
+        st: os.stat_result,
+        *,
+        head: bool,
+    ) -> _Body | bytes | int:
+        """
+        Set status and headers for a file; return the finished response, or
+        what the body must be when there is one to send.
+        """
+        size = st.st_size
+        mtime = int(st.st_mtime)
+        name = target.segments[-1]
+        content_type = content_type_for(name)
+        strong_etag = make_etag(size, st.st_mtime_ns)
+        range_header = _header(request, b"range")
+        compressible = self.gzip and is_compressible(content_type)
+        gzip = compressible and range_header is None and self._gzip_wanted(request, content_type)
+        etag = weak(strong_etag) if gzip else strong_etag
+
+        request.setHeader(b"content-type", content_type.encode("ascii"))
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"accept-ranges", b"bytes")
+        request.setHeader(b"last-modified", http_date(mtime).encode("ascii"))
+        request.setHeader(b"etag", etag.encode("ascii"))
+        if compressible:
+            request.setHeader(b"vary", b"Accept-Encoding")
+        if request.args.get(b"download", [b""])[0].lower() in (b"1", b"true", b"yes"):
+            request.setHeader(b"content-disposition", content_disposition(name))
+
+        verdict = evaluate_preconditions(
+            method=request.method.decode("ascii"),
+            etag=etag,
+            last_modified=mtime,
+            if_match=_header(request, b"if-match"),
+            if_none_match=_header(request, b"if-none-match"),
+            if_modified_since=_header(request, b"if-modified-since"),
+            if_unmodified_since=_header(request, b"if-unmodified-since"),
+        )
+        if verdict == 304:
+            request.setResponseCode(304)
+            for name_ in (b"content-disposition", b"accept-ranges", b"content-type"):
+                request.responseHeaders.removeHeader(name_)
+            return _finish_without_body(request)
+        if verdict == 412:
+            return render_error(request, HTTPError(412, "precondition failed"))
+
+        spans: list[bytes | ByteRange] = [ByteRange(0, size)] if size else []
+        if range_header is not None and if_range_allows_partial(
+            _header(request, b"if-range"), strong_etag, mtime
+        ):
+            try:
+                ranges = plan_ranges(range_header, size, self.max_ranges)
+            except RangeNotSatisfiable:
+                return render_error(
+                    request,
+                    HTTPError(
+                        416,
+                        "range not satisfiable",
+                        {b"content-range": unsatisfiable_content_range(size).encode("ascii")},
+                    ),
+                )
+            if ranges is not None:
+                request.setResponseCode(206)
+                if len(ranges) == 1:
+                    spans = list(ranges)
+                    request.setHeader(
+                        b"content-range", ranges[0].content_range(size).encode("ascii")
+                    )
+                else:
+                    boundary = secrets.token_hex(16)
+                    spans = multipart_byteranges(ranges, size, content_type, boundary)
+                    request.setHeader(
+                        b"content-type",
+                        b"multipart/byteranges; boundary=" + boundary.encode("ascii"),
+                    )
+
+        if head:
+            if gzip:
+                request.setHeader(b"content-encoding", b"gzip")
+            else:
+                request.setHeader(b"content-length", b"%d" % (body_length(spans),))
+            return _finish_without_body(request)
+        if gzip:
+            request.setHeader(b"content-encoding", b"gzip")
+        return _Body(spans, gzip)
+
+    def _redirect_to_slash(self, request: IRequest) -> int:
+        location = "/" + "/".join(
+            quote(s.decode("utf-8", "surrogateescape"), safe="")
+            for s in request.prepath + request.postpath
+        ) + "/"
+        query = request.uri.partition(b"?")[2]
+        request.setResponseCode(301)
+        request.setHeader(
+            b"location", location.encode("ascii") + (b"?" + query if query else b"")
+        )
+        request.setHeader(b"content-length", b"0")
+        return _finish_without_body(request)
+
+    def _listing(self, request: IRequest, target: Target, *, head: bool) -> int:
+        gzip = self._gzip_wanted(request, "application/json")
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        if self.gzip:
+            request.setHeader(b"vary", b"Accept-Encoding")
+        if gzip:
+            request.setHeader(b"content-encoding", b"gzip")
+        if head:
+            return _finish_without_body(request)
+        producer = IterableProducer(
+            list_directory(target.real, self.root),
+            streaming=self.streaming,
+            clock=self.clock,
+        )
+        send_body(request, self._wrap(producer, gzip))
+        return NOT_DONE_YET  # type: ignore[no-any-return]
+
+
+def list_directory(path: str, root: str) -> Iterator[bytes]:
+    """
+    A directory as a JSON array, a batch of entries at a time, in directory
+    order (sorting would mean holding every name in memory first).
+
+    Dotfiles, entries that are neither files nor directories, and symlinks
+    that resolve outside C{root} are left out. The directory handle is
+    closed when the generator is, which L{IterableProducer} does at once if
+    the client goes away.
+    """
+    yield b"["
+    first = True
+    with os.scandir(path) as entries:
+        batch: list[bytes] = []
+        for entry in entries:
+            item = _entry(entry, root)
+            if item is None:
+                continue
+            batch.append((b"" if first else b",") + json.dumps(item).encode("utf-8"))
+            first = False
+            if len(batch) >= LISTING_BATCH:
+                yield b"".join(batch)
+                batch = []
+        batch.append(b"]\n")
+        yield b"".join(batch)
+
+
+def _entry(entry: os.DirEntry[str], root: str) -> dict[str, object] | None:
+    if not _is_safe_segment(entry.name):
+        return None
+    try:
+        if entry.is_symlink() and not _inside(os.path.realpath(entry.path), root):
+            return None
+        st = entry.stat()
+    except OSError:
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        kind, size = "dir", None
+    elif stat.S_ISREG(st.st_mode):
+        kind, size = "file", st.st_size
+    else:
+        return None
+    return {"name": entry.name, "size": size, "mtime": st.st_mtime, "type": kind}

@@ -1,0 +1,95 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+What C{twistd streamsvc} runs: command-line options and C{makeService}.
+
+Configuration errors are reported as a single line on standard error and a
+non-zero exit — never a traceback, and not buried under the usage text.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from streamsvc.app import build_site, prepare_data_dir
+from streamsvc.config import (
+    DEFAULT_CONFIG_NAME,
+    Config,
+    ConfigError,
+    apply_overrides,
+    load_config,
+)
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Serve DATA_DIR/files over HTTP with flow control end to end. "
+        f"Settings come from {DEFAULT_CONFIG_NAME} (INI) and these options, "
+        "which override it."
+    )
+    optParameters = [
+        [
+            "config",
+            "c",
+            None,
+            f"INI configuration file [default: ./{DEFAULT_CONFIG_NAME} if present]",
+        ],
+        [
+            "data-dir",
+            "d",
+            None,
+            "Data directory; files are served from DATA_DIR/files and it is "
+            "created if missing [default: ./data, or [server] data_dir]",
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self.config: Config | None = None
+
+    def opt_listen(self, description: str) -> None:
+        """
+        Listen on this Twisted server endpoint, e.g. tcp:8080:interface=127.0.0.1,
+        unix:/run/streamsvc.sock, ssl:8443:privateKey=k.pem:certKey=c.pem
+        (repeatable) [default: tcp:8080:interface=127.0.0.1, or [server] listen]
+        """
+        self["listen"].append(description)
+
+    opt_l = opt_listen
+
+    def resolve(self) -> Config:
+        """The effective configuration; raises L{ConfigError}."""
+        config = load_config(self["config"], required=self["config"] is not None)
+        config = apply_overrides(
+            config, listen=self["listen"] or None, data_dir=self["data-dir"]
+        )
+        prepare_data_dir(config)
+        return config
+
+    def postOptions(self) -> None:
+        try:
+            self.config = self.resolve()
+        except ConfigError as e:
+            sys.stderr.write(f"streamsvc: error: {e}\n")
+            raise SystemExit(2) from None
+
+
+def makeService(options: Options, reactor: Any = None) -> IService:
+    """One endpoint service per C{listen} entry, all serving the same Site."""
+    if reactor is None:
+        from twisted.internet import reactor
+    config = options.config if options.config is not None else options.resolve()
+    site = build_site(config, reactor=reactor)
+    top = MultiService()
+    for description in config.server.listen:
+        service = StreamServerEndpointService(serverFromString(reactor, description), site)
+        service._raiseSynchronously = True
+        service.setServiceParent(top)
+    return top

@@ -1,0 +1,214 @@
+# -*- test-case-name: tests.test_producers -*-
+"""
+Public test doubles for code built on streamsvc, as treq and txacme ship
+theirs: a consumer that records what a producer does, and a real
+L{twisted.web.server.Site} connection on a L{StringTransport} that a test can
+pause, resume and disconnect by hand — the only way to test flow control
+deterministically (treq's in-memory agent never pauses anything).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IConsumer, IProducer
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+from twisted.web.server import Site
+from zope.interface import implementer
+
+
+@implementer(IConsumer)
+class RecordingConsumer:
+    """
+    A consumer that keeps every write and can push back.
+
+    @ivar chunks: each C{write}, in order.
+    @ivar pause_on_write: when true, pause the registered producer from
+        inside every C{write}, as a TCP transport does when its buffer is full.
+    """
+
+    def __init__(self, *, pause_on_write: bool = False) -> None:
+        self.chunks: list[bytes] = []
+        self.pause_on_write = pause_on_write
+        self.producer: IProducer | None = None
+        self.streaming: bool | None = None
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        self.producer = producer
+        self.streaming = streaming
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+        if self.pause_on_write and self.producer is not None:
+            self.producer.pauseProducing()  # type: ignore[attr-defined]
+
+
+@attrs.frozen
+class RawResponse:
+    """An HTTP/1.1 response parsed from the bytes a server wrote."""
+
+    code: int
+    headers: Headers
+    body: bytes
+    complete: bool
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.getRawHeaders(name)
+        return None if values is None else values[0]
+
+
+def parse_response(raw: bytes, *, head: bool = False) -> RawResponse:
+    """
+    Parse one response out of C{raw}. C{complete} says whether the body was
+    fully framed (all of Content-Length, or the final chunk) — what tells a
+    clean end from a truncated one.
+    """
+    head_end = raw.index(b"\r\n\r\n")
+    lines = raw[:head_end].split(b"\r\n")
+    code = int(lines[0].split(b" ", 2)[1])
+    headers = Headers()
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers.addRawHeader(name.strip(), value.strip())
+    rest = raw[head_end + 4 :]
+    if head or code in (204, 304):
+        return RawResponse(code, headers, b"", True)
+    length = headers.getRawHeaders(b"content-length")
+    if length is not None:
+        size = int(length[0])
+        return RawResponse(code, headers, rest[:size], len(rest) >= size)
+    if headers.getRawHeaders(b"transfer-encoding") == [b"chunked"]:
+        return _dechunk(code, headers, rest)
+    return RawResponse(code, headers, rest, False)
+
+
+def _dechunk(code: int, headers: Headers, rest: bytes) -> RawResponse:
+    body = []
+    while True:
+        line_end = rest.find(b"\r\n")
+        if line_end < 0:
+            return RawResponse(code, headers, b"".join(body), False)
+        size = int(rest[:line_end].split(b";")[0], 16)
+        if size == 0:
+            return RawResponse(code, headers, b"".join(body), rest[line_end:].startswith(b"\r\n\r\n"))
+        chunk = rest[line_end + 2 : line_end + 2 + size]
+        body.append(chunk)
+        if len(chunk) < size:
+            return RawResponse(code, headers, b"".join(body), False)
+        rest = rest[line_end + 2 + size + 2 :]
+
+
+class ClientTransport(StringTransport):
+    """
+    A L{StringTransport} with a TCP transport's flow control: it pauses its
+    streaming producer on any write that leaves more than C{buffer_size}
+    unread bytes, and resumes it once the peer has read everything — what
+    L{twisted.internet.abstract.FileDescriptor} does with a real socket.
+    The peer reads only when a test says so (L{SiteConnection.read}).
+    """
+
+    def __init__(self, buffer_size: int = 64 * 1024) -> None:
+        super().__init__()
+        self.buffer_size = buffer_size
+        self.unread = 0
+        self.producer_paused = False
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.unread += len(data)
+        self._maybe_pause()
+
+    def writeSequence(self, data: Any) -> None:
+        self.write(b"".join(data))
+
+    def _maybe_pause(self) -> None:
+        if self.producer is not None and self.streaming and self.unread > self.buffer_size:
+            self.producer_paused = True
+            self.producer.pauseProducing()
+
+    def peer_reads(self, nbytes: int | None = None) -> int:
+        """The peer reads up to C{nbytes} (all, if None); returns how many."""
+        taken = self.unread if nbytes is None else min(nbytes, self.unread)
+        self.unread -= taken
+        if self.unread == 0 and self.producer_paused and self.producer is not None:
+            self.producer_paused = False
+            self.producer.resumeProducing()
+        return taken
+
+
+class SiteConnection:
+    """
+    One client connection to a real Site, over a L{ClientTransport}.
+
+    C{transport.producer} is the L{HTTPChannel}. The client reads only when
+    told to (L{read}), so a test sees exactly what a server does for a client
+    that stops reading; L{pause}/L{resume} drive the channel by hand.
+    """
+
+    def __init__(self, site: Site, *, buffer_size: int = 64 * 1024) -> None:
+        self.transport = ClientTransport(buffer_size)
+        self.protocol: Any = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        self.protocol.makeConnection(self.transport)
+
+    def request(
+        self, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b""
+    ) -> None:
+        lines = [f"{method} {path} HTTP/1.1", "Host: test"]
+        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        if body:
+            lines.append(f"Content-Length: {len(body)}")
+        self.send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+
+    def send(self, raw: bytes) -> None:
+        self.protocol.dataReceived(raw)
+
+    def read(self, nbytes: int | None = None) -> int:
+        """The client reads up to C{nbytes} of what the server wrote (all, if None)."""
+        return self.transport.peer_reads(nbytes)
+
+    def read_until_quiet(self, clock: Any, turns: int = 100_000) -> None:
+        """
+        The client reads everything, turn after turn of C{clock}, until the
+        server writes nothing more. Bounded by C{turns}.
+        """
+        for _ in range(turns):
+            before = len(self.transport.value())
+            self.read()
+            clock.advance(0)
+            if len(self.transport.value()) == before and not self.transport.unread:
+                return
+        raise AssertionError("the server was still writing after %d turns" % (turns,))
+
+    def pause(self) -> None:
+        """The client stops reading: the transport's buffer is full."""
+        self.transport.producer.pauseProducing()
+
+    def resume(self) -> None:
+        """The client drained the buffer."""
+        self.transport.producer.resumeProducing()
+
+    def disconnect(self) -> None:
+        """The client goes away, in the order a real transport reports it."""
+        if self.transport.producer is not None:
+            self.transport.producer.stopProducing()
+        self.protocol.connectionLost(Failure(ConnectionLost("client went away")))
+
+    @property
+    def aborted(self) -> bool:
+        """Whether the server aborted the connection (C{abortConnection})."""
+        return bool(self.transport.disconnected)
+
+    def response(self, *, head: bool = False) -> RawResponse:
+        return parse_response(self.transport.value(), head=head)

@@ -1,0 +1,493 @@
+"""
+Tests for L{streamsvc.files}: the /files resource over a real Site on a
+StringTransport (deterministic: Clock, no sockets).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from email.parser import BytesParser
+from email.policy import HTTP
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from streamsvc.errors import Request
+from streamsvc.files import FilesResource, content_type_for, resolve
+from streamsvc.errors import HTTPError
+from streamsvc.ranges import http_date
+from streamsvc.testing import RawResponse, SiteConnection
+
+BIG = os.urandom(300_000)
+TEXT = b"hello streaming world\n" * 2000
+
+
+class Files:
+    """A Site with /files over a temporary directory, and a way to GET from it."""
+
+    def __init__(self, root: Any, **kwargs: Any) -> None:
+        self.root = root
+        self.clock = Clock()
+        tree = Resource()
+        self.resource = FilesResource(str(root), clock=self.clock, **kwargs)
+        tree.putChild(b"files", self.resource)
+        self.site = Site(tree, reactor=self.clock)
+        self.site.requestFactory = Request
+
+    def connect(self) -> SiteConnection:
+        return SiteConnection(self.site)
+
+    def get(self, path: str, method: str = "GET", **headers: str) -> RawResponse:
+        conn = self.connect()
+        conn.request(method, path, {k.replace("_", "-"): v for k, v in headers.items()})
+        conn.read_until_quiet(self.clock)
+        return conn.response(head=method == "HEAD")
+
+
+@pytest.fixture
+def files(tmp_path: Any) -> Files:
+    root = tmp_path / "files"
+    root.mkdir()
+    (root / "big.bin").write_bytes(BIG)
+    (root / "hello.txt").write_bytes(TEXT)
+    (root / "report.csv").write_bytes(b"a,b\n1,2\n")
+    (root / "noext").write_bytes(b"x")
+    (root / "archive.tar.gz").write_bytes(b"\x1f\x8b fake")
+    (root / ".secret").write_bytes(b"do not serve")
+    (root / "sub").mkdir()
+    (root / "sub" / "inner.txt").write_bytes(b"inner")
+    (root / "sub" / "caf\u00e9 \u00fc.txt").write_bytes(b"unicode")
+    (tmp_path / "outside.txt").write_bytes(b"outside the root")
+    os.symlink(tmp_path / "outside.txt", root / "escape.txt")
+    os.symlink(tmp_path, root / "escapedir")
+    os.symlink(root / "hello.txt", root / "alias.txt")
+    return Files(root)
+
+
+# -- plain GET / HEAD -----------------------------------------------------------------
+
+
+def test_get_file_headers_and_body(files: Files) -> None:
+    """A GET returns the exact bytes with every header a download needs."""
+    st = os.stat(files.root / "big.bin")
+    r = files.get("/files/big.bin")
+    assert r.code == 200
+    assert r.body == BIG and r.complete
+    assert r.header("content-length") == str(len(BIG))
+    assert r.header("content-type") == "application/octet-stream"
+    assert r.header("x-content-type-options") == "nosniff"
+    assert r.header("accept-ranges") == "bytes"
+    assert r.header("last-modified") == http_date(int(st.st_mtime))
+    assert r.header("etag") == f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
+    assert r.header("transfer-encoding") is None
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("a.txt", "text/plain"),
+        ("a.csv", "text/csv"),
+        ("a.json", "application/json"),
+        ("a.ndjson", "application/x-ndjson"),
+        ("a.unknownext", "application/octet-stream"),
+        ("noext", "application/octet-stream"),
+        ("a.tar.gz", "application/gzip"),
+        ("a.gz", "application/gzip"),
+    ],
+)
+def test_content_types(name: str, expected: str) -> None:
+    """Types come from the extension; unknown is octet-stream (never text/html); .gz is the archive."""
+    assert content_type_for(name) == expected
+
+
+def test_compressed_archive_has_no_content_encoding(files: Files) -> None:
+    """A .tar.gz is served as application/gzip without Content-Encoding, so clients keep it as is."""
+    r = files.get("/files/archive.tar.gz", accept_encoding="gzip")
+    assert r.header("content-type") == "application/gzip"
+    assert r.header("content-encoding") is None
+    assert r.body == b"\x1f\x8b fake"
+
+
+def test_head_mirrors_get_without_body(files: Files) -> None:
+    """HEAD gives GET's headers (with the real Content-Length) and no body."""
+    get = files.get("/files/big.bin")
+    head = files.get("/files/big.bin", method="HEAD")
+    assert head.code == 200
+    assert head.body == b""
+    for name in ("content-length", "etag", "last-modified", "content-type", "accept-ranges"):
+        assert head.header(name) == get.header(name)
+
+
+def test_head_does_not_read_the_file(files: Files, monkeypatch: Any) -> None:
+    """HEAD never builds a producer (twisted.web runs GET and throws it away, E7)."""
+    import streamsvc.files as module
+
+    def boom(*a: Any, **k: Any) -> None:
+        raise AssertionError("HEAD created a producer")
+
+    monkeypatch.setattr(module, "FileProducer", boom)
+    assert files.get("/files/big.bin", method="HEAD").code == 200
+
+
+def test_download_parameter_sets_disposition(files: Files) -> None:
+    """?download=1 adds an RFC 8187 attachment disposition with the UTF-8 name."""
+    r = files.get("/files/sub/caf%C3%A9%20%C3%BC.txt?download=1")
+    assert r.code == 200
+    assert r.header("content-disposition") == "attachment; filename*=UTF-8''caf%C3%A9%20%C3%BC.txt"
+    assert files.get("/files/hello.txt").header("content-disposition") is None
+
+
+def test_method_not_allowed_is_json(files: Files) -> None:
+    """POST /files/x is a JSON 405 with Allow."""
+    r = files.get("/files/hello.txt", method="POST")
+    assert r.code == 405
+    assert json.loads(r.body) == {"error": "method not allowed"}
+    assert r.header("allow") == "GET, HEAD"
+
+
+def test_missing_file_is_json_404(files: Files) -> None:
+    """A missing file is a JSON 404."""
+    r = files.get("/files/nope.txt")
+    assert r.code == 404
+    assert r.header("content-type") == "application/json"
+    assert json.loads(r.body) == {"error": "not found"}
+
+
+# -- conditional requests ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["{etag}", 'W/{etag}', '"x", {etag}', '"x",{etag}', "*"],
+)
+def test_if_none_match_304(files: Files, header: str) -> None:
+    """If-None-Match with the ETag — alone, weak, in a list, or * — gives 304 without a body."""
+    etag = files.get("/files/big.bin", method="HEAD").header("etag")
+    r = files.get("/files/big.bin", if_none_match=header.format(etag=etag))
+    assert r.code == 304
+    assert r.header("etag") == etag
+    assert r.header("content-length") is None
+    assert r.body == b""
+
+
+def test_if_none_match_other_tag_200(files: Files) -> None:
+    """If-None-Match with another tag serves the file."""
+    assert files.get("/files/big.bin", if_none_match='"other"').code == 200
+
+
+def test_if_modified_since(files: Files) -> None:
+    """If-Modified-Since at or after Last-Modified gives 304; before it, 200."""
+    lm = files.get("/files/big.bin", method="HEAD").header("last-modified")
+    assert files.get("/files/big.bin", if_modified_since=lm).code == 304
+    assert files.get("/files/big.bin", if_modified_since=http_date(0)).code == 200
+
+
+def test_if_match_failure_412(files: Files) -> None:
+    """If-Match with a stale tag is 412 (JSON)."""
+    r = files.get("/files/big.bin", if_match='"stale"')
+    assert r.code == 412
+    assert json.loads(r.body) == {"error": "precondition failed"}
+    etag = files.get("/files/big.bin", method="HEAD").header("etag")
+    assert files.get("/files/big.bin", if_match=etag).code == 200
+
+
+def test_if_unmodified_since_failure_412(files: Files) -> None:
+    """If-Unmodified-Since before the last modification is 412."""
+    assert files.get("/files/big.bin", if_unmodified_since=http_date(0)).code == 412
+
+
+# -- ranges --------------------------------------------------------------------------------
+
+
+def test_single_range(files: Files) -> None:
+    """bytes=100-199 gives 206 with Content-Range and exactly those bytes."""
+    r = files.get("/files/big.bin", range="bytes=100-199")
+    assert r.code == 206
+    assert r.header("content-range") == f"bytes 100-199/{len(BIG)}"
+    assert r.header("content-length") == "100"
+    assert r.body == BIG[100:200]
+
+
+def test_suffix_and_open_ranges(files: Files) -> None:
+    """bytes=-500 is the last 500 bytes; bytes=N- runs to the end."""
+    r = files.get("/files/big.bin", range="bytes=-500")
+    assert r.body == BIG[-500:]
+    assert r.header("content-range") == f"bytes {len(BIG) - 500}-{len(BIG) - 1}/{len(BIG)}"
+    r = files.get("/files/big.bin", range="bytes=299000-")
+    assert r.body == BIG[299000:]
+
+
+def parse_multipart(r: RawResponse) -> list[tuple[str, bytes]]:
+    ctype = r.header("content-type")
+    assert ctype is not None and ctype.startswith("multipart/byteranges; boundary=")
+    message = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + r.body
+    )
+    return [(part["Content-Range"], part.get_payload(decode=True)) for part in message.iter_parts()]
+
+
+def test_multiple_ranges_multipart(files: Files) -> None:
+    """Several ranges give multipart/byteranges with one part each, each with its Content-Range."""
+    r = files.get("/files/big.bin", range="bytes=0-9, 1000-1099, -10")
+    assert r.code == 206
+    assert r.header("content-length") == str(len(r.body))
+    parts = parse_multipart(r)
+    n = len(BIG)
+    assert parts == [
+        (f"bytes 0-9/{n}", BIG[:10]),
+        (f"bytes 1000-1099/{n}", BIG[1000:1100]),
+        (f"bytes {n - 10}-{n - 1}/{n}", BIG[-10:]),
+    ]
+
+
+def test_overlapping_ranges_coalesce(files: Files) -> None:
+    """Overlapping ranges are merged into one part."""
+    r = files.get("/files/big.bin", range="bytes=0-99,50-149")
+    assert r.code == 206
+    assert r.header("content-range") == f"bytes 0-149/{len(BIG)}"
+
+
+def test_amplifying_ranges_get_200(files: Files) -> None:
+    """Ranges whose sum exceeds the file (E3's 200 x 0-) get the plain 200, not 200 copies."""
+    r = files.get("/files/big.bin", range="bytes=" + ",".join(["0-"] * 200))
+    assert r.code == 200
+    assert len(r.body) == len(BIG)
+
+
+def test_too_many_ranges_get_200(files: Files) -> None:
+    """More ranges than max_ranges get the plain 200."""
+    spec = ",".join(f"{i * 100}-{i * 100 + 1}" for i in range(17))
+    assert files.get("/files/big.bin", range="bytes=" + spec).code == 200
+
+
+def test_unsatisfiable_range_416(files: Files) -> None:
+    """A range past the end is 416 with Content-Range: bytes */SIZE."""
+    r = files.get("/files/big.bin", range="bytes=999999-")
+    assert r.code == 416
+    assert r.header("content-range") == f"bytes */{len(BIG)}"
+    assert "error" in json.loads(r.body)
+
+
+def test_invalid_range_ignored(files: Files) -> None:
+    """A syntactically invalid Range is ignored: 200 with the whole file."""
+    r = files.get("/files/big.bin", range="bytes=5-2")
+    assert r.code == 200 and r.body == BIG
+
+
+def test_if_range(files: Files) -> None:
+    """If-Range with the current ETag honours the range; a stale tag or date gets the full 200."""
+    head = files.get("/files/big.bin", method="HEAD")
+    assert files.get("/files/big.bin", range="bytes=0-9", if_range=head.header("etag")).code == 206
+    assert files.get("/files/big.bin", range="bytes=0-9", if_range=head.header("last-modified")).code == 206
+    stale = files.get("/files/big.bin", range="bytes=0-9", if_range='"stale"')
+    assert stale.code == 200 and stale.body == BIG
+    assert files.get("/files/big.bin", range="bytes=0-9", if_range=http_date(0)).code == 200
+
+
+def test_head_with_range_mirrors_206(files: Files) -> None:
+    """HEAD with Range gets the 206 headers (static.File answers 200, E2)."""
+    r = files.get("/files/big.bin", method="HEAD", range="bytes=10-19")
+    assert r.code == 206
+    assert r.header("content-range") == f"bytes 10-19/{len(BIG)}"
+    assert r.header("content-length") == "10"
+
+
+# -- gzip ------------------------------------------------------------------------------------
+
+
+def test_gzip_on_the_fly(files: Files) -> None:
+    """Text with Accept-Encoding: gzip is compressed, chunked, with Vary and a weak ETag."""
+    r = files.get("/files/hello.txt", accept_encoding="gzip, deflate")
+    assert r.code == 200
+    assert r.header("content-encoding") == "gzip"
+    assert r.header("vary") == "Accept-Encoding"
+    assert r.header("content-length") is None
+    assert r.header("transfer-encoding") == "chunked"
+    assert r.header("etag", ).startswith('W/"')
+    assert gzip.decompress(r.body) == TEXT
+    assert len(r.body) < len(TEXT) / 10
+
+
+def test_gzip_not_for_ranges(files: Files) -> None:
+    """A Range request is never gzipped (E4): identity 206."""
+    r = files.get("/files/hello.txt", accept_encoding="gzip", range="bytes=0-4")
+    assert r.code == 206
+    assert r.header("content-encoding") is None
+    assert r.body == TEXT[:5]
+
+
+def test_gzip_not_for_binary_or_refusing_clients(files: Files) -> None:
+    """Binary types, and clients that do not accept gzip, get identity with Content-Length."""
+    r = files.get("/files/big.bin", accept_encoding="gzip")
+    assert r.header("content-encoding") is None and r.body == BIG
+    r = files.get("/files/hello.txt", accept_encoding="gzip;q=0, identity")
+    assert r.header("content-encoding") is None
+    assert r.header("content-length") == str(len(TEXT))
+    assert r.header("vary") == "Accept-Encoding"
+
+
+def test_gzip_disabled(tmp_path: Any) -> None:
+    """gzip=False never compresses."""
+    (tmp_path / "a.txt").write_bytes(TEXT)
+    r = Files(tmp_path, gzip=False).get("/files/a.txt", accept_encoding="gzip")
+    assert r.header("content-encoding") is None and r.body == TEXT
+
+
+def test_gzip_head(files: Files) -> None:
+    """HEAD of a gzip response announces the encoding without a length."""
+    r = files.get("/files/hello.txt", method="HEAD", accept_encoding="gzip")
+    assert r.header("content-encoding") == "gzip"
+    assert r.header("content-length") is None
+
+
+def test_gzip_etag_304(files: Files) -> None:
+    """The weak ETag of the gzip variant revalidates (weak comparison) to 304."""
+    etag = files.get("/files/hello.txt", method="HEAD", accept_encoding="gzip").header("etag")
+    r = files.get("/files/hello.txt", accept_encoding="gzip", if_none_match=etag)
+    assert r.code == 304
+
+
+# -- listings ----------------------------------------------------------------------------------
+
+
+def test_listing(files: Files) -> None:
+    """GET /files/ lists files and dirs as JSON; dotfiles and escaping symlinks are left out."""
+    r = files.get("/files/")
+    assert r.code == 200
+    assert r.header("content-type") == "application/json"
+    entries = {e["name"]: e for e in json.loads(r.body)}
+    assert set(entries) == {
+        "big.bin", "hello.txt", "report.csv", "noext", "archive.tar.gz", "sub", "alias.txt",
+    }
+    assert entries["big.bin"]["size"] == len(BIG)
+    assert entries["big.bin"]["type"] == "file"
+    assert entries["sub"]["type"] == "dir"
+    assert isinstance(entries["hello.txt"]["mtime"], float)
+
+
+def test_listing_many_entries_batches(tmp_path: Any) -> None:
+    """A large directory streams in several writes and still parses as one JSON array."""
+    for i in range(300):
+        (tmp_path / f"f{i:03}").write_bytes(b"")
+    files = Files(tmp_path)
+    r = files.get("/files/")
+    assert sorted(e["name"] for e in json.loads(r.body)) == [f"f{i:03}" for i in range(300)]
+
+
+def test_empty_listing(tmp_path: Any) -> None:
+    """An empty directory is []."""
+    assert json.loads(Files(tmp_path).get("/files/").body) == []
+
+
+def test_listing_redirects_without_slash(files: Files) -> None:
+    """A directory URL without its slash redirects to it, keeping the query."""
+    r = files.get("/files/sub?x=1")
+    assert r.code == 301
+    assert r.header("location") == "/files/sub/?x=1"
+    assert files.get("/files").header("location") == "/files/"
+
+
+def test_nested_listing_and_file_with_slash(files: Files) -> None:
+    """Sub-directories list; a file URL with a trailing slash is 404."""
+    names = {e["name"] for e in json.loads(files.get("/files/sub/").body)}
+    assert names == {"inner.txt", "caf\u00e9 \u00fc.txt"}
+    assert files.get("/files/hello.txt/").code == 404
+
+
+def test_listing_head_has_no_body(files: Files) -> None:
+    """HEAD on a listing gives headers only."""
+    r = files.get("/files/", method="HEAD")
+    assert r.code == 200 and r.body == b""
+
+
+def test_listing_gzip(files: Files) -> None:
+    """Listings are gzipped for clients that accept it."""
+    r = files.get("/files/", accept_encoding="gzip")
+    assert r.header("content-encoding") == "gzip"
+    assert isinstance(json.loads(gzip.decompress(r.body)), list)
+
+
+# -- security -----------------------------------------------------------------------------------
+
+TRAVERSALS = [
+    "/files/../outside.txt",
+    "/files/%2e%2e/outside.txt",
+    "/files/%2E%2E/outside.txt",
+    "/files/sub/../../outside.txt",
+    "/files/sub/%2e%2e/%2e%2e/outside.txt",
+    "/files/..%2foutside.txt",
+    "/files/..%2Foutside.txt",
+    "/files/sub%2f..%2f..%2foutside.txt",
+    "/files/..%5coutside.txt",
+    "/files/..\\outside.txt",
+    "/files/%252e%252e/outside.txt",
+    "/files/%252e%252e%252foutside.txt",
+    "/files//etc/passwd",
+    "/files/%2fetc%2fpasswd",
+    "/files/hello.txt%00.bin",
+    "/files/escape.txt",
+    "/files/escapedir/outside.txt",
+    "/files/.secret",
+    "/files/%2esecret",
+    "/files/sub/./inner.txt",
+    "/files/./hello.txt",
+    "/files/%ff.txt",
+]
+
+
+@pytest.mark.parametrize("path", TRAVERSALS)
+def test_traversal_refused(files: Files, path: str) -> None:
+    """No spelling of a path outside the root, or of a dotfile, is ever served."""
+    r = files.get(path)
+    assert r.code in (400, 404), (path, r.code)
+    assert b"outside the root" not in r.body
+    assert b"do not serve" not in r.body
+    assert b"root:" not in r.body
+
+
+def test_symlink_inside_root_is_served(files: Files) -> None:
+    """A symlink that stays inside the root is fine."""
+    assert files.get("/files/alias.txt").body == TEXT
+
+
+def test_fifo_is_not_opened(files: Files) -> None:
+    """A FIFO is 404 at once (opening it for reading must not block the reactor)."""
+    os.mkfifo(files.root / "pipe")
+    assert files.get("/files/pipe").code == 404
+
+
+def test_resolve_rejects_without_io(tmp_path: Any) -> None:
+    """The pure resolver refuses hostile segments before touching the disk."""
+    for segments in ([b".."], [b"a/b"], [b"a\\b"], [b"a\x00"], [b"", b"x"], [b".hidden"]):
+        with pytest.raises(HTTPError) as e:
+            resolve(str(tmp_path), segments)
+        assert e.value.code == 404
+
+
+# -- disconnects ------------------------------------------------------------------------------
+
+
+def test_disconnect_mid_download_closes_file(files: Files) -> None:
+    """A client that disconnects mid-download: the file is closed at once."""
+    conn = files.connect()
+    conn.request("GET", "/files/big.bin")
+    fds_before = {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd") if _link(fd)}
+    assert str(files.root / "big.bin") in fds_before
+    assert conn.transport.producer_paused
+    conn.disconnect()
+    fds_after = {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd") if _link(fd)}
+    assert str(files.root / "big.bin") not in fds_after
+    assert files.clock.getDelayedCalls() == []
+
+
+def _link(fd: str) -> bool:
+    try:
+        os.readlink(f"/proc/self/fd/{fd}")
+        return True
+    except OSError:
+        return False

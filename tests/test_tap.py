@@ -1,0 +1,188 @@
+"""
+Tests for the twistd plugin and L{streamsvc.tap}: discovery without importing
+the app, options over config, one-line errors, and the real C{twistd}.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IServiceMaker
+from twisted.internet.testing import MemoryReactor
+from twisted.plugin import getPlugins
+
+from streamsvc.tap import Options, makeService
+
+TWISTD = str(Path(sys.executable).with_name("twistd"))
+
+
+def test_plugin_discovery_does_not_import_tap() -> None:
+    """getPlugins finds 'streamsvc' without importing streamsvc.tap (or the app)."""
+    code = (
+        "import sys\n"
+        "from twisted.plugin import getPlugins\n"
+        "from twisted.application.service import IServiceMaker\n"
+        "names = [p.tapname for p in getPlugins(IServiceMaker)]\n"
+        "assert 'streamsvc' in names, names\n"
+        "leaked = [m for m in sys.modules if m.startswith('streamsvc')]\n"
+        "assert not leaked, leaked\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_plugin_points_at_tap() -> None:
+    """The service maker found in-process is ours and builds our Options."""
+    [maker] = [p for p in getPlugins(IServiceMaker) if p.tapname == "streamsvc"]
+    assert maker.module == "streamsvc.tap"
+    assert isinstance(maker.options(), Options)
+
+
+def test_installed_distribution_ships_the_dropin() -> None:
+    """
+    The installed wheel has twisted/plugins/streamsvc_plugin.py and no
+    twisted/__init__.py or twisted/plugins/__init__.py (daphne#557).
+    """
+    try:
+        files = importlib.metadata.files("streamsvc")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("streamsvc is not installed as a distribution")
+    names = {str(f).replace(os.sep, "/") for f in files or []}
+    assert "twisted/plugins/streamsvc_plugin.py" in names
+    assert "twisted/__init__.py" not in names
+    assert "twisted/plugins/__init__.py" not in names
+    assert "streamsvc/py.typed" in names
+
+
+def parse(*argv: str, cwd: Path) -> Options:
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        options = Options()
+        options.parseOptions(list(argv))
+        return options
+    finally:
+        os.chdir(old)
+
+
+def test_defaults_create_data_dir(tmp_path: Path) -> None:
+    """With no config file, defaults apply and ./data/files is created."""
+    options = parse(cwd=tmp_path)
+    assert options.config is not None
+    assert options.config.server.listen == ("tcp:8080:interface=127.0.0.1",)
+    assert (tmp_path / "data" / "files").is_dir()
+
+
+def test_command_line_overrides_file(tmp_path: Path) -> None:
+    """--listen (repeatable) and --data-dir override tap.conf in the working directory."""
+    (tmp_path / "tap.conf").write_text("[server]\nlisten = tcp:9000\ndata_dir = fromfile\n")
+    options = parse(cwd=tmp_path)
+    assert options.config.server.listen == ("tcp:9000",)
+    options = parse("--listen", "tcp:1", "--listen", "unix:/tmp/x.sock", "-d", str(tmp_path / "d"), cwd=tmp_path)
+    assert options.config.server.listen == ("tcp:1", "unix:/tmp/x.sock")
+    assert options.config.server.data_dir == str(tmp_path / "d")
+
+
+@pytest.mark.parametrize(
+    "argv, conf, fragment",
+    [
+        (["--config", "missing.conf"], None, "missing.conf"),
+        ([], "[nope]\n", "nope"),
+        ([], "[stream]\nchunk_size = big\n", "chunk_size"),
+        ([], "[server]\nlisten = bogus:1\n", "bogus:1"),
+        (["--listen", "tcp:notaport"], None, "tcp:notaport"),
+    ],
+)
+def test_config_errors_are_one_line(
+    tmp_path: Path, capsys: Any, argv: list[str], conf: str | None, fragment: str
+) -> None:
+    """A bad config gives one line on stderr naming the culprit, and a non-zero exit."""
+    if conf is not None:
+        (tmp_path / "tap.conf").write_text(conf)
+    with pytest.raises(SystemExit) as exit:
+        parse(*argv, cwd=tmp_path)
+    assert exit.value.code != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert fragment in err
+    assert "Traceback" not in err
+
+
+def test_make_service_one_endpoint_service_per_listen(tmp_path: Path) -> None:
+    """makeService builds one endpoint service per listen entry, on the given reactor."""
+    options = parse("--listen", "tcp:0:interface=127.0.0.1", "--listen", "tcp:0", "-d", str(tmp_path), cwd=tmp_path)
+    reactor = MemoryReactor()
+    service = makeService(options, reactor=reactor)
+    children = list(service)
+    assert len(children) == 2
+    assert all(isinstance(c, StreamServerEndpointService) for c in children)
+    service.privilegedStartService()
+    service.startService()
+    assert len(reactor.tcpServers) == 2
+    service.stopService()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_twistd_runs_from_any_directory(tmp_path: Path) -> None:
+    """`twistd -n streamsvc` starts from an unrelated directory and serves /healthz and a file."""
+    port = free_port()
+    (tmp_path / "data" / "files").mkdir(parents=True)
+    (tmp_path / "data" / "files" / "hi.txt").write_bytes(b"hello")
+    proc = subprocess.Popen(
+        [TWISTD, "-n", "--pidfile=", "--logfile=-", "streamsvc", "--listen", f"tcp:{port}:interface=127.0.0.1"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                    s.sendall(b"GET /files/hi.txt HTTP/1.0\r\n\r\n")
+                    reply = b""
+                    while chunk := s.recv(65536):
+                        reply += chunk
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(proc.communicate()[0].decode())
+                time.sleep(0.1)  # waiting for a child process to bind, not for logic
+        assert reply.startswith(b"HTTP/1.0 200")
+        assert reply.endswith(b"\r\n\r\nhello")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_twistd_help_and_bad_config() -> None:
+    """`twistd streamsvc --help` lists the options; a bad --config exits non-zero with one line."""
+    out = subprocess.run([TWISTD, "streamsvc", "--help"], capture_output=True, text=True, cwd="/")
+    assert out.returncode == 0
+    assert "--listen" in out.stdout and "--data-dir" in out.stdout and "--config" in out.stdout
+    out = subprocess.run(
+        [TWISTD, "-n", "streamsvc", "--config", "/nonexistent/tap.conf"],
+        capture_output=True,
+        text=True,
+        cwd="/tmp",
+    )
+    assert out.returncode != 0
+    assert "Traceback" not in out.stdout + out.stderr
+    assert out.stderr.strip().count("\n") == 0
+    assert "/nonexistent/tap.conf" in out.stderr

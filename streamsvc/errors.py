@@ -115,18 +115,25 @@ class JSONResource(resource.Resource):
             return render_error(request, error)
 
 
-def _own_methods(obj: object) -> set[str]:
+def _own_methods(obj: object) -> frozenset[str]:
     """
-    The HTTP methods an object really implements.
+    The HTTP methods an object's class really implements (cached per class).
 
     twisted.web's C{Resource.render_HEAD} silently runs C{render_GET} and
     throws the body away (ANCHORS E7); streaming resources must define their
     own, so an inherited one does not count.
     """
-    methods = {name[len("render_") :] for name in dir(obj) if name.startswith("render_")}
-    if getattr(type(obj), "render_HEAD", None) is resource.Resource.render_HEAD:
-        methods.discard("HEAD")
+    cls = type(obj)
+    methods = _METHODS.get(cls)
+    if methods is None:
+        names = {name[len("render_") :] for name in dir(cls) if name.startswith("render_")}
+        if getattr(cls, "render_HEAD", None) is resource.Resource.render_HEAD:
+            names.discard("HEAD")
+        methods = _METHODS[cls] = frozenset(names)
     return methods
+
+
+_METHODS: dict[type, frozenset[str]] = {}
 
 
 class Request(server.Request):

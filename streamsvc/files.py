@@ -88,6 +88,7 @@ class Target:
     real: str
     segments: tuple[str, ...]
     slash: bool  # the URL ended with "/"
+    is_dir: bool
 
 
 @attrs.frozen
@@ -119,9 +120,13 @@ def resolve(root: str, postpath: list[bytes]) -> Target:
 
     twisted.web has already percent-decoded each segment exactly once, so
     C{%2e%2e} arrives as C{..} and C{%2f} as a C{/} inside a segment; both are
-    refused here, as are backslashes, NUL, empty segments, dotfiles and
-    anything a symlink resolves to outside the root (or to a dotfile).
+    refused here, as are backslashes, NUL, empty segments and dotfiles.
     A double-encoded C{%252e%252e} stays the literal name C{%2e%2e}.
+
+    The path is then walked one C{lstat} per segment: a symlink is resolved
+    where it stands and must land inside the root (and not on a dotfile).
+    That costs one system call per segment in the common case, where
+    C{os.path.realpath} would re-walk the root's own components every time.
 
     @raise HTTPError: 400 for a path that is not UTF-8, 404 for everything
         that is not a servable name (no hint as to why).
@@ -134,10 +139,22 @@ def resolve(root: str, postpath: list[bytes]) -> Target:
         raise HTTPError(400, "path is not valid UTF-8") from None
     if not all(_is_safe_segment(s) for s in segments):
         raise HTTPError(404, "not found")
-    real = os.path.realpath(os.path.join(root, *segments))
-    if not _inside(real, root):
-        raise HTTPError(404, "not found")
-    return Target(real, segments, slash)
+    path = root
+    mode = stat.S_IFDIR
+    try:
+        for segment in segments:
+            if not stat.S_ISDIR(mode):
+                raise HTTPError(404, "not found")
+            path = os.path.join(path, segment)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                path = os.path.realpath(path)
+                if not _inside(path, root):
+                    raise HTTPError(404, "not found")
+                mode = os.stat(path).st_mode
+    except OSError:
+        raise HTTPError(404, "not found") from None
+    return Target(path, segments, slash, stat.S_ISDIR(mode))
 
 
 def _open_regular(path: str) -> tuple[BinaryIO, os.stat_result]:
@@ -216,11 +233,7 @@ class FilesResource(JSONResource):
 
     def _respond(self, request: IRequest, *, head: bool) -> bytes | int:
         target = resolve(self.root, request.postpath)
-        try:
-            is_dir = stat.S_ISDIR(os.stat(target.real).st_mode)
-        except OSError:
-            raise HTTPError(404, "not found") from None
-        if is_dir:
+        if target.is_dir:
             if not target.slash:
                 return self._redirect_to_slash(request)
             return self._listing(request, target, head=head)

@@ -455,6 +455,27 @@ def test_symlink_inside_root_is_served(files: Files) -> None:
     assert files.get("/files/alias.txt").body == TEXT
 
 
+def test_symlink_walk(files: Files) -> None:
+    """
+    The resolver walks one segment at a time: a symlinked folder inside the
+    root is followed, a link onto a dotfile or a chain that ends outside is
+    refused, and a file cannot be used as a folder.
+    """
+    root = files.root
+    os.symlink(root / "sub", root / "subalias")
+    os.symlink(root / ".secret", root / "hidden-alias")
+    os.symlink(root / "escape.txt", root / "chain.txt")
+    os.symlink(root / "missing", root / "dangling")
+    assert files.get("/files/subalias/inner.txt").body == b"inner"
+    target = resolve(str(root), [b"subalias", b""])
+    assert target.is_dir and target.real == str(root / "sub")
+    for path in ("/files/hidden-alias", "/files/chain.txt", "/files/dangling",
+                 "/files/hello.txt/x", "/files/hello.txt/"):
+        r = files.get(path)
+        assert r.code == 404, (path, r.code)
+        assert b"do not serve" not in r.body and b"outside the root" not in r.body
+
+
 def test_fifo_is_not_opened(files: Files) -> None:
     """A FIFO is 404 at once (opening it for reading must not block the reactor)."""
     os.mkfifo(files.root / "pipe")

@@ -40,7 +40,9 @@ OTHER_ETAG = '"2710-17b"'
 MTIME = EXAMPLE_SECONDS
 
 
-def plan(value: str | None, size: int = 10000, max_ranges: int = 16) -> list[tuple[int, int]] | None:
+def plan(
+    value: str | None, size: int = 10000, max_ranges: int = 16
+) -> list[tuple[int, int]] | None:
     """L{plan_ranges} as (first, last) pairs, easier to read in assertions."""
     ranges = plan_ranges(value, size, max_ranges)
     return None if ranges is None else [(r.start, r.end) for r in ranges]
@@ -604,7 +606,9 @@ def test_property_http_date_round_trip(seconds: int) -> None:
 # --- evaluate_preconditions --------------------------------------------------------
 
 
-def pre(method: str = "GET", etag: str = ETAG, last_modified: int = MTIME, **headers: str) -> int | None:
+def pre(
+    method: str = "GET", etag: str = ETAG, last_modified: int = MTIME, **headers: str
+) -> int | None:
     """evaluate_preconditions with the usual representation."""
     return evaluate_preconditions(method=method, etag=etag, last_modified=last_modified, **headers)
 
@@ -800,13 +804,14 @@ def test_multipart_parses_as_mime() -> None:
     ranges = plan_ranges("bytes=0-9,500-599,-16", len(data), 16)
     assert ranges is not None and len(ranges) == 3
     boundary = "b0undary"
-    body = assemble(multipart_byteranges(ranges, len(data), "application/octet-stream", boundary), data)
+    parts = multipart_byteranges(ranges, len(data), "application/octet-stream", boundary)
+    body = assemble(parts, data)
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
         b"Content-Type: multipart/byteranges; boundary=" + boundary.encode() + b"\r\n\r\n" + body
     )
-    parts = list(message.iter_parts())
-    assert [p["Content-Range"] for p in parts] == [r.content_range(len(data)) for r in ranges]
-    assert [p.get_payload(decode=True) for p in parts] == [
+    mime_parts = list(message.iter_parts())
+    assert [p["Content-Range"] for p in mime_parts] == [r.content_range(len(data)) for r in ranges]
+    assert [p.get_payload(decode=True) for p in mime_parts] == [
         data[r.start : r.end + 1] for r in ranges
     ]
 

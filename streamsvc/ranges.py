@@ -22,6 +22,7 @@ a server to ignore them, so the parsing functions answer C{None} instead.
 from __future__ import annotations
 
 import calendar
+import functools
 import math
 import re
 import time
@@ -389,13 +390,18 @@ _ASCTIME_DATE: Final = re.compile(
 )
 
 
-def _full_year(two_digits: int) -> int:
+def _this_year() -> int:
+    return time.gmtime().tm_year
+
+
+def _full_year(two_digits: int, this_year: int | None = None) -> int:
     """
     The year of an rfc850-date: RFC 9110 §5.6.7 says a two-digit year more
     than 50 years in the future is the most recent past year with the same
     last two digits.
     """
-    this_year = time.gmtime().tm_year
+    if this_year is None:
+        this_year = _this_year()
     year = this_year - this_year % 100 + two_digits
     if year > this_year + 50:
         year -= 100
@@ -442,6 +448,7 @@ def parse_http_date(value: str | None) -> int | None:
     return calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
 
 
+@functools.lru_cache(maxsize=256)
 def http_date(seconds: float) -> str:
     """
     The IMF-fixdate of C{seconds} since the epoch, e.g.
@@ -449,7 +456,8 @@ def http_date(seconds: float) -> str:
 
     Fractions are dropped (floored, so a date never lies in the future of
     the instant it describes); day and month names are fixed English, never
-    the locale's, which C{time.strftime} would use.
+    the locale's, which C{time.strftime} would use. Cached, since the same
+    few modification times are formatted on every request for them.
     """
     t = time.gmtime(math.floor(seconds))
     return "%s, %02d %s %04d %02d:%02d:%02d GMT" % (

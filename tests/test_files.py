@@ -98,6 +98,13 @@ def test_get_file_headers_and_body(files: Files) -> None:
         ("noext", "application/octet-stream"),
         ("a.tar.gz", "application/gzip"),
         ("a.gz", "application/gzip"),
+        ("report.final.csv", "text/csv"),
+        ("README.TXT", "text/plain"),
+        ("a..json", "application/json"),
+        ("backup.tgz", "application/gzip"),
+        ("notes.txt.bz2", "application/x-bzip2"),
+        ("trailingdot.", "application/octet-stream"),
+        ("page.html.unknownext", "application/octet-stream"),
     ],
 )
 def test_content_types(name: str, expected: str) -> None:

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streamsvc import ranges as ranges_module
 from streamsvc.ranges import (
     ByteRange,
     RangeNotSatisfiable,
@@ -522,8 +523,23 @@ def test_etag_matches_rejects_malformed_own_etag() -> None:
 # --- HTTP dates ------------------------------------------------------------------
 
 
+@pytest.fixture
+def year_2026(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two-digit years depend on today's year: pin it, so these tests never age."""
+    monkeypatch.setattr(ranges_module, "_this_year", lambda: 2026)
+
+
+@pytest.mark.parametrize(
+    ("two_digits", "this_year", "expected"),
+    [(94, 2026, 1994), (15, 2026, 2015), (76, 2026, 2076), (77, 2026, 1977), (94, 2050, 2094)],
+)
+def test_full_year_window(two_digits: int, this_year: int, expected: int) -> None:
+    """RFC 9110 §5.6.7: more than 50 years ahead means the previous century."""
+    assert ranges_module._full_year(two_digits, this_year) == expected
+
+
 @pytest.mark.parametrize("text", [IMF, RFC850, ASCTIME])
-def test_parse_http_date_three_formats(text: str) -> None:
+def test_parse_http_date_three_formats(text: str, year_2026: None) -> None:
     """All three RFC 9110 §5.6.7 forms of the same instant give the same seconds."""
     assert parse_http_date(text) == EXAMPLE_SECONDS
 
@@ -533,7 +549,7 @@ def test_parse_http_date_asctime_two_digit_day() -> None:
     assert parse_http_date("Thu Nov 10 08:49:37 1994") == EXAMPLE_SECONDS + 4 * 86400
 
 
-def test_parse_http_date_rfc850_recent_century() -> None:
+def test_parse_http_date_rfc850_recent_century(year_2026: None) -> None:
     """A two-digit year is read as the recent past or near future, not the 1900s."""
     assert parse_http_date("Thursday, 01-Jan-15 00:00:00 GMT") == 1420070400
 
@@ -692,7 +708,7 @@ def test_if_modified_since_ignored() -> None:
     assert pre(method="get", if_modified_since=LATER) is None  # methods are case-sensitive
 
 
-def test_if_modified_since_accepts_obsolete_forms() -> None:
+def test_if_modified_since_accepts_obsolete_forms(year_2026: None) -> None:
     """If-Modified-Since in RFC 850 or asctime form works like IMF-fixdate."""
     assert pre(if_modified_since=RFC850) == 304
     assert pre(if_modified_since=ASCTIME) == 304
@@ -741,7 +757,7 @@ def test_if_range_malformed_etag() -> None:
     assert if_range_allows_partial("", ETAG, MTIME) is False
 
 
-def test_if_range_date() -> None:
+def test_if_range_date(year_2026: None) -> None:
     """Only a date exactly equal to Last-Modified allows the range."""
     assert if_range_allows_partial(SAME, ETAG, MTIME) is True
     assert if_range_allows_partial(RFC850, ETAG, MTIME) is True

@@ -14,6 +14,8 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
 from twisted.python import usage
 
 from streamsvc.app import build_site, prepare_data_dir
@@ -24,6 +26,9 @@ from streamsvc.config import (
     apply_overrides,
     load_config,
 )
+
+
+log = Logger()
 
 
 class Options(usage.Options):
@@ -89,7 +94,37 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     site = build_site(config, reactor=reactor)
     top = MultiService()
     for description in config.server.listen:
-        service = StreamServerEndpointService(serverFromString(reactor, description), site)
-        service._raiseSynchronously = True
-        service.setServiceParent(top)
+        _Listener(description, serverFromString(reactor, description), site).setServiceParent(top)
     return top
+
+
+class _Listener(StreamServerEndpointService):
+    """
+    Listens on one endpoint, and fails start-up with one line when it cannot.
+
+    twistd would print a traceback for a port already in use or a socket path
+    it may not create; the operator needs the endpoint and the reason, so
+    that is what goes to standard error (the real one: twistd has redirected
+    C{sys.stderr} into its log by now) before the process exits.
+    """
+
+    def __init__(self, description: str, endpoint: Any, factory: Any) -> None:
+        super().__init__(endpoint, factory)
+        self.description = description
+        self._raiseSynchronously = True
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except Exception as e:
+            message = f"cannot listen on {self.description!r}: {_reason(e)}"
+            log.critical("{message}", message=message)
+            (sys.__stderr__ or sys.stderr).write(f"streamsvc: error: {message}\n")
+            raise SystemExit(1) from None
+
+
+def _reason(error: Exception) -> str:
+    """The useful part of a listen error: C{[Errno 98] Address already in use}."""
+    if isinstance(error, CannotListenError) and error.socketError is not None:
+        return str(error.socketError)
+    return str(error) or type(error).__name__

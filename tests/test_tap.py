@@ -18,9 +18,13 @@ import pytest
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceMaker
 from twisted.internet.testing import MemoryReactor
+from twisted.internet.defer import fail
+from twisted.internet.error import CannotListenError
 from twisted.plugin import getPlugins
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
-from streamsvc.tap import Options, makeService
+from streamsvc.tap import Options, _Listener, makeService
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 
@@ -133,6 +137,28 @@ def test_make_service_one_endpoint_service_per_listen(tmp_path: Path) -> None:
     service.stopService()
 
 
+class RefusingEndpoint:
+    """A server endpoint whose port is taken."""
+
+    def listen(self, factory: Any) -> Any:
+        return fail(CannotListenError("127.0.0.1", 8080, OSError(98, "Address already in use")))
+
+
+def test_listen_failure_is_one_line(capfd: pytest.CaptureFixture[str]) -> None:
+    """A port that cannot be bound stops start-up with one line naming the endpoint."""
+    listener = _Listener("tcp:8080:interface=127.0.0.1", RefusingEndpoint(), Site(Resource()))
+    with pytest.raises(SystemExit) as e:
+        listener.privilegedStartService()
+    assert e.value.code == 1
+    # (Before twistd starts logging, Twisted also echoes critical log events to stderr.)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == (
+        "streamsvc: error: cannot listen on 'tcp:8080:interface=127.0.0.1': "
+        "[Errno 98] Address already in use"
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -169,6 +195,27 @@ def test_twistd_runs_from_any_directory(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_twistd_port_in_use_is_one_line(tmp_path: Path) -> None:
+    """A port already taken: non-zero exit, one line on stderr, no traceback anywhere."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [TWISTD, "-n", "--pidfile=", "streamsvc", "--listen", f"tcp:{port}:interface=127.0.0.1"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=60,
+        )
+    assert out.returncode == 1
+    assert "Traceback" not in out.stdout + out.stderr
+    assert out.stderr == (
+        f"streamsvc: error: cannot listen on 'tcp:{port}:interface=127.0.0.1': "
+        "[Errno 98] Address already in use\n"
+    )
 
 
 def test_twistd_help_and_bad_config() -> None:

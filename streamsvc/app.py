@@ -18,7 +18,7 @@ from twisted.web.server import Site
 
 from streamsvc.auth import BearerGuard, TokenSet
 from streamsvc.config import Config, ConfigError
-from streamsvc.errors import JSONResource, Request, not_found
+from streamsvc.errors import HTTPError, JSONResource, Request, not_found
 from streamsvc.files import FilesResource
 
 
@@ -39,19 +39,24 @@ def prepare_data_dir(config: Config) -> None:
         raise ConfigError(f"data_dir {config.server.data_dir!r}: {path!r} is not readable")
 
 
+_HEALTHY = b'{"status": "ok"}\n'
+
+
 class Health(JSONResource):
     """C{GET /healthz}: the process is up and serving."""
 
     isLeaf = True
 
     def render_GET(self, request: IRequest) -> bytes:
+        if request.postpath:
+            raise HTTPError(404, "not found")  # /healthz/anything
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
-        return b'{"status": "ok"}\n'
+        return _HEALTHY
 
     def render_HEAD(self, request: IRequest) -> bytes:
-        self.render_GET(request)
-        request.setHeader(b"content-length", b"16")
+        body = self.render_GET(request)
+        request.setHeader(b"content-length", b"%d" % (len(body),))
         return b""
 
 
@@ -59,6 +64,8 @@ class Root(JSONResource):
     """C{/}: an index of the endpoints; unknown children are JSON 404s."""
 
     def getChild(self, path: bytes, request: IRequest) -> IResource:
+        if path == b"" and not request.postpath:
+            return self  # "/" itself
         return not_found()
 
     def render_GET(self, request: IRequest) -> bytes:

@@ -46,7 +46,8 @@ def error_body(message: str) -> bytes:
 
 def render_error(request: IRequest, error: HTTPError) -> bytes:
     """
-    Set status and headers for C{error} on C{request} and return the body.
+    Set status and headers for C{error} on C{request} and return the body
+    (empty for HEAD).
 
     Headers a success path may already have set (Content-Length,
     Content-Encoding, Content-Range, ETag...) describe a body that will not be
@@ -69,7 +70,9 @@ def render_error(request: IRequest, error: HTTPError) -> bytes:
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"x-content-type-options", b"nosniff")
     request.setHeader(b"content-length", b"%d" % (len(body),))
-    return body
+    # HEAD gets the headers GET would (Content-Length included) and no body;
+    # returning one would make twisted.web log that it is "eating" it.
+    return b"" if request.method == b"HEAD" else body
 
 
 class ErrorPage(resource.Resource):

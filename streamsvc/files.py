@@ -14,7 +14,6 @@ import mimetypes
 import os
 import secrets
 import stat
-from collections.abc import Iterator
 from typing import BinaryIO
 from urllib.parse import quote
 
@@ -244,6 +243,10 @@ class FilesResource(JSONResource):
         clock: IReactorTime | None = None,
     ) -> None:
         super().__init__()
+        if not 1 <= gzip_level <= 9:
+            raise ValueError(f"gzip_level must be 1-9, not {gzip_level}")
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive, not {chunk_size}")
         self.root = os.path.realpath(root)
         self.chunk_size = chunk_size
         self.max_ranges = max_ranges
@@ -279,8 +282,9 @@ class FilesResource(JSONResource):
                 streaming=self.streaming,
                 clock=self.clock,
             )
+            body = self._wrap(producer, decided.gzip)
             file = None  # the producer owns it now, and closes it however the stream ends
-            send_body(request, self._wrap(producer, decided.gzip))
+            send_body(request, body)
             return NOT_DONE_YET  # type: ignore[no-any-return]
         finally:
             if file is not None:
@@ -334,7 +338,10 @@ class FilesResource(JSONResource):
 
         verdict = evaluate_preconditions(
             method=request.method.decode("ascii"),
-            etag=etag,
+            # The file's own (strong) tag: If-Match needs a strong comparison,
+            # which the weak tag of a gzipped response could never pass, and
+            # If-None-Match compares weakly, so either spelling matches it.
+            etag=strong_etag,
             last_modified=mtime,
             if_match=_header(request, b"if-match"),
             if_none_match=_header(request, b"if-none-match"),
@@ -403,6 +410,10 @@ class FilesResource(JSONResource):
         return _finish_without_body(request)
 
     def _listing(self, request: IRequest, target: Target, *, head: bool) -> int:
+        try:
+            listing = DirectoryListing(target.real, self.root)
+        except OSError:
+            raise HTTPError(404, "not found") from None
         gzip = self._gzip_wanted(request, "application/json")
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"x-content-type-options", b"nosniff")
@@ -411,41 +422,60 @@ class FilesResource(JSONResource):
         if gzip:
             request.setHeader(b"content-encoding", b"gzip")
         if head:
+            listing.close()
             return _finish_without_body(request)
-        producer = IterableProducer(
-            list_directory(target.real, self.root),
-            streaming=self.streaming,
-            clock=self.clock,
-        )
+        producer = IterableProducer(listing, streaming=self.streaming, clock=self.clock)
         send_body(request, self._wrap(producer, gzip))
         return NOT_DONE_YET  # type: ignore[no-any-return]
 
 
-def list_directory(path: str, root: str) -> Iterator[bytes]:
+class DirectoryListing:
     """
-    A directory as a JSON array, a batch of entries at a time, in directory
+    A directory as a JSON array, a batch of entries per item, in directory
     order (sorting would mean holding every name in memory first).
 
-    Dotfiles, entries that are neither files nor directories, and symlinks
-    that resolve outside C{root} are left out. The directory handle is
-    closed when the generator is, which L{IterableProducer} does at once if
-    the client goes away.
+    The directory is opened by the constructor, so one that cannot be read
+    is an C{OSError} the resource answers (404) before any byte is sent,
+    rather than a body that breaks off after its C{[}. L{close} releases
+    the handle whether or not iteration ever began; L{IterableProducer}
+    calls it at once when the client goes away.
+
+    Each item looks at no more than C{batch} entries, however many of them
+    are left out (dotfiles, special files, symlinks that resolve outside
+    C{root}), so one step never walks a huge directory in a single go.
     """
-    yield b"["
-    first = True
-    with os.scandir(path) as entries:
-        batch: list[bytes] = []
-        for entry in entries:
-            item = _entry(entry, root)
-            if item is None:
-                continue
-            batch.append((b"" if first else b",") + json.dumps(item).encode("utf-8"))
-            first = False
-            if len(batch) >= LISTING_BATCH:
-                yield b"".join(batch)
-                batch = []
-        batch.append(b"]\n")
-        yield b"".join(batch)
+
+    def __init__(self, path: str, root: str, *, batch: int = LISTING_BATCH) -> None:
+        self._entries = os.scandir(path)
+        self._root = root
+        self._batch = batch
+        self._started = False
+        self._empty = True
+        self._ended = False
+
+    def __iter__(self) -> DirectoryListing:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._ended:
+            raise StopIteration
+        parts = [] if self._started else [b"["]
+        self._started = True
+        for _ in range(self._batch):
+            entry = next(self._entries, None)
+            if entry is None:
+                parts.append(b"]\n")
+                self._ended = True
+                self.close()
+                break
+            item = _entry(entry, self._root)
+            if item is not None:
+                parts.append((b"" if self._empty else b",") + json.dumps(item).encode("utf-8"))
+                self._empty = False
+        return b"".join(parts)
+
+    def close(self) -> None:
+        self._entries.close()
 
 
 def _entry(entry: os.DirEntry[str], root: str) -> dict[str, object] | None:

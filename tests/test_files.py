@@ -18,7 +18,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from streamsvc.errors import Request
-from streamsvc.files import FilesResource, content_type_for, resolve
+from streamsvc.files import DirectoryListing, FilesResource, content_type_for, resolve
 from streamsvc.errors import HTTPError
 from streamsvc.ranges import http_date
 from streamsvc.testing import RawResponse, SiteConnection
@@ -359,6 +359,23 @@ def test_gzip_etag_304(files: Files) -> None:
     assert r.code == 304
 
 
+def test_gzip_if_match_uses_the_file_tag(files: Files) -> None:
+    """
+    If-Match compares strongly against the file's own tag, so a client that
+    accepts gzip can still pass it; a weak tag never passes.
+    """
+    strong = files.get("/files/hello.txt", method="HEAD").header("etag")
+    r = files.get("/files/hello.txt", accept_encoding="gzip", if_match=strong)
+    assert r.code == 200
+    assert r.header("content-encoding") == "gzip"
+    assert r.header("etag") == "W/" + strong
+    assert gzip.decompress(r.body) == TEXT
+    assert files.get("/files/hello.txt", accept_encoding="gzip", if_match="W/" + strong).code == 412
+    assert files.get("/files/hello.txt", accept_encoding="gzip", if_match='"other"').code == 412
+    r = files.get("/files/hello.txt", accept_encoding="gzip", if_none_match=strong)
+    assert r.code == 304
+
+
 # -- listings ----------------------------------------------------------------------------------
 
 
@@ -389,6 +406,72 @@ def test_listing_many_entries_batches(tmp_path: Any) -> None:
 def test_empty_listing(tmp_path: Any) -> None:
     """An empty directory is []."""
     assert json.loads(Files(tmp_path).get("/files/").body) == []
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_directory_listing_items_are_bounded(tmp_path: Any) -> None:
+    """
+    Each item looks at no more than a batch of entries, even when all of them
+    are left out, and the items join into one JSON array.
+    """
+    for i in range(10):
+        (tmp_path / f".hidden{i}").write_bytes(b"")
+    for i in range(5):
+        (tmp_path / f"f{i}").write_bytes(b"")
+    items = list(DirectoryListing(str(tmp_path), str(tmp_path), batch=4))
+    assert len(items) == 4  # 15 entries, 4 at a time; the last item closes the array
+    assert items[0].startswith(b"[") and items[-1].endswith(b"]\n")
+    assert sorted(e["name"] for e in json.loads(b"".join(items))) == [f"f{i}" for i in range(5)]
+
+
+def test_directory_listing_close_before_and_during_iteration(tmp_path: Any) -> None:
+    """The directory handle is released by close(), whether or not iteration began."""
+    for i in range(10):
+        (tmp_path / f"f{i}").write_bytes(b"")
+    before = open_fds()
+    listing = DirectoryListing(str(tmp_path), str(tmp_path), batch=2)
+    assert open_fds() == before + 1
+    listing.close()
+    assert open_fds() == before
+    listing = DirectoryListing(str(tmp_path), str(tmp_path), batch=2)
+    next(listing)
+    listing.close()
+    assert open_fds() == before
+
+
+def test_unreadable_directory_is_404_before_any_byte(files: Files, monkeypatch: Any) -> None:
+    """A folder that cannot be opened is a JSON 404 for GET and HEAD, not a broken body."""
+    real_scandir = os.scandir
+
+    def refusing(path: Any) -> Any:
+        if str(path).endswith("sub"):
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    for method in ("GET", "HEAD"):
+        r = files.get("/files/sub/", method=method)
+        assert r.code == 404, method
+        assert r.complete
+    assert json.loads(files.get("/files/sub/").body) == {"error": "not found"}
+
+
+def test_disconnect_mid_listing_closes_directory(tmp_path: Any) -> None:
+    """A client that goes away during a listing has its directory handle closed at once."""
+    for i in range(2000):
+        (tmp_path / f"file-with-a-long-name-{i:05}").write_bytes(b"")
+    files = Files(tmp_path)
+    before = open_fds()
+    conn = files.connect()
+    conn.request("GET", "/files/")
+    files.clock.advance(0)
+    assert not conn.response().complete  # the client has not read: the server paused
+    assert open_fds() == before + 1
+    conn.disconnect()
+    assert open_fds() == before
 
 
 def test_listing_redirects_without_slash(files: Files) -> None:

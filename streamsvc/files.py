@@ -63,6 +63,13 @@ _ENCODED_TYPES = {
     "compress": "application/x-compress",
 }
 
+#: Types a browser would run scripts in. They are served as what they are,
+#: but sandboxed (no scripts, an opaque origin), so a file placed under the
+#: root cannot act as this service's origin (stored XSS).
+ACTIVE_TYPES = frozenset(
+    {"text/html", "application/xhtml+xml", "image/svg+xml", "application/xml", "text/xml"}
+)
+
 #: Entries per listing chunk: enough to keep writes large, few enough that one
 #: chunk's stat() calls stay well under a millisecond or so.
 LISTING_BATCH = 64
@@ -328,6 +335,8 @@ class FilesResource(JSONResource):
 
         request.setHeader(b"content-type", content_type.encode("ascii"))
         request.setHeader(b"x-content-type-options", b"nosniff")
+        if content_type in ACTIVE_TYPES:
+            request.setHeader(b"content-security-policy", b"sandbox")
         request.setHeader(b"accept-ranges", b"bytes")
         request.setHeader(b"last-modified", http_date(mtime).encode("ascii"))
         request.setHeader(b"etag", etag.encode("ascii"))

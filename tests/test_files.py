@@ -112,6 +112,18 @@ def test_content_types(name: str, expected: str) -> None:
     assert content_type_for(name) == expected
 
 
+@pytest.mark.parametrize(
+    "name, sandboxed",
+    [("page.html", True), ("logo.svg", True), ("feed.xml", True), ("a.txt", False), ("a.bin", False)],
+)
+def test_active_types_are_sandboxed(files: Files, name: str, sandboxed: bool) -> None:
+    """HTML, SVG and XML are sent as themselves but under a CSP sandbox; others are not."""
+    (files.root / name).write_bytes(b"<x/>")
+    r = files.get("/files/" + name)
+    assert r.code == 200
+    assert r.header("content-security-policy") == ("sandbox" if sandboxed else None)
+
+
 def test_compressed_archive_has_no_content_encoding(files: Files) -> None:
     """A .tar.gz is served as application/gzip without Content-Encoding, so clients keep it as is."""
     r = files.get("/files/archive.tar.gz", accept_encoding="gzip")

@@ -108,7 +108,13 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None
 
 
 async def settled(value: Callable[[], int], checks: int = 10) -> int:
-    """Wait until C{value()} stops changing for C{checks} polls in a row."""
+    """
+    Wait until C{value()} stops changing for C{checks} polls in a row.
+
+    Used where the only observable end state is "nothing more happens" (a
+    stalled reader). The assertions made afterwards are bounds that hold at
+    any moment, so sampling early can only weaken a check, never fail it.
+    """
     last, same = value(), 0
     for _ in range(500):
         await deferLater(reactor, 0.02, lambda: None)
@@ -273,6 +279,7 @@ async def test_stalled_reader_keeps_memory_bounded(tmp_path: Any, capture_produc
         buffered = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
         assert produced < 32 * MiB, produced
         assert buffered <= 2 * 64 * 1024, buffered
+        assert transport.producerPaused  # the socket pushed back, all the way to us
         assert not producer.finished
         client.transport.abortConnection()
         await client.closed

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IPullProducer, IPushProducer
-from twisted.internet.task import Clock
+from twisted.internet import _producer_helpers
+from twisted.internet.task import Clock, Cooperator
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface.verify import verifyObject
@@ -584,18 +585,20 @@ def test_send_body_truncated_file_aborts(datafile: str) -> None:
     assert resource.producers[0].file.closed
 
 
-def test_send_body_pull_registration(datafile: str) -> None:
-    """A pull producer is registered with streaming=False and the channel drives it."""
+def test_send_body_pull_registration(datafile: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A pull producer is registered with streaming=False and the channel's own
+    pull-to-push adapter drives it, one chunk per resumeProducing; here the
+    adapter's cooperator runs on the test's Clock instead of the global reactor.
+    """
     clock = Clock()
+    cooperator = Cooperator(scheduler=lambda step: clock.callLater(0, step))
+    monkeypatch.setattr(_producer_helpers, "cooperate", cooperator.cooperate)
     site, resource = make_site(lambda: file_producer(datafile, clock, streaming=False), clock)
     conn = SiteConnection(site)
     conn.request("GET", "/")
-    producer = resource.producers[0]
     assert resource.requests[0].streamingProducer is False
-    # The channel wraps pull producers in a cooperator-driven adapter; drive
-    # it by hand here, as _PullToPush would.
-    for _ in range(20):
-        producer.resumeProducing()
+    conn.read_until_quiet(clock)
     response = conn.response()
     assert response.body == DATA and response.complete
     assert resource.results == [BodySent(Outcome.COMPLETE, len(DATA))]

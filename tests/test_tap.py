@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 from typing import Any
@@ -57,16 +58,25 @@ def test_installed_distribution_ships_the_dropin() -> None:
     """
     The installed wheel has twisted/plugins/streamsvc_plugin.py and no
     twisted/__init__.py or twisted/plugins/__init__.py (daphne#557).
+
+    Read from the RECORD of the copy pip installed into site-packages (pip
+    installs a project by building a wheel, and RECORD lists exactly that
+    wheel's files), never from an in-tree C{*.egg-info}, which only says
+    what the source tree held.
     """
-    try:
-        files = importlib.metadata.files("streamsvc")
-    except importlib.metadata.PackageNotFoundError:
-        pytest.skip("streamsvc is not installed as a distribution")
-    names = {str(f).replace(os.sep, "/") for f in files or []}
+    purelib = sysconfig.get_paths()["purelib"]
+    found = list(importlib.metadata.distributions(name="streamsvc", path=[purelib]))
+    if not found:
+        pytest.skip(f"streamsvc is not installed in {purelib}")
+    (dist,) = found
+    assert dist.read_text("WHEEL") is not None, "not installed from a wheel"
+    record = dist.read_text("RECORD") or ""
+    names = {line.split(",", 1)[0] for line in record.splitlines()}
     assert "twisted/plugins/streamsvc_plugin.py" in names
     assert "twisted/__init__.py" not in names
     assert "twisted/plugins/__init__.py" not in names
     assert "streamsvc/py.typed" in names
+    assert "streamsvc/tap.py" in names
 
 
 def parse(*argv: str, cwd: Path) -> Options:

@@ -122,6 +122,7 @@ class Target:
     segments: tuple[str, ...]
     slash: bool  # the URL ended with "/"
     is_dir: bool
+    followed_link: bool = False  # a symlink on the way was resolved (to inside the root)
 
 
 @attrs.frozen
@@ -174,6 +175,7 @@ def resolve(root: str, postpath: list[bytes]) -> Target:
         raise HTTPError(404, "not found")
     path = root
     mode = stat.S_IFDIR
+    followed_link = False
     try:
         for segment in segments:
             if not stat.S_ISDIR(mode):
@@ -181,32 +183,75 @@ def resolve(root: str, postpath: list[bytes]) -> Target:
             path = os.path.join(path, segment)
             mode = os.lstat(path).st_mode
             if stat.S_ISLNK(mode):
+                followed_link = True
                 path = os.path.realpath(path)
                 if not _inside(path, root):
                     raise HTTPError(404, "not found")
                 mode = os.stat(path).st_mode
     except OSError:
         raise HTTPError(404, "not found") from None
-    return Target(path, segments, slash, stat.S_ISDIR(mode))
+    return Target(path, segments, slash, stat.S_ISDIR(mode), followed_link)
 
 
-def _open_regular(path: str) -> tuple[BinaryIO, os.stat_result]:
+_FILE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW
+_DIR_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY | os.O_NOFOLLOW
+_HAS_DIR_FD = os.open in os.supports_dir_fd
+
+
+def _open_regular(target: Target, root: str) -> tuple[BinaryIO, os.stat_result]:
     """
-    Open a regular file without following a last-moment symlink swap and
-    without blocking on a FIFO; anything else is a 404.
+    Open the regular file C{target} names below C{root}; anything else is a 404.
+
+    L{resolve} checked the path, but a folder on it could be swapped for a
+    symlink before the file is opened. So the usual path (no symlink in it)
+    is opened one component at a time from the root, each with
+    C{O_NOFOLLOW}: a component that has become a symlink fails to open
+    instead of leading outside. A path that goes through a symlink (inside
+    the root, as L{resolve} checked) is opened by its resolved name and then
+    checked once more by what the kernel says was opened (Linux's
+    C{/proc/self/fd}); that costs more, and such paths are rare.
+
+    C{O_NONBLOCK} keeps a FIFO from blocking the reactor.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
+        if target.followed_link or not _HAS_DIR_FD:
+            fd = os.open(target.real, _FILE_FLAGS)
+            inside = _opened_inside(fd, root)
+        else:
+            fd = _open_below(root, target.segments)
+            inside = True
     except OSError:
         raise HTTPError(404, "not found") from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
+        if not inside or not stat.S_ISREG(st.st_mode):
             raise HTTPError(404, "not found")
         return os.fdopen(fd, "rb", buffering=0), st
     except BaseException:
         os.close(fd)
         raise
+
+
+def _open_below(root: str, segments: tuple[str, ...]) -> int:
+    """Open C{root/segments...} without following a symlink at any step."""
+    dir_fd = os.open(root, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY)
+    try:
+        for segment in segments[:-1]:
+            next_fd = os.open(segment, _DIR_FLAGS, dir_fd=dir_fd)
+            os.close(dir_fd)
+            dir_fd = next_fd
+        return os.open(segments[-1], _FILE_FLAGS, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _opened_inside(fd: int, root: str) -> bool:
+    """Whether the open file C{fd} is below C{root}, when the OS can tell us."""
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return True  # no /proc (not Linux): resolve()'s check is all there is
+    return _inside(real, root)
 
 
 def _header(request: IRequest, name: bytes) -> str | None:
@@ -277,7 +322,7 @@ class FilesResource(JSONResource):
         if target.slash:
             raise HTTPError(404, "not found")
         file: BinaryIO | None
-        file, st = _open_regular(target.real)
+        file, st = _open_regular(target, self.root)
         try:
             decided = self._file(request, target, st, head=head)
             if not isinstance(decided, _Body):

@@ -18,6 +18,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from streamsvc.errors import Request
+from streamsvc import files as files_module
 from streamsvc.files import DirectoryListing, FilesResource, content_type_for, resolve
 from streamsvc.errors import HTTPError
 from streamsvc.ranges import http_date
@@ -576,6 +577,63 @@ def test_symlink_walk(files: Files) -> None:
         r = files.get(path)
         assert r.code == 404, (path, r.code)
         assert b"do not serve" not in r.body and b"outside the root" not in r.body
+
+
+def test_folder_swapped_for_symlink_after_resolve_is_refused(files: Files, monkeypatch: Any) -> None:
+    """
+    A folder replaced by a symlink to outside the root between resolving the
+    path and opening the file (a race) still never serves the outside file.
+    """
+    outside = files.root.parent / "elsewhere"
+    outside.mkdir()
+    (outside / "inner.txt").write_bytes(b"outside the root")
+    real_resolve = files_module.resolve
+
+    def racing_resolve(root: str, postpath: list[bytes]) -> Any:
+        target = real_resolve(root, postpath)
+        if postpath[:1] == [b"sub"]:
+            os.rename(files.root / "sub", files.root / "sub-old")
+            os.symlink(outside, files.root / "sub")
+        return target
+
+    monkeypatch.setattr(files_module, "resolve", racing_resolve)
+    r = files.get("/files/sub/inner.txt")
+    assert r.code == 404
+    assert b"outside the root" not in r.body
+
+
+def test_folder_swapped_under_a_symlinked_path_is_refused(files: Files, monkeypatch: Any) -> None:
+    """
+    The same race on a path that goes through a (legitimate) symlink: the
+    file actually opened is checked, and it is outside, so 404.
+    """
+    os.symlink(files.root / "sub", files.root / "subalias")
+    outside = files.root.parent / "elsewhere"
+    outside.mkdir()
+    (outside / "inner.txt").write_bytes(b"outside the root")
+    real_resolve = files_module.resolve
+
+    def racing_resolve(root: str, postpath: list[bytes]) -> Any:
+        target = real_resolve(root, postpath)
+        os.rename(files.root / "sub", files.root / "sub-old")
+        os.symlink(outside, files.root / "sub")
+        return target
+
+    assert files.get("/files/subalias/inner.txt").body == b"inner"
+    monkeypatch.setattr(files_module, "resolve", racing_resolve)
+    r = files.get("/files/subalias/inner.txt")
+    assert r.code == 404
+    assert b"outside the root" not in r.body
+
+
+def test_nested_file_is_opened_component_by_component(files: Files) -> None:
+    """Deep paths without symlinks are served (opened from the root, one folder at a time)."""
+    deep = files.root / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    (deep / "d.txt").write_bytes(b"deep")
+    assert files.get("/files/a/b/c/d.txt").body == b"deep"
+    assert resolve(str(files.root), [b"a", b"b", b"c", b"d.txt"]).followed_link is False
+    assert resolve(str(files.root), [b"alias.txt"]).followed_link is True
 
 
 def test_fifo_is_not_opened(files: Files) -> None:

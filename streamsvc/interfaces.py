@@ -20,10 +20,11 @@ class IStreamProducer(IPushProducer):
 
     Two registrations, chosen by L{streaming} before L{startProducing}:
 
-      - C{streaming=True} (push): after C{startProducing}, the producer writes
-        chunks on its own until C{pauseProducing}; C{resumeProducing} lets it
-        go on. It never loops unboundedly inside one reactor turn: after a
-        bounded burst it yields to the reactor and continues on the next turn.
+      - C{streaming=True} (push): from the reactor turn after
+        C{startProducing}, the producer writes chunks on its own until
+        C{pauseProducing}; C{resumeProducing} lets it go on. It never loops
+        unboundedly inside one reactor turn: after a bounded burst it yields
+        to the reactor and continues on the next turn.
       - C{streaming=False} (pull): each C{resumeProducing} writes at most one
         chunk (or starts fetching one, if the source is asynchronous).
         C{pauseProducing} is then meaningless and ignored.

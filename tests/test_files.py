@@ -657,6 +657,7 @@ def test_disconnect_mid_download_closes_file(files: Files) -> None:
     """A client that disconnects mid-download: the file is closed at once."""
     conn = files.connect()
     conn.request("GET", "/files/big.bin")
+    files.clock.advance(0)
     fds_before = {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd") if _link(fd)}
     assert str(files.root / "big.bin") in fds_before
     assert conn.transport.producer_paused

@@ -89,11 +89,36 @@ def test_file_push_writes_one_chunk_per_resume_when_paused_by_write(datafile: st
     producer = file_producer(datafile, clock)
     consumer.registerProducer(producer, True)
     producer.startProducing(consumer)
+    run_one_turn(clock)
     assert consumer.chunks == [DATA[:1024]]
     clock.advance(10)
     assert len(consumer.chunks) == 1
     producer.resumeProducing()
     assert consumer.chunks == [DATA[:1024], DATA[1024:2048]]
+
+
+def test_file_push_paused_or_stopped_before_its_first_turn(datafile: str) -> None:
+    """
+    A push producer starts on the next turn; a pause before then holds it,
+    and a stop before then releases the file and leaves no timer behind.
+    """
+    clock = Clock()
+    consumer = RecordingConsumer()
+    producer = file_producer(datafile, clock)
+    producer.startProducing(consumer)
+    producer.pauseProducing()
+    clock.advance(1)
+    assert consumer.chunks == []
+    producer.resumeProducing()
+    assert consumer.data  # resumed: it writes at once
+    producer.stopProducing()
+
+    stopped = file_producer(datafile, clock)
+    done = stopped.startProducing(RecordingConsumer())
+    done.addErrback(lambda f: None)
+    stopped.stopProducing()
+    assert stopped.file.closed
+    assert clock.getDelayedCalls() == []
 
 
 def test_file_push_bounded_burst_then_next_turn(datafile: str) -> None:
@@ -102,6 +127,8 @@ def test_file_push_bounded_burst_then_next_turn(datafile: str) -> None:
     consumer = RecordingConsumer()
     producer = file_producer(datafile, clock, burst=4)
     done = producer.startProducing(consumer)
+    assert consumer.chunks == []  # a push producer starts on the next reactor turn
+    run_one_turn(clock)
     assert len(consumer.chunks) == 4
     run_one_turn(clock)
     assert len(consumer.chunks) == 8
@@ -120,6 +147,7 @@ def test_file_completion_closes_file(datafile: str) -> None:
     consumer = RecordingConsumer()
     producer = file_producer(datafile, clock, chunk_size=len(DATA))
     done = producer.startProducing(consumer)
+    run_one_turn(clock)
     assert consumer.data == DATA
     assert done.called and done.result is None
     assert producer.file.closed
@@ -192,6 +220,7 @@ def test_file_truncated_while_sending_fails(datafile: str) -> None:
     producer = file_producer(datafile, clock)
     consumer.registerProducer(producer, True)
     done = producer.startProducing(consumer)
+    run_one_turn(clock)
     os.truncate(datafile, 1500)
     producer.resumeProducing()  # bytes 1024..1500
     producer.resumeProducing()  # nothing left: truncated
@@ -233,6 +262,7 @@ def test_file_reentrant_pause_resume_inside_write(datafile: str) -> None:
 
     consumer = Bouncer()
     producer.startProducing(consumer)
+    run_one_turn(clock)
     assert len(consumer.chunks) == 3
     assert consumer.data == DATA[:3072]
 
@@ -302,6 +332,8 @@ def test_iterable_stop_closes_generator_at_once() -> None:
     consumer.registerProducer(producer, True)
     done = producer.startProducing(consumer)
     done.addErrback(lambda f: None)
+    run_one_turn(clock)
+    assert not source.closed
     producer.stopProducing()
     assert source.closed
 
@@ -314,7 +346,9 @@ def test_iterable_error_fails_deferred() -> None:
         raise ValueError("boom")
 
     consumer = RecordingConsumer()
-    done = IterableProducer(broken(), clock=Clock()).startProducing(consumer)
+    clock = Clock()
+    done = IterableProducer(broken(), clock=clock).startProducing(consumer)
+    clock.advance(0)
     assert consumer.data == b"ok"
     failure = done.result
     done.addErrback(lambda f: None)
@@ -323,7 +357,9 @@ def test_iterable_error_fails_deferred() -> None:
 
 def test_iterable_rejects_text() -> None:
     """Yielding str is a programming error reported as a failed stream, not a silent encode."""
-    done = IterableProducer(["text"], clock=Clock()).startProducing(RecordingConsumer())
+    clock = Clock()
+    done = IterableProducer(["text"], clock=clock).startProducing(RecordingConsumer())
+    clock.advance(0)
     failure = done.result
     done.addErrback(lambda f: None)
     assert failure.check(TypeError)
@@ -369,7 +405,9 @@ def test_iterable_coroutine_items() -> None:
 
     d1: Deferred[bytes] = Deferred()
     consumer = RecordingConsumer()
-    done = IterableProducer([item(d1), b"z"], clock=Clock()).startProducing(consumer)
+    clock = Clock()
+    done = IterableProducer([item(d1), b"z"], clock=clock).startProducing(consumer)
+    clock.advance(0)
     d1.callback(b"y")
     assert consumer.data == b"yz"
     assert done.called
@@ -430,9 +468,11 @@ def test_iterable_pull_mode() -> None:
 
 def test_known_length_shorter_source_is_truncation() -> None:
     """A source that ends before its declared length fails: the response cannot be clean."""
-    done = IterableProducer([b"abc"], length=10, clock=Clock()).startProducing(
+    clock = Clock()
+    done = IterableProducer([b"abc"], length=10, clock=clock).startProducing(
         RecordingConsumer()
     )
+    clock.advance(0)
     failure = done.result
     done.addErrback(lambda f: None)
     assert failure.check(SourceTruncated)
@@ -491,6 +531,7 @@ def test_send_body_unknown_length_is_chunked() -> None:
     site, resource = make_site(lambda: IterableProducer([b"ab", b"cd"], clock=clock), clock)
     conn = SiteConnection(site)
     conn.request("GET", "/")
+    clock.advance(0)
     response = conn.response()
     assert response.header("transfer-encoding") == "chunked"
     assert response.header("content-length") is None
@@ -522,8 +563,9 @@ def test_send_body_disconnect_stops_and_closes(datafile: str) -> None:
     site, resource = make_site(lambda: file_producer(datafile, clock, burst=1), clock)
     conn = SiteConnection(site)
     conn.request("GET", "/")
+    run_one_turn(clock)
     producer = resource.producers[0]
-    assert not producer.file.closed
+    assert producer.bytes_written == 1024 and not producer.file.closed
     conn.disconnect()
     assert producer.file.closed
     assert resource.results == [BodySent(Outcome.CLIENT_GONE, producer.bytes_written)]
@@ -542,6 +584,7 @@ def test_send_body_error_before_first_byte_is_json_500() -> None:
     site, resource = make_site(lambda: IterableProducer(broken(), clock=clock), clock)
     conn = SiteConnection(site)
     conn.request("GET", "/")
+    clock.advance(0)
     response = conn.response()
     assert response.code == 500
     assert json.loads(response.body) == {"error": "internal server error"}
@@ -561,6 +604,7 @@ def test_send_body_error_after_body_started_aborts() -> None:
     site, resource = make_site(lambda: IterableProducer(broken(), clock=clock), clock)
     conn = SiteConnection(site)
     conn.request("GET", "/")
+    clock.advance(0)
     response = conn.response()
     assert response.code == 200
     assert response.body == b"partial"

@@ -194,55 +194,63 @@ def resolve(root: str, postpath: list[bytes]) -> Target:
 
 
 _FILE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW
-_DIR_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY | os.O_NOFOLLOW
+_LIST_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY | os.O_NOFOLLOW
+#: Folders on the way are only walked through: O_PATH needs search (x)
+#: permission, not read, exactly like opening by the full path would.
+_WALK_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_CLOEXEC | os.O_DIRECTORY
 _HAS_DIR_FD = os.open in os.supports_dir_fd
+
+
+def _open_inside(target: Target, root: str, flags: int) -> int:
+    """
+    Open what C{target} names below C{root}, so that nothing outside the root
+    can be opened whatever changes on disk meanwhile; C{OSError} otherwise.
+
+    L{resolve} checked the path, but a folder on it could be swapped for a
+    symlink before it is opened. So the usual path (no symlink in it) is
+    opened one component at a time from the root, each with C{O_NOFOLLOW}: a
+    component that has become a symlink fails to open instead of leading
+    outside. A path through a symlink (inside the root, as L{resolve}
+    checked) is opened by its resolved name and then checked once more by
+    what the kernel says was opened (Linux's C{/proc/self/fd}); that costs
+    more, and such paths are rare.
+    """
+    if target.followed_link or not _HAS_DIR_FD:
+        fd = os.open(target.real, flags)
+        if not _opened_inside(fd, root):
+            os.close(fd)
+            raise FileNotFoundError(target.real)
+        return fd
+    if not target.segments:
+        return os.open(root, flags & ~os.O_NOFOLLOW)  # the root itself may be a symlink
+    dir_fd = os.open(root, _WALK_FLAGS)
+    try:
+        for segment in target.segments[:-1]:
+            next_fd = os.open(segment, _WALK_FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd)
+            os.close(dir_fd)
+            dir_fd = next_fd
+        return os.open(target.segments[-1], flags, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _open_regular(target: Target, root: str) -> tuple[BinaryIO, os.stat_result]:
     """
-    Open the regular file C{target} names below C{root}; anything else is a 404.
-
-    L{resolve} checked the path, but a folder on it could be swapped for a
-    symlink before the file is opened. So the usual path (no symlink in it)
-    is opened one component at a time from the root, each with
-    C{O_NOFOLLOW}: a component that has become a symlink fails to open
-    instead of leading outside. A path that goes through a symlink (inside
-    the root, as L{resolve} checked) is opened by its resolved name and then
-    checked once more by what the kernel says was opened (Linux's
-    C{/proc/self/fd}); that costs more, and such paths are rare.
-
-    C{O_NONBLOCK} keeps a FIFO from blocking the reactor.
+    Open the regular file C{target} names (see L{_open_inside}); anything
+    else is a 404. C{O_NONBLOCK} keeps a FIFO from blocking the reactor.
     """
     try:
-        if target.followed_link or not _HAS_DIR_FD:
-            fd = os.open(target.real, _FILE_FLAGS)
-            inside = _opened_inside(fd, root)
-        else:
-            fd = _open_below(root, target.segments)
-            inside = True
+        fd = _open_inside(target, root, _FILE_FLAGS)
     except OSError:
         raise HTTPError(404, "not found") from None
     try:
         st = os.fstat(fd)
-        if not inside or not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(st.st_mode):
             raise HTTPError(404, "not found")
         return os.fdopen(fd, "rb", buffering=0), st
     except BaseException:
         os.close(fd)
         raise
-
-
-def _open_below(root: str, segments: tuple[str, ...]) -> int:
-    """Open C{root/segments...} without following a symlink at any step."""
-    dir_fd = os.open(root, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY)
-    try:
-        for segment in segments[:-1]:
-            next_fd = os.open(segment, _DIR_FLAGS, dir_fd=dir_fd)
-            os.close(dir_fd)
-            dir_fd = next_fd
-        return os.open(segments[-1], _FILE_FLAGS, dir_fd=dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _opened_inside(fd: int, root: str) -> bool:
@@ -465,8 +473,13 @@ class FilesResource(JSONResource):
 
     def _listing(self, request: IRequest, target: Target, *, head: bool) -> int:
         try:
-            listing = DirectoryListing(target.real, self.root)
+            fd = _open_inside(target, self.root, _LIST_FLAGS)
         except OSError:
+            raise HTTPError(404, "not found") from None
+        try:
+            listing = DirectoryListing(target.real, self.root, fd=fd)
+        except OSError:
+            os.close(fd)
             raise HTTPError(404, "not found") from None
         gzip = self._gzip_wanted(request, "application/json")
         request.setHeader(b"content-type", b"application/json")
@@ -488,6 +501,10 @@ class DirectoryListing:
     A directory as a JSON array, a batch of entries per item, in directory
     order (sorting would mean holding every name in memory first).
 
+    C{path} names the directory; C{fd}, when given, is the directory already
+    opened safely (see L{_open_inside}), is what is actually read, and
+    belongs to the listing once the constructor returns.
+
     The directory is opened by the constructor, so one that cannot be read
     is an C{OSError} the resource answers (404) before any byte is sent,
     rather than a body that breaks off after its C{[}. L{close} releases
@@ -499,8 +516,12 @@ class DirectoryListing:
     C{root}), so one step never walks a huge directory in a single go.
     """
 
-    def __init__(self, path: str, root: str, *, batch: int = LISTING_BATCH) -> None:
-        self._entries = os.scandir(path)
+    def __init__(
+        self, path: str, root: str, *, fd: int | None = None, batch: int = LISTING_BATCH
+    ) -> None:
+        self._entries = os.scandir(path if fd is None else fd)
+        self._fd = fd  # owned from here on: the entries stat() through it
+        self._path = path
         self._root = root
         self._batch = batch
         self._started = False
@@ -522,7 +543,7 @@ class DirectoryListing:
                 self._ended = True
                 self.close()
                 break
-            item = _entry(entry, self._root)
+            item = _entry(entry, self._path, self._root)
             if item is not None:
                 parts.append((b"" if self._empty else b",") + json.dumps(item).encode("utf-8"))
                 self._empty = False
@@ -530,13 +551,17 @@ class DirectoryListing:
 
     def close(self) -> None:
         self._entries.close()
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
 
-def _entry(entry: os.DirEntry[str], root: str) -> dict[str, object] | None:
+def _entry(entry: os.DirEntry[str], folder: str, root: str) -> dict[str, object] | None:
     if not _is_safe_segment(entry.name):
         return None
     try:
-        if entry.is_symlink() and not _inside(os.path.realpath(entry.path), root):
+        link = os.path.join(folder, entry.name)
+        if entry.is_symlink() and not _inside(os.path.realpath(link), root):
             return None
         st = entry.stat()
     except OSError:

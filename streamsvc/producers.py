@@ -84,8 +84,9 @@ class StreamProducer:
     C{clock.callLater(0, ...)}. It starts on the turn after
     C{startProducing}, not inside it: a reactor turn then first renders every
     request that arrived in it and only then produces their bodies, together.
-    That batching is worth about 15% more small-file requests per second
-    (BENCHMARKS.md) for one reactor turn of latency. Pull mode writes one
+    That batching, at the price of one reactor turn of latency, is what
+    brought small-file requests per second level with static.File, whose
+    cooperator batches the same way (BENCHMARKS.md has the runs). Pull mode writes one
     chunk per C{resumeProducing}. A chunk may be a L{Deferred} (an asynchronous source);
     while it is pending nothing else is asked of the source.
 

@@ -98,14 +98,21 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     return top
 
 
+class ListenError(Exception):
+    """An endpoint could not be listened on. The message is the line shown."""
+
+
 class _Listener(StreamServerEndpointService):
     """
     Listens on one endpoint, and fails start-up with one line when it cannot.
 
     twistd would print a traceback for a port already in use or a socket path
-    it may not create; the operator needs the endpoint and the reason, so
-    that is what goes to standard error (the real one: twistd has redirected
-    C{sys.stderr} into its log by now) before the process exits.
+    it may not create; the operator needs the endpoint and the reason. So the
+    line goes to standard error (the real one: twistd has redirected
+    C{sys.stderr} into its log by now) and the log, and the failure leaves as
+    an ordinary exception, so that twistd still removes its pidfile and, when
+    daemonizing, tells the waiting parent (which then exits 1). Only the
+    interpreter's traceback for it is silenced.
     """
 
     def __init__(self, description: str, endpoint: Any, factory: Any) -> None:
@@ -120,7 +127,16 @@ class _Listener(StreamServerEndpointService):
             message = f"cannot listen on {self.description!r}: {_reason(e)}"
             log.critical("{message}", message=message)
             (sys.__stderr__ or sys.stderr).write(f"streamsvc: error: {message}\n")
-            raise SystemExit(1) from None
+            sys.excepthook = _without_traceback_for(ListenError, sys.excepthook)
+            raise ListenError(message) from None
+
+
+def _without_traceback_for(kind: type[BaseException], previous: Any) -> Any:
+    def excepthook(type_: type[BaseException], value: BaseException, tb: Any) -> None:
+        if not issubclass(type_, kind):
+            previous(type_, value, tb)
+
+    return excepthook
 
 
 def _reason(error: Exception) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import tempfile
+import shutil
 from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Any
@@ -455,21 +457,31 @@ def test_directory_listing_close_before_and_during_iteration(tmp_path: Any) -> N
     assert open_fds() == before
 
 
+def test_directory_listing_owns_the_fd_it_is_given(tmp_path: Any) -> None:
+    """Given an open folder, the listing reads it and closes it (and its own handle) on close()."""
+    (tmp_path / "a").write_bytes(b"")
+    before = open_fds()
+    listing = DirectoryListing(
+        str(tmp_path), str(tmp_path), fd=os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    )
+    assert [e["name"] for e in json.loads(b"".join(listing))] == ["a"]
+    listing.close()
+    assert open_fds() == before
+
+
 def test_unreadable_directory_is_404_before_any_byte(files: Files, monkeypatch: Any) -> None:
     """A folder that cannot be opened is a JSON 404 for GET and HEAD, not a broken body."""
-    real_scandir = os.scandir
-
     def refusing(path: Any) -> Any:
-        if str(path).endswith("sub"):
-            raise PermissionError(13, "Permission denied")
-        return real_scandir(path)
+        raise PermissionError(13, "Permission denied")
 
+    before = open_fds()
     monkeypatch.setattr(os, "scandir", refusing)
     for method in ("GET", "HEAD"):
         r = files.get("/files/sub/", method=method)
         assert r.code == 404, method
         assert r.complete
     assert json.loads(files.get("/files/sub/").body) == {"error": "not found"}
+    assert open_fds() == before
 
 
 def test_disconnect_mid_listing_closes_directory(tmp_path: Any) -> None:
@@ -482,7 +494,7 @@ def test_disconnect_mid_listing_closes_directory(tmp_path: Any) -> None:
     conn.request("GET", "/files/")
     files.clock.advance(0)
     assert not conn.response().complete  # the client has not read: the server paused
-    assert open_fds() == before + 1
+    assert open_fds() > before
     conn.disconnect()
     assert open_fds() == before
 
@@ -634,6 +646,60 @@ def test_nested_file_is_opened_component_by_component(files: Files) -> None:
     assert files.get("/files/a/b/c/d.txt").body == b"deep"
     assert resolve(str(files.root), [b"a", b"b", b"c", b"d.txt"]).followed_link is False
     assert resolve(str(files.root), [b"alias.txt"]).followed_link is True
+
+
+def test_listing_of_folder_swapped_after_resolve_is_refused(files: Files, monkeypatch: Any) -> None:
+    """The resolve/open race on a folder listing: never the outside folder's entries."""
+    outside = files.root.parent / "elsewhere"
+    outside.mkdir()
+    (outside / "secret-name.txt").write_bytes(b"x")
+    real_resolve = files_module.resolve
+
+    def racing_resolve(root: str, postpath: list[bytes]) -> Any:
+        target = real_resolve(root, postpath)
+        os.rename(files.root / "sub", files.root / "sub-old")
+        os.symlink(outside, files.root / "sub")
+        return target
+
+    monkeypatch.setattr(files_module, "resolve", racing_resolve)
+    r = files.get("/files/sub/")
+    assert r.code == 404
+    assert b"secret-name" not in r.body
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to serve as another user")
+def test_search_only_folders_are_walked() -> None:
+    """
+    A folder the server may search (x) but not read, on the way to a readable
+    file, is walked through as an open by full path would be (not a 404).
+    Root ignores permissions, so the request is served from a forked child
+    that has become nobody.
+    """
+    base = tempfile.mkdtemp(dir="/tmp")
+    try:
+        os.chmod(base, 0o755)
+        private = os.path.join(base, "pub", "private")
+        os.makedirs(private)
+        os.chmod(os.path.join(base, "pub"), 0o711)
+        os.chmod(private, 0o711)
+        with open(os.path.join(private, "f.txt"), "w") as f:
+            f.write("hello")
+        os.chmod(os.path.join(private, "f.txt"), 0o644)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit status
+            status = 3
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                assert not os.access(os.path.join(base, "pub"), os.R_OK)
+                r = Files(base).get("/files/pub/private/f.txt")
+                status = 0 if (r.code, r.body) == (200, b"hello") else 1
+            finally:
+                os._exit(status)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        shutil.rmtree(base)
 
 
 def test_fifo_is_not_opened(files: Files) -> None:

@@ -25,7 +25,7 @@ from twisted.plugin import getPlugins
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from streamsvc.tap import Options, _Listener, makeService
+from streamsvc.tap import ListenError, Options, _Listener, makeService
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 
@@ -157,9 +157,12 @@ class RefusingEndpoint:
 def test_listen_failure_is_one_line(capfd: pytest.CaptureFixture[str]) -> None:
     """A port that cannot be bound stops start-up with one line naming the endpoint."""
     listener = _Listener("tcp:8080:interface=127.0.0.1", RefusingEndpoint(), Site(Resource()))
-    with pytest.raises(SystemExit) as e:
-        listener.privilegedStartService()
-    assert e.value.code == 1
+    hook = sys.excepthook
+    try:
+        with pytest.raises(ListenError):
+            listener.privilegedStartService()
+    finally:
+        sys.excepthook = hook
     # (Before twistd starts logging, Twisted also echoes critical log events to stderr.)
     err = capfd.readouterr().err
     assert "Traceback" not in err
@@ -207,25 +210,36 @@ def test_twistd_runs_from_any_directory(tmp_path: Path) -> None:
         proc.wait(timeout=30)
 
 
-def test_twistd_port_in_use_is_one_line(tmp_path: Path) -> None:
-    """A port already taken: non-zero exit, one line on stderr, no traceback anywhere."""
+@pytest.mark.parametrize("foreground", [True, False])
+def test_twistd_port_in_use_is_one_line(tmp_path: Path, foreground: bool) -> None:
+    """
+    A port already taken: exit status 1, the reason on stderr (one line in the
+    foreground; twistd's own two-line report when daemonizing), no traceback,
+    and no pidfile left behind.
+    """
+    pidfile = tmp_path / "twistd.pid"
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         out = subprocess.run(
-            [TWISTD, "-n", "--pidfile=", "streamsvc", "--listen", f"tcp:{port}:interface=127.0.0.1"],
+            [TWISTD, *(["-n"] if foreground else []), f"--pidfile={pidfile}",
+             f"--logfile={tmp_path / 'twistd.log'}",
+             "streamsvc", "--listen", f"tcp:{port}:interface=127.0.0.1"],
             capture_output=True,
             text=True,
             cwd=tmp_path,
             timeout=60,
         )
+    line = f"cannot listen on 'tcp:{port}:interface=127.0.0.1'"
     assert out.returncode == 1
     assert "Traceback" not in out.stdout + out.stderr
-    assert out.stderr == (
-        f"streamsvc: error: cannot listen on 'tcp:{port}:interface=127.0.0.1': "
-        "[Errno 98] Address already in use\n"
-    )
+    if foreground:
+        assert out.stderr == f"streamsvc: error: {line}: [Errno 98] Address already in use\n"
+    else:
+        assert line in out.stderr
+    assert not pidfile.exists()
+    assert line in (tmp_path / "twistd.log").read_text()
 
 
 def test_twistd_help_and_bad_config() -> None:

@@ -86,9 +86,11 @@ class StreamProducer:
     request that arrived in it and only then produces their bodies, together.
     That batching, at the price of one reactor turn of latency, is what
     brought small-file requests per second level with static.File, whose
-    cooperator batches the same way (BENCHMARKS.md has the runs). Pull mode writes one
-    chunk per C{resumeProducing}. A chunk may be a L{Deferred} (an asynchronous source);
-    while it is pending nothing else is asked of the source.
+    cooperator batches the same way (BENCHMARKS.md has the runs).
+
+    Pull mode writes one chunk per C{resumeProducing}. A chunk may be a
+    L{Deferred} (an asynchronous source); while it is pending nothing else
+    is asked of the source.
 
     @ivar bytes_written: bytes handed to the consumer so far.
     """

@@ -350,10 +350,11 @@ class FilesResource(JSONResource):
             if file is not None:
                 file.close()
 
-    def _gzip_wanted(self, request: IRequest, content_type: str) -> bool:
+    def _gzip_wanted(self, request: IRequest, compressible: bool) -> bool:
+        """Whether to gzip a body whose type is (or is not) C{compressible}."""
         return (
             self.gzip
-            and is_compressible(content_type)
+            and compressible
             and accepts_gzip(_header(request, b"accept-encoding"))
         )
 
@@ -378,12 +379,7 @@ class FilesResource(JSONResource):
         content_type, compressible = _type_of_suffixes(_last_suffixes(name))
         strong_etag = make_etag(size, st.st_mtime_ns)
         range_header = _header(request, b"range")
-        compressible = self.gzip and compressible
-        gzip = (
-            compressible
-            and range_header is None
-            and accepts_gzip(_header(request, b"accept-encoding"))
-        )
+        gzip = range_header is None and self._gzip_wanted(request, compressible)
         etag = weak(strong_etag) if gzip else strong_etag
 
         request.setHeader(b"content-type", content_type.encode("ascii"))
@@ -393,7 +389,7 @@ class FilesResource(JSONResource):
         request.setHeader(b"accept-ranges", b"bytes")
         request.setHeader(b"last-modified", http_date(mtime).encode("ascii"))
         request.setHeader(b"etag", etag.encode("ascii"))
-        if compressible:
+        if self.gzip and compressible:
             request.setHeader(b"vary", b"Accept-Encoding")
         if request.args.get(b"download", [b""])[0].lower() in (b"1", b"true", b"yes"):
             request.setHeader(b"content-disposition", content_disposition(name))
@@ -481,7 +477,7 @@ class FilesResource(JSONResource):
         except OSError:
             os.close(fd)
             raise HTTPError(404, "not found") from None
-        gzip = self._gzip_wanted(request, "application/json")
+        gzip = self._gzip_wanted(request, is_compressible("application/json"))
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"x-content-type-options", b"nosniff")
         if self.gzip:

@@ -591,24 +591,33 @@ def test_symlink_walk(files: Files) -> None:
         assert b"do not serve" not in r.body and b"outside the root" not in r.body
 
 
+def swap_sub_after_resolve(files: Files, monkeypatch: Any, *names: str) -> None:
+    """
+    Make the next resolve() race: right after it checks the path, the folder
+    C{sub} is replaced by a symlink to a folder outside the root holding
+    C{names} (each containing "outside the root").
+    """
+    outside = files.root.parent / "elsewhere"
+    outside.mkdir()
+    for name in names:
+        (outside / name).write_bytes(b"outside the root")
+    real_resolve = files_module.resolve
+
+    def racing_resolve(root: str, postpath: list[bytes]) -> Any:
+        target = real_resolve(root, postpath)
+        os.rename(files.root / "sub", files.root / "sub-old")
+        os.symlink(outside, files.root / "sub")
+        return target
+
+    monkeypatch.setattr(files_module, "resolve", racing_resolve)
+
+
 def test_folder_swapped_for_symlink_after_resolve_is_refused(files: Files, monkeypatch: Any) -> None:
     """
     A folder replaced by a symlink to outside the root between resolving the
     path and opening the file (a race) still never serves the outside file.
     """
-    outside = files.root.parent / "elsewhere"
-    outside.mkdir()
-    (outside / "inner.txt").write_bytes(b"outside the root")
-    real_resolve = files_module.resolve
-
-    def racing_resolve(root: str, postpath: list[bytes]) -> Any:
-        target = real_resolve(root, postpath)
-        if postpath[:1] == [b"sub"]:
-            os.rename(files.root / "sub", files.root / "sub-old")
-            os.symlink(outside, files.root / "sub")
-        return target
-
-    monkeypatch.setattr(files_module, "resolve", racing_resolve)
+    swap_sub_after_resolve(files, monkeypatch, "inner.txt")
     r = files.get("/files/sub/inner.txt")
     assert r.code == 404
     assert b"outside the root" not in r.body
@@ -620,19 +629,8 @@ def test_folder_swapped_under_a_symlinked_path_is_refused(files: Files, monkeypa
     file actually opened is checked, and it is outside, so 404.
     """
     os.symlink(files.root / "sub", files.root / "subalias")
-    outside = files.root.parent / "elsewhere"
-    outside.mkdir()
-    (outside / "inner.txt").write_bytes(b"outside the root")
-    real_resolve = files_module.resolve
-
-    def racing_resolve(root: str, postpath: list[bytes]) -> Any:
-        target = real_resolve(root, postpath)
-        os.rename(files.root / "sub", files.root / "sub-old")
-        os.symlink(outside, files.root / "sub")
-        return target
-
     assert files.get("/files/subalias/inner.txt").body == b"inner"
-    monkeypatch.setattr(files_module, "resolve", racing_resolve)
+    swap_sub_after_resolve(files, monkeypatch, "inner.txt")
     r = files.get("/files/subalias/inner.txt")
     assert r.code == 404
     assert b"outside the root" not in r.body
@@ -650,18 +648,7 @@ def test_nested_file_is_opened_component_by_component(files: Files) -> None:
 
 def test_listing_of_folder_swapped_after_resolve_is_refused(files: Files, monkeypatch: Any) -> None:
     """The resolve/open race on a folder listing: never the outside folder's entries."""
-    outside = files.root.parent / "elsewhere"
-    outside.mkdir()
-    (outside / "secret-name.txt").write_bytes(b"x")
-    real_resolve = files_module.resolve
-
-    def racing_resolve(root: str, postpath: list[bytes]) -> Any:
-        target = real_resolve(root, postpath)
-        os.rename(files.root / "sub", files.root / "sub-old")
-        os.symlink(outside, files.root / "sub")
-        return target
-
-    monkeypatch.setattr(files_module, "resolve", racing_resolve)
+    swap_sub_after_resolve(files, monkeypatch, "secret-name.txt")
     r = files.get("/files/sub/")
     assert r.code == 404
     assert b"secret-name" not in r.body

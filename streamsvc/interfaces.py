@@ -26,8 +26,15 @@ class IStreamProducer(IPushProducer):
         unboundedly inside one reactor turn: after a bounded burst it yields
         to the reactor and continues on the next turn.
       - C{streaming=False} (pull): each C{resumeProducing} writes at most one
-        chunk (or starts fetching one, if the source is asynchronous).
-        C{pauseProducing} is then meaningless and ignored.
+        chunk (or starts fetching one, if the source is asynchronous; it is
+        written when it arrives, and L{when_ready} says when that is).
+        C{pauseProducing} is then meaningless and ignored. Pull producers
+        are driven by L{streamsvc.pull.PullDriver}, never by Twisted's
+        C{_PullToPush}, whose pause counting stalls them.
+
+    Pause and resume are idempotent in both modes: a TCP transport pauses on
+    every write over its high-water mark and resumes once, so the calls are
+    not balanced, and a producer must not count them.
 
     Re-entrancy: C{consumer.write} may call C{pauseProducing},
     C{resumeProducing} or C{stopProducing} synchronously (a TCP transport
@@ -39,6 +46,14 @@ class IStreamProducer(IPushProducer):
     cursor). It releases it exactly once: when the body is complete, when the
     source fails, or when C{stopProducing} is called, whichever comes first.
     C{stopProducing} releases it at once, synchronously, and is idempotent.
+    C{stopProducing} is the consumer's call and means the consumer is gone
+    (the connection was lost); server-side code that wants a stream to end
+    early (a timeout, shutdown) stops it through
+    L{streamsvc.producers.BodyStream.stop}, which also tells the client.
+
+    Every way out of a step ends the stream: an exception from the source
+    (any C{BaseException}, not only C{Exception}) fails the completion
+    Deferred; C{KeyboardInterrupt} and C{SystemExit} propagate only after it.
 
     Completion: the L{Deferred} returned by C{startProducing} fires with
     L{None} when the whole body has been written, fails with the source's
@@ -64,4 +79,15 @@ class IStreamProducer(IPushProducer):
         Start writing the body to C{consumer}.
 
         @return: a Deferred that fires as described in the interface docstring.
+        """
+
+    def when_ready():
+        """
+        Whether a C{resumeProducing} now would do any work.
+
+        @return: L{None} when it would; otherwise (an asynchronous chunk is
+            pending, a throttle is out of tokens) a L{Deferred} that fires,
+            with L{None}, once it would, or once the stream has ended. A pull
+            driver waits on it instead of calling C{resumeProducing} in a
+            busy loop. A stage returns its upstream's answer.
         """

@@ -26,6 +26,7 @@ from zope.interface import implementer
 
 from streamsvc.errors import HTTPError, render_error
 from streamsvc.interfaces import IStreamProducer
+from streamsvc.pull import DEFAULT_BURST, DEFAULT_TURN_BUDGET, PullDriver
 from streamsvc.ranges import ByteRange
 
 log = Logger()
@@ -34,10 +35,9 @@ log = Logger()
 #: buffer, so one chunk fills the buffer once and the transport pauses us.
 DEFAULT_CHUNK_SIZE = 64 * 1024
 
-#: How many chunks a push producer writes in one reactor turn when the
-#: consumer never pauses it (an in-memory consumer, or data that compresses
-#: to nothing). Bounds the time one stream can hold the reactor.
-DEFAULT_BURST = 16
+#: Exceptions that must reach the top once the stream they interrupted has
+#: been ended; every other exception a source raises just fails its stream.
+_FATAL = (KeyboardInterrupt, SystemExit)
 
 
 class StreamStopped(Exception):
@@ -80,17 +80,25 @@ class StreamProducer:
     (L{_release}).
 
     Push mode (C{streaming=True}) writes chunks until paused, at most
-    C{burst} per reactor turn, then continues on the next turn through
-    C{clock.callLater(0, ...)}. It starts on the turn after
-    C{startProducing}, not inside it: a reactor turn then first renders every
-    request that arrived in it and only then produces their bodies, together.
-    That batching, at the price of one reactor turn of latency, is what
-    brought small-file requests per second level with static.File, whose
-    cooperator batches the same way (BENCHMARKS.md has the runs).
+    C{burst} per reactor turn and for at most C{budget} seconds of the clock,
+    then continues on the next turn through C{clock.callLater(0, ...)}. The
+    time bound matters when the consumer never pauses us (gzip of data that
+    compresses to nothing, a listing that stats as it goes): a count alone
+    let one gzipped listing hold the reactor for 25 ms a turn. It starts on
+    the turn after C{startProducing}, not inside it: a reactor turn then
+    first renders every request that arrived in it and only then produces
+    their bodies, together. That batching, at the price of one reactor turn
+    of latency, is what brought small-file requests per second level with
+    static.File, whose cooperator batches the same way (BENCHMARKS.md).
 
     Pull mode writes one chunk per C{resumeProducing}. A chunk may be a
     L{Deferred} (an asynchronous source); while it is pending nothing else
-    is asked of the source.
+    is asked of the source, and L{when_ready} says when to ask again.
+
+    Every way out of a step ends the stream: an exception from the source
+    or the consumer fails it (a C{BaseException} too — C{GeneratorExit}, or
+    a C{KeyboardInterrupt}, which is re-raised once the stream has ended),
+    so a response can never be left running with nothing scheduled.
 
     @ivar bytes_written: bytes handed to the consumer so far.
     """
@@ -103,15 +111,18 @@ class StreamProducer:
         streaming: bool = True,
         clock: IReactorTime | None = None,
         burst: int = DEFAULT_BURST,
+        budget: float = DEFAULT_TURN_BUDGET,
     ) -> None:
         self.streaming = streaming
         self.bytes_written = 0
         self._clock = clock
         self._burst = burst
+        self._budget = budget
         self._state = _Lifecycle.IDLE
         self._paused = False
         self._running = False
         self._pending: Deferred[Any] | None = None
+        self._waiters: list[Deferred[None]] = []
         self._tick: IDelayedCall | None = None
         self._consumer: IConsumer | None = None
         self._done: Deferred[None] | None = None
@@ -153,8 +164,7 @@ class StreamProducer:
         done = self._done
         if self.streaming:
             # On the next turn, with every other body started in this one.
-            clock = self._clock or _default_clock()
-            self._tick = clock.callLater(0, self._on_tick)
+            self._tick = self._get_clock().callLater(0, self._on_tick)
         return done
 
     def pauseProducing(self) -> None:
@@ -173,14 +183,27 @@ class StreamProducer:
     def stopProducing(self) -> None:
         if self.finished:
             return
-        started = self._state is _Lifecycle.RUNNING
-        self._state = _Lifecycle.STOPPED
-        self._cleanup()
-        if started:
-            assert self._done is not None
-            self._done.errback(Failure(StreamStopped()))
+        self._end(_Lifecycle.STOPPED, Failure(StreamStopped()))
+
+    def when_ready(self) -> Deferred[None] | None:
+        """
+        C{None} when a C{resumeProducing} now would do work; while an
+        asynchronous chunk is pending, a Deferred that fires once it has been
+        delivered or the stream has ended. What lets a pull driver wait
+        instead of spinning (see L{streamsvc.pull}).
+        """
+        if self._pending is None:
+            return None
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append(waiter)
+        return waiter
 
     # -- the machinery -------------------------------------------------------
+
+    def _get_clock(self) -> IReactorTime:
+        if self._clock is None:
+            self._clock = _default_clock()
+        return self._clock
 
     def _can_step(self) -> bool:
         return (
@@ -191,7 +214,8 @@ class StreamProducer:
 
     def _run(self) -> None:
         """
-        Push driver: write up to C{burst} chunks now, then yield the reactor.
+        Push driver: write up to C{burst} chunks, for up to C{budget}
+        seconds, then yield the reactor.
 
         Re-entrant calls (C{write} resuming us synchronously) return at once;
         the outer loop sees the new state and carries on.
@@ -200,15 +224,18 @@ class StreamProducer:
             return
         self._cancel_tick()
         self._running = True
+        clock = self._get_clock()
         try:
+            deadline = clock.seconds() + self._budget
             for _ in range(self._burst):
                 if not self._can_step():
                     return
                 self._step()
+                if clock.seconds() >= deadline:
+                    break
         finally:
             self._running = False
         if self._can_step():
-            clock = self._clock or _default_clock()
             self._tick = clock.callLater(0, self._on_tick)
 
     def _on_tick(self) -> None:
@@ -224,20 +251,27 @@ class StreamProducer:
     def _step(self) -> None:
         try:
             chunk = self._next_chunk()
-        except Exception:
+            if isinstance(chunk, Deferred):
+                self._pending = chunk
+                chunk.addCallbacks(self._arrived, self._arrival_failed)
+            else:
+                self._deliver(chunk)
+        except BaseException as error:
             self._fail(Failure())
-            return
-        if isinstance(chunk, Deferred):
-            self._pending = chunk
-            chunk.addCallbacks(self._arrived, self._arrival_failed)
-        else:
-            self._deliver(chunk)
+            if isinstance(error, _FATAL):
+                raise
 
     def _arrived(self, chunk: bytes | None) -> None:
         self._pending = None
         if self._state is not _Lifecycle.RUNNING:
             return
-        self._deliver(chunk)
+        try:
+            self._deliver(chunk)
+        except BaseException as error:
+            self._fail(Failure())
+            if isinstance(error, _FATAL):
+                raise
+        self._wake()
         if self.streaming and self._state is _Lifecycle.RUNNING:
             self._run()
 
@@ -270,29 +304,49 @@ class StreamProducer:
                 )
             )
             return
-        self._state = _Lifecycle.DONE
-        self._cleanup()
-        assert self._done is not None
-        self._done.callback(None)
+        self._end(_Lifecycle.DONE, None)
 
     def _fail(self, failure: Failure) -> None:
-        if self._state is not _Lifecycle.RUNNING:
-            return
-        self._state = _Lifecycle.FAILED
-        self._cleanup()
-        assert self._done is not None
-        self._done.errback(failure)
+        if self._state is _Lifecycle.RUNNING:
+            self._end(_Lifecycle.FAILED, failure)
 
-    def _cleanup(self) -> None:
+    def _end(self, state: _Lifecycle, failure: Failure | None) -> None:
+        """
+        The one way a stream ends: release everything, then say how it
+        ended. A fatal exception raised while releasing is re-raised only
+        after the completion Deferred has fired.
+        """
+        self._state = state
+        fatal = self._cleanup()
+        done = self._done
+        if done is not None:  # None: stopped before it was ever started
+            if failure is None:
+                done.callback(None)
+            else:
+                done.errback(failure)
+        if fatal is not None:
+            raise fatal
+
+    def _cleanup(self) -> BaseException | None:
         self._cancel_tick()
         self._consumer = None
         pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.cancel()
-        try:
-            self._release()
-        except Exception:
-            log.failure("Error while releasing the source of {producer!r}", producer=self)
+        fatal = None
+        steps = [self._release] if pending is None else [pending.cancel, self._release]
+        for step in steps:
+            try:
+                step()
+            except BaseException as error:
+                log.failure("Error while releasing the source of {producer!r}", producer=self)
+                if isinstance(error, _FATAL):
+                    fatal = error
+        self._wake()
+        return fatal
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
 
 Span = Union[bytes, ByteRange]
@@ -311,6 +365,9 @@ class FileProducer(StreamProducer):
     that comes back short means the file was truncated while being sent: the
     stream fails with L{SourceTruncated}. The producer owns C{file} and
     closes it when the stream ends in any way.
+
+    C{pacing} are L{StreamProducer}'s options: C{streaming}, C{clock},
+    C{burst}, C{budget}.
     """
 
     def __init__(
@@ -319,11 +376,9 @@ class FileProducer(StreamProducer):
         spans: Sequence[Span],
         *,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
-        streaming: bool = True,
-        clock: IReactorTime | None = None,
-        burst: int = DEFAULT_BURST,
+        **pacing: Any,
     ) -> None:
-        super().__init__(streaming=streaming, clock=clock, burst=burst)
+        super().__init__(**pacing)
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
         self.file = file
@@ -378,7 +433,12 @@ class IterableProducer(StreamProducer):
     runs exactly as fast as the client reads. When the stream ends early the
     generator is closed (C{close()} / C{aclose()}), so its C{finally} blocks
     and context managers run at once rather than whenever the garbage
-    collector gets to them. An item still pending is cancelled first.
+    collector gets to them. An item still pending is cancelled first; an
+    async generator is closed only once that cancelled C{anext()} has
+    settled, since its C{finally} may itself await (and C{aclose()} on a
+    generator still running fails).
+
+    C{pacing} are L{StreamProducer}'s options.
     """
 
     def __init__(
@@ -386,14 +446,13 @@ class IterableProducer(StreamProducer):
         source: Iterable[Any] | AsyncIterable[Any],
         *,
         length: int | None = None,
-        streaming: bool = True,
-        clock: IReactorTime | None = None,
-        burst: int = DEFAULT_BURST,
+        **pacing: Any,
     ) -> None:
-        super().__init__(streaming=streaming, clock=clock, burst=burst)
+        super().__init__(**pacing)
         self.length = length
         self._iterator: Iterator[Any] | None = None
         self._async_iterator: AsyncIterator[Any] | None = None
+        self._in_flight: Deferred[bytes | None] | None = None  # an anext() not yet settled
         if isinstance(source, AsyncIterable):
             self._async_iterator = aiter(source)
         else:
@@ -401,7 +460,11 @@ class IterableProducer(StreamProducer):
 
     def _next_chunk(self) -> Chunk:
         if self._async_iterator is not None:
-            return Deferred.fromCoroutine(self._anext(self._async_iterator))
+            in_flight = Deferred.fromCoroutine(self._anext(self._async_iterator))
+            if not in_flight.called:
+                self._in_flight = in_flight
+                in_flight.addBoth(self._settled, in_flight)
+            return in_flight
         assert self._iterator is not None
         try:
             item = next(self._iterator)
@@ -421,18 +484,31 @@ class IterableProducer(StreamProducer):
             return None
         return _as_bytes(item)
 
+    def _settled(self, result: object, which: Deferred[Any]) -> object:
+        if self._in_flight is which:
+            self._in_flight = None
+        return result
+
     def _release(self) -> None:
         if self._iterator is not None:
             close = getattr(self._iterator, "close", None)
             if close is not None:
                 close()
         elif self._async_iterator is not None:
-            aclose = getattr(self._async_iterator, "aclose", None)
-            if aclose is not None:
-                closing = Deferred.fromCoroutine(_await(aclose()))
-                closing.addErrback(
-                    lambda f: log.failure("Error closing {it!r}", f, it=self._async_iterator)
-                )
+            in_flight, self._in_flight = self._in_flight, None
+            if in_flight is None:
+                self._aclose()
+            else:
+                # Cancelled by now, but its finally may still be awaiting.
+                in_flight.addBoth(lambda result: self._aclose())
+
+    def _aclose(self) -> None:
+        aclose = getattr(self._async_iterator, "aclose", None)
+        if aclose is not None:
+            closing = Deferred.fromCoroutine(_await(aclose()))
+            closing.addErrback(
+                lambda f: log.failure("Error closing {it!r}", f, it=self._async_iterator)
+            )
 
 
 async def _await(awaitable: Any) -> Any:
@@ -453,9 +529,24 @@ def _as_bytes(item: object) -> bytes:
 class Outcome(enum.Enum):
     """How a response body ended. Metrics and access logs count these."""
 
+    #: The whole body was sent and the response finished.
     COMPLETE = "complete"
+    #: The client went away first (or had already gone when sending began).
     CLIENT_GONE = "client_gone"
+    #: The source failed: a JSON 500 before the first byte, an abort after.
     ERROR = "error"
+    #: Server-side code cancelled the Deferred L{send_body} returned.
+    CANCELLED = "cancelled"
+    #: The server is shutting down (L{BodyStream.stop} with this outcome).
+    SHUTDOWN = "shutdown"
+
+
+#: What a client is told when the server stops its response before the
+#: first byte of the body (after it, the connection is aborted instead).
+_SERVER_STOP_ERRORS = {
+    Outcome.CANCELLED: HTTPError(503, "the response was cancelled", {b"retry-after": b"1"}),
+    Outcome.SHUTDOWN: HTTPError(503, "the server is shutting down", {b"retry-after": b"1"}),
+}
 
 
 @attrs.frozen
@@ -466,9 +557,154 @@ class BodySent:
     bytes_sent: int
 
 
-def send_body(request: IRequest, producer: IStreamProducer) -> Deferred[BodySent]:
+class BodyStream:
     """
-    Send C{producer} as the body of C{request}, and own the ending.
+    One response body on its way: made by L{start_body}, it owns the end of
+    the response and is the handle server-side code stops it with.
+
+    Two kinds of stop must not be confused. C{producer.stopProducing()} is
+    the consumer's call: the connection is gone (a real TCP transport makes
+    it I{before} the request is marked disconnected), so there is nobody to
+    answer. L{stop} is the server's: a timeout, a shutdown, a cancel; the
+    client is still there and must not be left holding a body that will
+    never end, so the connection is aborted (or, before the first body byte,
+    answered with a JSON 503).
+
+    @ivar done: fires with a L{BodySent} once the body has ended, however
+        it ended; never fails. Cancelling it is L{stop}C{(Outcome.CANCELLED)}.
+    """
+
+    def __init__(
+        self, request: IRequest, producer: IStreamProducer, clock: IReactorTime | None
+    ) -> None:
+        self.request = request
+        self.producer = producer
+        self.done: Deferred[BodySent] = Deferred(lambda _: self.stop(Outcome.CANCELLED))
+        self._clock = clock
+        self._stopped_by: Outcome | None = None
+        self._driver: PullDriver | None = None
+
+    def __repr__(self) -> str:
+        return f"<BodyStream {self.request.uri!r} {self.producer!r}>"
+
+    @property
+    def bytes_sent(self) -> int:
+        return int(self.producer.bytes_written)
+
+    def stop(self, outcome: Outcome) -> None:
+        """
+        Stop the body from the server side: the producer is stopped (its
+        source released at once) and the client is told, and L{done} reports
+        C{outcome}. Does nothing once the body has ended.
+        """
+        if self.done.called or self._stopped_by is not None:
+            return
+        self._stopped_by = outcome
+        self.producer.stopProducing()
+
+    def _start(self) -> None:
+        request, producer = self.request, self.producer
+        if request._disconnected or request.channel is None:  # type: ignore[attr-defined]
+            # The client left while the response was being prepared (render
+            # returned NOT_DONE_YET, a lookup ran): release the source now.
+            producer.stopProducing()
+            self.done.callback(BodySent(Outcome.CLIENT_GONE, 0))
+            return
+        if producer.length is None:
+            request.responseHeaders.removeHeader(b"content-length")
+        else:
+            request.setHeader(b"content-length", b"%d" % (producer.length,))
+        if producer.streaming:
+            request.registerProducer(producer, True)
+        else:
+            # Never Twisted's own pull adapter: it stalls (see streamsvc.pull).
+            self._driver = PullDriver(producer, clock=self._clock or _site_clock(request))
+            request.registerProducer(self._driver, True)
+            self._driver.start()
+        request.notifyFinish().addErrback(lambda _: producer.stopProducing())
+        ended = producer.startProducing(request).addCallbacks(self._succeeded, self._failed)
+        ended.addErrback(self._bug)
+        ended.addCallback(self._report)
+
+    def _unregister(self) -> None:
+        if self._driver is not None:
+            self._driver.stop()
+        request = self.request
+        registered = self._driver or self.producer
+        if request.channel is not None and request.producer is registered:
+            request.unregisterProducer()
+
+    def _succeeded(self, _: None) -> BodySent:
+        self._unregister()
+        if self.request._disconnected:  # type: ignore[attr-defined]
+            return BodySent(Outcome.CLIENT_GONE, self.bytes_sent)
+        self.request.finish()
+        return BodySent(Outcome.COMPLETE, self.bytes_sent)
+
+    def _failed(self, reason: Failure) -> BodySent:
+        self._unregister()
+        request = self.request
+        if self._stopped_by is not None:
+            self._answer_server_stop(self._stopped_by)
+            return BodySent(self._stopped_by, self.bytes_sent)
+        if reason.check(StreamStopped) or request._disconnected:  # type: ignore[attr-defined]
+            return BodySent(Outcome.CLIENT_GONE, self.bytes_sent)
+        log.failure(
+            "Response body for {uri} failed after {sent} bytes",
+            reason,
+            uri=request.uri,
+            sent=self.bytes_sent,
+        )
+        self._end_broken(HTTPError(500, "internal server error"))
+        return BodySent(Outcome.ERROR, self.bytes_sent)
+
+    def _answer_server_stop(self, outcome: Outcome) -> None:
+        log.info(
+            "Response body for {uri} stopped by the server ({outcome}) after {sent} bytes",
+            uri=self.request.uri,
+            outcome=outcome.value,
+            sent=self.bytes_sent,
+        )
+        self._end_broken(_SERVER_STOP_ERRORS.get(outcome, HTTPError(503, "stopped")))
+
+    def _end_broken(self, error: HTTPError) -> None:
+        """
+        End a response whose body will not be complete: C{error} as the
+        response if no byte of it has gone out yet, else abort the
+        connection, so the client sees a broken body, never a clean short one.
+        """
+        request = self.request
+        if request._disconnected or request.channel is None:  # type: ignore[attr-defined]
+            return
+        if not request.startedWriting:
+            request.write(render_error(request, error))
+            request.finish()
+        else:
+            request.channel.transport.abortConnection()
+
+    def _bug(self, failure: Failure) -> BodySent:
+        log.failure("Error while ending the response to {uri}", failure, uri=self.request.uri)
+        return BodySent(Outcome.ERROR, self.bytes_sent)
+
+    def _report(self, sent: BodySent) -> None:
+        if not self.done.called:
+            self.done.callback(sent)
+
+
+def _site_clock(request: IRequest) -> IReactorTime:
+    """The reactor the request's Site runs on (C{Site(reactor=...)}), else the global one."""
+    site = getattr(request, "site", None) or getattr(request.channel, "site", None)
+    reactor = getattr(site, "reactor", None)
+    return reactor if reactor is not None else _default_clock()
+
+
+def start_body(
+    request: IRequest, producer: IStreamProducer, *, clock: IReactorTime | None = None
+) -> BodyStream:
+    """
+    Send C{producer} as the body of C{request}, and own the ending; return
+    the L{BodyStream}, whose C{done} reports how the body ended and whose
+    C{stop} ends it from the server side (timeouts, shutdown).
 
     Headers must be complete before this is called; this sets only the
     framing: C{Content-Length} when the producer knows its length, chunked
@@ -479,45 +715,25 @@ def send_body(request: IRequest, producer: IStreamProducer) -> Deferred[BodySent
       - the source fails after the body started: log it and abort the
         connection, so the client sees a broken body, not a clean short one
         (twisted.web would leave it hanging, ANCHORS E8);
-      - the client goes away: the producer is stopped (its file or generator
-        closed at once) and the request is not finished.
+      - the client goes away, or had already gone: the producer is stopped
+        (its file or generator closed at once) and the request is not finished;
+      - the server stops it (L{BodyStream.stop}, or cancelling C{done}): a
+        JSON 503 before the first body byte, an abort after.
 
-    @return: a Deferred that always succeeds, with a L{BodySent}.
+    A pull producer (C{producer.streaming} false) is driven by a
+    L{PullDriver} on C{clock} (by default the reactor of the request's Site).
     """
-    if producer.length is None:
-        request.responseHeaders.removeHeader(b"content-length")
-    else:
-        request.setHeader(b"content-length", b"%d" % (producer.length,))
+    stream = BodyStream(request, producer, clock)
+    stream._start()
+    return stream
 
-    request.registerProducer(producer, producer.streaming)
-    request.notifyFinish().addErrback(lambda _: producer.stopProducing())
 
-    def unregister() -> None:
-        if request.channel is not None and request.producer is producer:
-            request.unregisterProducer()
-
-    def succeeded(_: None) -> BodySent:
-        unregister()
-        if request._disconnected:  # type: ignore[attr-defined]
-            return BodySent(Outcome.CLIENT_GONE, producer.bytes_written)
-        request.finish()
-        return BodySent(Outcome.COMPLETE, producer.bytes_written)
-
-    def failed(reason: Failure) -> BodySent:
-        unregister()
-        if reason.check(StreamStopped) or request._disconnected:  # type: ignore[attr-defined]
-            return BodySent(Outcome.CLIENT_GONE, producer.bytes_written)
-        log.failure(
-            "Response body for {uri} failed after {sent} bytes",
-            reason,
-            uri=request.uri,
-            sent=producer.bytes_written,
-        )
-        if not request.startedWriting:
-            request.write(render_error(request, HTTPError(500, "internal server error")))
-            request.finish()
-        else:
-            request.channel.transport.abortConnection()
-        return BodySent(Outcome.ERROR, producer.bytes_written)
-
-    return producer.startProducing(request).addCallbacks(succeeded, failed)
+def send_body(
+    request: IRequest, producer: IStreamProducer, *, clock: IReactorTime | None = None
+) -> Deferred[BodySent]:
+    """
+    L{start_body}, for callers that only need to know how it ended: the
+    returned Deferred always succeeds, with a L{BodySent}; cancelling it
+    stops the body from the server side (L{Outcome.CANCELLED}).
+    """
+    return start_body(request, producer, clock=clock).done

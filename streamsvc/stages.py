@@ -87,7 +87,9 @@ class GzipStage:
     Compresses what an upstream producer writes, as a gzip stream.
 
     The length of the output is unknown, so a response carrying it is sent
-    chunked. With C{flush=True} every upstream write is followed by a sync
+    chunked. Each upstream write is compressed in one go, so give it chunks
+    of a few hundred KiB at most (a 16 MiB chunk is some 200 ms of the
+    reactor at level 6); L{streamsvc.files} caps its reads for gzip. With C{flush=True} every upstream write is followed by a sync
     flush, so each record reaches the client as soon as it is produced
     (exports and event streams); files leave it off for the best ratio.
 
@@ -148,3 +150,7 @@ class GzipStage:
     def stopProducing(self) -> None:
         self._consumer = None
         self._upstream.stopProducing()
+
+    def when_ready(self) -> Deferred[None] | None:
+        when_ready = getattr(self._upstream, "when_ready", None)
+        return when_ready() if when_ready is not None else None

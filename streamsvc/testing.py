@@ -75,6 +75,27 @@ def parse_response(raw: bytes, *, head: bool = False) -> RawResponse:
     fully framed (all of Content-Length, or the final chunk) — what tells a
     clean end from a truncated one.
     """
+    return _parse_one(raw, head)[0]
+
+
+def parse_responses(raw: bytes, heads: list[bool]) -> list[RawResponse]:
+    """
+    Parse the pipelined responses in C{raw}, one per entry of C{heads}
+    (whether it answers a HEAD); stops after the first incomplete one, so
+    fewer responses than asked for means the server stalled or broke off.
+    """
+    responses: list[RawResponse] = []
+    for head in heads:
+        if b"\r\n\r\n" not in raw:
+            break
+        response, raw = _parse_one(raw, head)
+        responses.append(response)
+        if not response.complete:
+            break
+    return responses
+
+
+def _parse_one(raw: bytes, head: bool) -> tuple[RawResponse, bytes]:
     head_end = raw.index(b"\r\n\r\n")
     lines = raw[:head_end].split(b"\r\n")
     code = int(lines[0].split(b" ", 2)[1])
@@ -84,29 +105,30 @@ def parse_response(raw: bytes, *, head: bool = False) -> RawResponse:
         headers.addRawHeader(name.strip(), value.strip())
     rest = raw[head_end + 4 :]
     if head or code in (204, 304):
-        return RawResponse(code, headers, b"", True)
+        return RawResponse(code, headers, b"", True), rest
     length = headers.getRawHeaders(b"content-length")
     if length is not None:
         size = int(length[0])
-        return RawResponse(code, headers, rest[:size], len(rest) >= size)
+        return RawResponse(code, headers, rest[:size], len(rest) >= size), rest[size:]
     if headers.getRawHeaders(b"transfer-encoding") == [b"chunked"]:
         return _dechunk(code, headers, rest)
-    return RawResponse(code, headers, rest, False)
+    return RawResponse(code, headers, rest, False), b""
 
 
-def _dechunk(code: int, headers: Headers, rest: bytes) -> RawResponse:
+def _dechunk(code: int, headers: Headers, rest: bytes) -> tuple[RawResponse, bytes]:
     body = []
     while True:
         line_end = rest.find(b"\r\n")
         if line_end < 0:
-            return RawResponse(code, headers, b"".join(body), False)
+            return RawResponse(code, headers, b"".join(body), False), b""
         size = int(rest[:line_end].split(b";")[0], 16)
         if size == 0:
-            return RawResponse(code, headers, b"".join(body), rest[line_end:].startswith(b"\r\n\r\n"))
+            complete = rest[line_end:].startswith(b"\r\n\r\n")
+            return RawResponse(code, headers, b"".join(body), complete), rest[line_end + 4 :]
         chunk = rest[line_end + 2 : line_end + 2 + size]
         body.append(chunk)
         if len(chunk) < size:
-            return RawResponse(code, headers, b"".join(body), False)
+            return RawResponse(code, headers, b"".join(body), False), b""
         rest = rest[line_end + 2 + size + 2 :]
 
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IPullProducer, IPushProducer
-from twisted.internet import _producer_helpers
-from twisted.internet.task import Clock, Cooperator
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface.verify import verifyObject
@@ -31,9 +31,11 @@ from streamsvc.producers import (
     SourceTruncated,
     StreamStopped,
     send_body,
+    start_body,
 )
+from streamsvc.pull import PullDriver
 from streamsvc.ranges import ByteRange
-from streamsvc.testing import RecordingConsumer, SiteConnection
+from streamsvc.testing import RecordingConsumer, SiteConnection, parse_response
 
 DATA = bytes(range(256)) * 64  # 16 KiB
 
@@ -492,13 +494,16 @@ class Streaming(Resource):
         self.results: list[BodySent] = []
         self.producers: list[Any] = []
         self.requests: list[Any] = []
+        self.sent: list[Deferred[BodySent]] = []
 
     def render_GET(self, request: Any) -> int:
         self.requests.append(request)
         producer = self.make()
         self.producers.append(producer)
         request.setHeader(b"content-type", b"application/octet-stream")
-        send_body(request, producer).addCallback(self.results.append)
+        sent = send_body(request, producer)
+        self.sent.append(sent)
+        sent.addCallback(self.results.append)
         return NOT_DONE_YET
 
 
@@ -629,20 +634,426 @@ def test_send_body_truncated_file_aborts(datafile: str) -> None:
     assert resource.producers[0].file.closed
 
 
-def test_send_body_pull_registration(datafile: str, monkeypatch: pytest.MonkeyPatch) -> None:
+# -- pull registration: our own driver, never Twisted's _PullToPush ---------------
+
+
+def test_send_body_pull_registration(datafile: str) -> None:
     """
-    A pull producer is registered with streaming=False and the channel's own
-    pull-to-push adapter drives it, one chunk per resumeProducing; here the
-    adapter's cooperator runs on the test's Clock instead of the global reactor.
+    A pull producer is driven by a L{PullDriver} on the Site's clock (registered
+    with the channel as a push producer), one chunk per resumeProducing.
     """
     clock = Clock()
-    cooperator = Cooperator(scheduler=lambda step: clock.callLater(0, step))
-    monkeypatch.setattr(_producer_helpers, "cooperate", cooperator.cooperate)
     site, resource = make_site(lambda: file_producer(datafile, clock, streaming=False), clock)
     conn = SiteConnection(site)
     conn.request("GET", "/")
-    assert resource.requests[0].streamingProducer is False
+    request = resource.requests[0]
+    assert isinstance(request.producer, PullDriver)
+    assert request.producer.producer is resource.producers[0]
     conn.read_until_quiet(clock)
     response = conn.response()
     assert response.body == DATA and response.complete
     assert resource.results == [BodySent(Outcome.COMPLETE, len(DATA))]
+    assert request.producer is None and streamsvc_calls(clock) == []
+
+
+def streamsvc_calls(clock: Clock) -> list[Any]:
+    """What is scheduled on C{clock}, but the channel's own idle timeout."""
+    return [c for c in clock.getDelayedCalls() if "timedOut" not in c.func.__name__]
+
+
+class DirectThenStreamed(Resource):
+    """The first request gets 100 kB written directly, every later one a streamed file."""
+
+    isLeaf = True
+
+    def __init__(self, make: Any) -> None:
+        super().__init__()
+        self.make = make
+        self.count = 0
+        self.results: list[BodySent] = []
+
+    def render_GET(self, request: Any) -> Any:
+        self.count += 1
+        if self.count == 1:
+            return b"d" * 100_000
+        send_body(request, self.make()).addCallback(self.results.append)
+        return NOT_DONE_YET
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["push", "pull"])
+def test_pipelined_response_after_a_full_buffer_completes(
+    tmp_path: Any, streaming: bool
+) -> None:
+    """
+    A pipelined response that starts while the previous one left the buffer
+    over its mark is paused twice (headers, then body) and resumed once when
+    the buffer drains. It must still complete: Twisted's counting pull adapter
+    stalled here after exactly one chunk.
+    """
+    payload = os.urandom(300_000)
+    path = tmp_path / "big.bin"
+    path.write_bytes(payload)
+    clock = Clock()
+
+    def make() -> FileProducer:
+        return FileProducer.for_range(
+            open_file(str(path)), 0, len(payload), clock=clock, streaming=streaming
+        )
+
+    resource = DirectThenStreamed(make)
+    site = Site(resource, reactor=clock)
+    site.requestFactory = Request
+    conn = SiteConnection(site)
+    conn.send(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn.read_until_quiet(clock)
+    raw = conn.transport.value()
+    first_end = raw.index(b"d" * 100_000) + 100_000
+    second = parse_response(raw[first_end:])
+    assert second.complete and second.body == payload
+    assert resource.results == [BodySent(Outcome.COMPLETE, len(payload))]
+
+
+def test_pull_async_source_waits_without_spinning() -> None:
+    """
+    While a pull producer's asynchronous chunk is pending nothing is called
+    and nothing is scheduled: the driver waits for the chunk, no busy loop.
+    """
+    clock = Clock()
+    gate: Deferred[bytes] = Deferred()
+    calls: list[None] = []
+
+    def make() -> IterableProducer:
+        producer = IterableProducer([b"first", gate, b"last"], streaming=False, clock=clock)
+        resume = producer.resumeProducing
+
+        def counted() -> None:
+            calls.append(None)
+            resume()
+
+        producer.resumeProducing = counted  # type: ignore[method-assign]
+        return producer
+
+    site, resource = make_site(make, clock)
+    conn = SiteConnection(site)
+    conn.request("GET", "/")
+    for _ in range(5):
+        conn.read_until_quiet(clock)
+    assert len(calls) == 2  # "first", then the call that found the gate pending
+    assert clock.getDelayedCalls() == []
+    gate.callback(b"second")
+    conn.read_until_quiet(clock)
+    assert conn.response().body == b"firstsecondlast"
+    assert resource.results[0].outcome is Outcome.COMPLETE
+
+
+def test_when_ready_tracks_a_pending_chunk() -> None:
+    """when_ready: None while nothing is pending; a Deferred that fires once the chunk is written."""
+    gate: Deferred[bytes] = Deferred()
+    consumer = RecordingConsumer()
+    producer = IterableProducer([gate], streaming=False, clock=Clock())
+    producer.startProducing(consumer)
+    assert producer.when_ready() is None
+    producer.resumeProducing()
+    ready = producer.when_ready()
+    assert ready is not None and not ready.called
+    gate.callback(b"x")
+    assert ready.called and consumer.data == b"x"
+    assert producer.when_ready() is None
+
+
+def test_when_ready_fires_when_stopped() -> None:
+    """A stopped stream wakes whoever waits on it (the driver then sees it stopped)."""
+    consumer = RecordingConsumer()
+    producer = IterableProducer([Deferred()], streaming=False, clock=Clock())
+    producer.startProducing(consumer).addErrback(lambda f: None)
+    producer.resumeProducing()
+    ready = producer.when_ready()
+    assert ready is not None
+    producer.stopProducing()
+    assert ready.called
+
+
+# -- server-side stops ------------------------------------------------------------
+
+
+def waiting_source(first: bytes, closed: list[bool]) -> Any:
+    try:
+        yield first
+        yield Deferred()  # the next chunk never comes on its own
+    finally:
+        closed.append(True)
+
+
+def test_cancel_mid_body_aborts_and_reports_cancelled() -> None:
+    """
+    Cancelling send_body's Deferred mid-body is a server-side stop: the source
+    is closed, the connection aborted (never left open, never finished short)
+    and the outcome is CANCELLED, not CLIENT_GONE.
+    """
+    clock = Clock()
+    closed: list[bool] = []
+    sent: list[Deferred[BodySent]] = []
+
+    class Cancellable(Resource):
+        isLeaf = True
+
+        def render_GET(self, request: Any) -> int:
+            producer = IterableProducer(waiting_source(b"x" * 1000, closed), length=10_000, clock=clock)
+            sent.append(send_body(request, producer))
+            return NOT_DONE_YET
+
+    site = Site(Cancellable(), reactor=clock)
+    site.requestFactory = Request
+    conn = SiteConnection(site)
+    conn.request("GET", "/")
+    clock.advance(0)
+    assert conn.response().body == b"x" * 1000
+    results: list[Any] = []
+    sent[0].addBoth(results.append)
+    sent[0].cancel()
+    assert results == [BodySent(Outcome.CANCELLED, 1000)]
+    assert closed == [True]
+    assert conn.aborted
+    assert not conn.response().complete
+
+
+def test_stop_shutdown_reports_its_outcome() -> None:
+    """BodyStream.stop(SHUTDOWN) mid-body: aborted, the source closed, outcome SHUTDOWN."""
+    clock = Clock()
+    closed: list[bool] = []
+    streams: list[Any] = []
+
+    class Stoppable(Resource):
+        isLeaf = True
+
+        def render_GET(self, request: Any) -> int:
+            producer = IterableProducer(waiting_source(b"y" * 10, closed), clock=clock)
+            streams.append(start_body(request, producer))
+            return NOT_DONE_YET
+
+    site = Site(Stoppable(), reactor=clock)
+    site.requestFactory = Request
+    conn = SiteConnection(site)
+    conn.request("GET", "/")
+    clock.advance(0)
+    stream = streams[0]
+    stream.stop(Outcome.SHUTDOWN)
+    stream.stop(Outcome.CANCELLED)  # a second stop changes nothing
+    assert stream.done.result == BodySent(Outcome.SHUTDOWN, 10)
+    assert closed == [True] and conn.aborted
+    assert clock.getDelayedCalls() == []
+
+
+def test_stop_before_the_first_byte_answers_503() -> None:
+    """
+    Stopped before any body byte went out, the client can still be told
+    properly: a JSON 503 with Retry-After, the connection left usable.
+    """
+    clock = Clock()
+    gate: Deferred[bytes] = Deferred()
+    site, resource = make_site(lambda: IterableProducer([gate], clock=clock), clock)
+    conn = SiteConnection(site)
+    conn.request("GET", "/")
+    clock.advance(0)
+    assert not resource.requests[0].startedWriting
+    resource.sent[0].cancel()
+    response = conn.response()
+    assert response.code == 503
+    assert response.header("retry-after") == "1"
+    assert json.loads(response.body) == {"error": "the response was cancelled"}
+    assert response.complete and not conn.aborted
+    assert resource.results == [BodySent(Outcome.CANCELLED, 0)]
+    assert gate.called  # the pending chunk was cancelled
+    gate.addErrback(lambda f: f.trap(CancelledError))
+
+
+def test_stop_after_the_end_changes_nothing(datafile: str) -> None:
+    """Stopping a body that has ended is a no-op: the outcome stays what it was."""
+    clock = Clock()
+    streams: list[Any] = []
+
+    class Once(Resource):
+        isLeaf = True
+
+        def render_GET(self, request: Any) -> int:
+            streams.append(start_body(request, file_producer(datafile, clock)))
+            return NOT_DONE_YET
+
+    site = Site(Once(), reactor=clock)
+    site.requestFactory = Request
+    conn = SiteConnection(site)
+    conn.request("GET", "/")
+    conn.read_until_quiet(clock)
+    streams[0].stop(Outcome.SHUTDOWN)
+    assert streams[0].done.result == BodySent(Outcome.COMPLETE, len(DATA))
+    assert conn.response().complete and not conn.aborted
+
+
+# -- send_body after the client has gone -------------------------------------------
+
+
+def test_send_body_after_the_client_left(datafile: str) -> None:
+    """
+    The asynchronous pattern (NOT_DONE_YET, a lookup, then send_body) when the
+    client left in between: no exception, the file closed at once,
+    CLIENT_GONE, nothing scheduled.
+    """
+    clock = Clock()
+    requests: list[Any] = []
+
+    class Later(Resource):
+        isLeaf = True
+
+        def render_GET(self, request: Any) -> int:
+            requests.append(request)
+            return NOT_DONE_YET
+
+    site = Site(Later(), reactor=clock)
+    site.requestFactory = Request
+    conn = SiteConnection(site)
+    conn.request("GET", "/")
+    conn.disconnect()
+    producer = file_producer(datafile, clock)
+    result = send_body(requests[0], producer)
+    assert producer.file.closed
+    assert result.result == BodySent(Outcome.CLIENT_GONE, 0)
+    assert clock.getDelayedCalls() == []
+
+
+# -- every way out of a step ends the stream ---------------------------------------
+
+
+class Custom(BaseException):
+    """A BaseException that is not an Exception, safe to raise in a test."""
+
+
+def raising(error: BaseException) -> Any:
+    yield b"x" * 100
+    raise error
+
+
+class FailsThenCloseRaises:
+    """Fails with an ordinary error; its close() raises a BaseException."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __iter__(self) -> Any:
+        return self
+
+    def __next__(self) -> bytes:
+        self.calls += 1
+        if self.calls == 1:
+            return b"x" * 100
+        raise ValueError("the source failed")
+
+    def close(self) -> None:
+        raise Custom("raised by close()")
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["push", "pull"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: raising(Custom("x")), lambda: raising(GeneratorExit()), FailsThenCloseRaises],
+    ids=["custom-in-next", "GeneratorExit-in-next", "BaseException-in-close"],
+)
+def test_base_exceptions_end_the_stream(make: Any, streaming: bool) -> None:
+    """
+    Whatever a source raises, send_body's Deferred fires and the connection
+    (whose body had started) is aborted; nothing is left scheduled.
+    """
+    clock = Clock()
+    site, resource = make_site(lambda: IterableProducer(make(), clock=clock, streaming=streaming), clock)
+    conn = SiteConnection(site)
+    conn.request("GET", "/")
+    with capturedLogs():
+        conn.read_until_quiet(clock)
+    assert resource.results[0].outcome is Outcome.ERROR
+    assert conn.aborted and not conn.response().complete
+    assert clock.getDelayedCalls() == []
+
+
+def test_keyboard_interrupt_propagates_after_the_stream_ended() -> None:
+    """KeyboardInterrupt reaches the top, but only once the stream has ended."""
+    clock = Clock()
+    consumer = RecordingConsumer()
+    producer = IterableProducer(raising(KeyboardInterrupt()), streaming=False, clock=clock)
+    done = producer.startProducing(consumer)
+    producer.resumeProducing()
+    with pytest.raises(KeyboardInterrupt):
+        producer.resumeProducing()
+    assert producer.finished
+    assert done.called
+    done.addErrback(lambda f: f.trap(KeyboardInterrupt))
+
+
+def test_write_that_raises_fails_the_stream() -> None:
+    """An exception from the consumer's write fails the stream rather than hanging it."""
+
+    class Broken(RecordingConsumer):
+        def write(self, data: bytes) -> None:
+            raise RuntimeError("consumer broke")
+
+    producer = IterableProducer([b"a", b"b"], streaming=False, clock=Clock())
+    done = producer.startProducing(Broken())
+    producer.resumeProducing()
+    assert done.called and done.result.check(RuntimeError)
+    done.addErrback(lambda f: None)
+
+
+def test_async_generator_stopped_mid_anext_closes_after_its_finally() -> None:
+    """
+    Stopped while an anext() is pending and its finally awaits: the finally
+    runs to the end and nothing is logged as an error (aclose() straight
+    after the cancel used to fail with "already running").
+    """
+    clock = Clock()
+    cleanup: Deferred[None] = Deferred()
+    steps: list[str] = []
+
+    async def source() -> Any:
+        try:
+            yield b"first"
+            await Deferred()
+            yield b"never"  # pragma: no cover
+        finally:
+            steps.append("finally started")
+            await cleanup
+            steps.append("finally completed")
+
+    consumer = RecordingConsumer()
+    producer = IterableProducer(source(), clock=clock)
+    producer.startProducing(consumer).addErrback(lambda f: f.trap(StreamStopped))
+    with capturedLogs() as events:
+        clock.advance(0)
+        assert consumer.data == b"first"
+        producer.stopProducing()
+        assert steps == ["finally started"]
+        cleanup.callback(None)
+    assert steps == ["finally started", "finally completed"]
+    assert [e for e in events if e["log_level"] >= LogLevel.error] == []
+
+
+# -- bounded work per reactor turn -------------------------------------------------
+
+
+def test_push_turn_bounded_by_time() -> None:
+    """
+    Chunks that cost 3 ms each (gzip of data that compresses to nothing) end
+    the turn once the 4 ms budget is spent, whatever the burst.
+    """
+    clock = Clock()
+
+    def costly() -> Any:
+        while True:
+            clock.rightNow += 0.003  # the chunk took 3 ms; no call runs
+            yield b"z"
+
+    consumer = RecordingConsumer()
+    producer = IterableProducer(costly(), clock=clock, burst=100, budget=0.004)
+    producer.startProducing(consumer).addErrback(lambda f: None)
+    run_one_turn(clock)
+    assert len(consumer.chunks) == 2
+    run_one_turn(clock)
+    assert len(consumer.chunks) == 4
+    producer.stopProducing()

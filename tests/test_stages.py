@@ -6,6 +6,7 @@ import zlib
 from typing import Any
 
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
@@ -121,3 +122,27 @@ def test_gzip_stage_passes_pause_and_stop_upstream() -> None:
     written = len(consumer.chunks)
     clock.advance(1)
     assert len(consumer.chunks) == written
+
+
+def test_gzip_stage_pull_mode_waits_with_its_upstream() -> None:
+    """
+    Pulled, the stage compresses one upstream chunk per resumeProducing and
+    answers when_ready for its upstream, so a pull driver waits on an
+    asynchronous source through it instead of spinning.
+    """
+    gate: Deferred[bytes] = Deferred()
+    consumer = RecordingConsumer()
+    upstream = IterableProducer([b"a" * 100, gate], streaming=False, clock=Clock())
+    stage = GzipStage(upstream, flush=True)
+    assert stage.streaming is False
+    done = stage.startProducing(consumer)
+    assert stage.when_ready() is None
+    stage.resumeProducing()
+    stage.resumeProducing()
+    ready = stage.when_ready()
+    assert ready is not None and not ready.called
+    gate.callback(b"b" * 100)
+    assert ready.called
+    stage.resumeProducing()
+    assert done.called
+    assert zlib.decompress(consumer.data, 16 + zlib.MAX_WBITS) == b"a" * 100 + b"b" * 100

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from inspect import iscoroutine
 from typing import Any, BinaryIO, Union
 
@@ -249,13 +249,20 @@ class StreamProducer:
                 tick.cancel()
 
     def _step(self) -> None:
+        self._guarded(self._take_next)
+
+    def _take_next(self) -> None:
+        chunk = self._next_chunk()
+        if isinstance(chunk, Deferred):
+            self._pending = chunk
+            chunk.addCallbacks(self._arrived, self._arrival_failed)
+        else:
+            self._deliver(chunk)
+
+    def _guarded(self, step: Callable[..., None], *args: Any) -> None:
+        """Run C{step}; whatever it raises fails the stream (fatal ones re-raised after)."""
         try:
-            chunk = self._next_chunk()
-            if isinstance(chunk, Deferred):
-                self._pending = chunk
-                chunk.addCallbacks(self._arrived, self._arrival_failed)
-            else:
-                self._deliver(chunk)
+            step(*args)
         except BaseException as error:
             self._fail(Failure())
             if isinstance(error, _FATAL):
@@ -265,12 +272,7 @@ class StreamProducer:
         self._pending = None
         if self._state is not _Lifecycle.RUNNING:
             return
-        try:
-            self._deliver(chunk)
-        except BaseException as error:
-            self._fail(Failure())
-            if isinstance(error, _FATAL):
-                raise
+        self._guarded(self._deliver, chunk)
         self._wake()
         if self.streaming and self._state is _Lifecycle.RUNNING:
             self._run()

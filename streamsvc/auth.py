@@ -22,6 +22,9 @@ from streamsvc.errors import ErrorPage, HTTPError, render_error
 #: RFC 6750 §2.1 b64token.
 _BEARER = re.compile(rb"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *")
 
+#: The auth-scheme that starts a credentials value (RFC 9110 §11.4: a token).
+_SCHEME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
 REALM = b'Bearer realm="streamsvc"'
 
 
@@ -57,23 +60,55 @@ def bearer_token(authorization: bytes | None) -> bytes | None:
     return match.group(1) if match else None
 
 
+def _uses_bearer_scheme(authorization: bytes) -> bool:
+    """
+    Whether an C{Authorization} value names the Bearer scheme (compared
+    case-insensitively, RFC 9110 §11.1), well-formed or not.
+    """
+    match = _SCHEME.match(authorization)
+    return match is not None and match[0].lower() == b"bearer"
+
+
 def check_bearer(request: IRequest, tokens: TokenSet) -> HTTPError | None:
     """
-    None when the request carries an accepted token; otherwise the 401 to
-    answer with, its C{WWW-Authenticate} saying whether a token was missing
-    or wrong.
+    None when the request carries an accepted token; otherwise the error to
+    answer with, as RFC 6750 §3.1 sorts them:
+
+      - no credentials for us (no C{Authorization}, or one of another
+        scheme, such as Basic): 401 with a bare challenge, because the
+        client may simply not know that a Bearer token is needed;
+      - C{Authorization} on more than one line, or a Bearer value that is
+        malformed (no token, two tokens, characters a b64token cannot
+        hold): 400 C{invalid_request}. Two lines are refused rather than one
+        picked: a proxy or log that reads the first would disagree with us
+        about who is asking;
+      - a well-formed token we do not know: 401 C{invalid_token}.
+
+    The token itself is never part of the answer, nor logged.
     """
-    header = request.getHeader(b"authorization")
-    if header is None:
+    values = request.requestHeaders.getRawHeaders(b"authorization")
+    if values is None:
         return HTTPError(401, "authentication required", {b"www-authenticate": REALM})
-    token = bearer_token(header)
-    if token is None or not tokens.accepts(token):
+    if len(values) > 1:
+        return _invalid_request("more than one Authorization header")
+    if not _uses_bearer_scheme(values[0]):
+        return HTTPError(401, "bearer token required", {b"www-authenticate": REALM})
+    token = bearer_token(values[0])
+    if token is None:
+        return _invalid_request("malformed bearer credentials")
+    if not tokens.accepts(token):
         return HTTPError(
             401,
-            "invalid or malformed bearer token",
+            "invalid bearer token",
             {b"www-authenticate": REALM + b', error="invalid_token"'},
         )
     return None
+
+
+def _invalid_request(message: str) -> HTTPError:
+    return HTTPError(
+        400, message, {b"www-authenticate": REALM + b', error="invalid_request"'}
+    )
 
 
 class BearerGuard(Resource):

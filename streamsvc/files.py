@@ -8,10 +8,12 @@ touches a 206, and no way out of the root in any spelling.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import mimetypes
 import os
+import re
 import secrets
 import stat
 from typing import BinaryIO
@@ -19,6 +21,7 @@ from urllib.parse import quote
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 
@@ -73,6 +76,29 @@ ACTIVE_TYPES = frozenset(
 #: Entries per listing chunk: enough to keep writes large, few enough that one
 #: chunk's stat() calls stay well under a millisecond or so.
 LISTING_BATCH = 64
+
+log = Logger()
+
+#: The errors opening or stat-ing a name can give that say something about
+#: the name itself: it is not there (or not as a path can reach it: ENOTDIR,
+#: ELOOP for a symlink met with O_NOFOLLOW, ENAMETOOLONG), it may not be read
+#: (EACCES, EPERM), or it is a FIFO or socket that O_NONBLOCK cannot open
+#: (ENXIO). The client is told 404, as for any name that is not servable.
+_NOT_SERVABLE_ERRNOS = frozenset(
+    {
+        errno.ENOENT,
+        errno.ENOTDIR,
+        errno.ELOOP,
+        errno.EACCES,
+        errno.EPERM,
+        errno.ENAMETOOLONG,
+        errno.ENXIO,
+    }
+)
+
+#: Seconds a client is asked to wait after a 503: running out of descriptors
+#: or memory is usually over as soon as other responses finish.
+RETRY_AFTER = 1
 
 
 def content_type_for(name: str) -> str:
@@ -163,7 +189,8 @@ def resolve(root: str, postpath: list[bytes]) -> Target:
     C{os.path.realpath} would re-walk the root's own components every time.
 
     @raise HTTPError: 400 for a path that is not UTF-8, 404 for everything
-        that is not a servable name (no hint as to why).
+        that is not a servable name (no hint as to why), 503 when the system
+        fails to look (see L{_open_failed}).
     """
     slash = bool(postpath) and postpath[-1] == b""
     raw = postpath[:-1] if slash else postpath
@@ -188,9 +215,38 @@ def resolve(root: str, postpath: list[bytes]) -> Target:
                 if not _inside(path, root):
                     raise HTTPError(404, "not found")
                 mode = os.stat(path).st_mode
-    except OSError:
-        raise HTTPError(404, "not found") from None
+    except OSError as error:
+        raise _open_failed(error, path) from None
     return Target(path, segments, slash, stat.S_ISDIR(mode), followed_link)
+
+
+def _open_failed(error: OSError, what: str) -> HTTPError:
+    """
+    The answer to C{error}, raised opening or stat-ing C{what} (a path, for
+    the log only).
+
+    Only an error about the name (L{_NOT_SERVABLE_ERRNOS}) is a 404. Anything
+    else (out of descriptors or memory, an I/O error...) says nothing about
+    whether the file exists, and a 404 would tell clients and caches that it
+    is gone: that is a 503 the client may retry soon and nobody may store,
+    logged here once, with the errno and path that the body leaves out (the
+    path is the server's business, the errno name of no use to a client).
+    Every site that opens or stats a request's path goes through here, so
+    they cannot drift apart.
+    """
+    if error.errno in _NOT_SERVABLE_ERRNOS:
+        return HTTPError(404, "not found")
+    log.error(
+        "could not open {what}: {errno_name} ({strerror})",
+        what=what,
+        errno_name=errno.errorcode.get(error.errno, str(error.errno)),
+        strerror=error.strerror,
+    )
+    return HTTPError(
+        503,
+        "temporarily unable to serve this path",
+        {b"retry-after": b"%d" % (RETRY_AFTER,), b"cache-control": b"no-store"},
+    )
 
 
 _FILE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW
@@ -219,7 +275,8 @@ def _open_inside(target: Target, root: str, flags: int) -> int:
         fd = os.open(target.real, flags)
         if not _opened_inside(fd, root):
             os.close(fd)
-            raise FileNotFoundError(target.real)
+            # ENOENT: to the client it is a name that is not servable (404).
+            raise FileNotFoundError(errno.ENOENT, "opened outside the root", target.real)
         return fd
     if not target.segments:
         return os.open(root, flags & ~os.O_NOFOLLOW)  # the root itself may be a symlink
@@ -237,17 +294,21 @@ def _open_inside(target: Target, root: str, flags: int) -> int:
 def _open_regular(target: Target, root: str) -> tuple[BinaryIO, os.stat_result]:
     """
     Open the regular file C{target} names (see L{_open_inside}); anything
-    else is a 404. C{O_NONBLOCK} keeps a FIFO from blocking the reactor.
+    else is a 404, and a failure to open it is answered by L{_open_failed}.
+    C{O_NONBLOCK} keeps a FIFO from blocking the reactor.
     """
     try:
         fd = _open_inside(target, root, _FILE_FLAGS)
-    except OSError:
-        raise HTTPError(404, "not found") from None
+    except OSError as error:
+        raise _open_failed(error, target.real) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise HTTPError(404, "not found")
         return os.fdopen(fd, "rb", buffering=0), st
+    except OSError as error:
+        os.close(fd)
+        raise _open_failed(error, target.real) from None
     except BaseException:
         os.close(fd)
         raise
@@ -263,8 +324,47 @@ def _opened_inside(fd: int, root: str) -> bool:
 
 
 def _header(request: IRequest, name: bytes) -> str | None:
-    value = request.getHeader(name)
-    return None if value is None else value.decode("latin-1")
+    """
+    The value of the list-valued field C{name} (If-Match, If-None-Match,
+    Accept-Encoding), as latin-1 text, or None when absent.
+
+    Several lines of one field are, by RFC 9110 §5.3, one value joined with
+    commas; twisted.web's C{getHeader} would keep only the last line, so an
+    C{If-None-Match} on two lines would lose the tags of the first.
+    """
+    values = request.requestHeaders.getRawHeaders(name)
+    return None if values is None else b", ".join(values).decode("latin-1")
+
+
+#: What L{_singleton_header} answers for a singleton field given on more than
+#: one line: an empty value, which no parser in L{streamsvc.ranges} takes for
+#: a valid one (Range, If-Modified-Since and If-Unmodified-Since are then
+#: ignored, If-Range matches nothing).
+_SEVERAL_LINES = ""
+
+
+def _singleton_header(request: IRequest, name: bytes) -> str | None:
+    """
+    The value of a field that holds one value (Range, If-Range,
+    If-Modified-Since, If-Unmodified-Since), or None when absent.
+
+    Such a field on several lines has no valid value (RFC 9110 §5.3 joins
+    lines into a list, which these grammars do not allow), so it is answered
+    as L{_SEVERAL_LINES} and ignored, explicitly rather than by trusting the
+    joined text to fail to parse: C{Range: bytes=0-1} and C{Range: 5-6} join
+    into the valid C{bytes=0-1, 5-6}, and C{If-Range: Sun} with
+    C{If-Range: 06 Nov 1994 08:49:37 GMT} into a valid date. Serving either
+    line instead would be a guess: a cache that reads the first line while
+    we read the last would store the wrong bytes under the right name. The
+    whole 200 is what RFC 9110 §13.1.3-§13.1.5 and §14.2 allow a server that
+    ignores those headers, and it is always correct.
+    """
+    values = request.requestHeaders.getRawHeaders(name)
+    if values is None:
+        return None
+    if len(values) > 1:
+        return _SEVERAL_LINES
+    return values[0].decode("latin-1")
 
 
 def _finish_without_body(request: IRequest) -> int:
@@ -275,6 +375,27 @@ def _finish_without_body(request: IRequest) -> int:
     request.write(b"")
     request.finish()
     return NOT_DONE_YET  # type: ignore[no-any-return]
+
+
+#: A byte that may not stand as it is in a URI query (RFC 3986 §3.4: query =
+#: *( pchar / "/" / "?" ), pchar = unreserved / pct-encoded / sub-delims / ":"
+#: / "@"), or a "%" that does not start a pct-encoded triplet.
+_NOT_IN_QUERY = re.compile(rb"[^A-Za-z0-9\-._~!$&'()*+,;=:@/?%]|%(?![0-9A-Fa-f]{2})")
+
+
+def escape_query(query: bytes) -> bytes:
+    """
+    C{query} (the part of a request target after C{?}) made a valid URI
+    query: every byte RFC 3986 does not allow there is percent-encoded,
+    everything else, existing C{%XX} escapes included, is kept as it is.
+
+    The query is copied into a redirect's C{Location}; as the client sent it,
+    it could carry C{<}, quotes, spaces or control bytes into a header that
+    other software parses and may show. Keeping what is allowed byte for byte
+    keeps the query's meaning: C{a=1&b=2} or C{q=%2F} reach the folder as
+    they were sent.
+    """
+    return _NOT_IN_QUERY.sub(lambda match: b"%%%02X" % match[0][0], query)
 
 
 class FilesResource(JSONResource):
@@ -378,7 +499,7 @@ class FilesResource(JSONResource):
         name = target.segments[-1]
         content_type, compressible = _type_of_suffixes(_last_suffixes(name))
         strong_etag = make_etag(size, st.st_mtime_ns)
-        range_header = _header(request, b"range")
+        range_header = _singleton_header(request, b"range")
         gzip = range_header is None and self._gzip_wanted(request, compressible)
         etag = weak(strong_etag) if gzip else strong_etag
 
@@ -403,8 +524,8 @@ class FilesResource(JSONResource):
             last_modified=mtime,
             if_match=_header(request, b"if-match"),
             if_none_match=_header(request, b"if-none-match"),
-            if_modified_since=_header(request, b"if-modified-since"),
-            if_unmodified_since=_header(request, b"if-unmodified-since"),
+            if_modified_since=_singleton_header(request, b"if-modified-since"),
+            if_unmodified_since=_singleton_header(request, b"if-unmodified-since"),
         )
         if verdict == 304:
             request.setResponseCode(304)
@@ -416,7 +537,7 @@ class FilesResource(JSONResource):
 
         spans: list[bytes | ByteRange] = [ByteRange(0, size)] if size else []
         if range_header is not None and if_range_allows_partial(
-            _header(request, b"if-range"), strong_etag, mtime
+            _singleton_header(request, b"if-range"), strong_etag, mtime
         ):
             try:
                 ranges = plan_ranges(range_header, size, self.max_ranges)
@@ -459,7 +580,7 @@ class FilesResource(JSONResource):
             quote(s.decode("utf-8", "surrogateescape"), safe="")
             for s in request.prepath + request.postpath
         ) + "/"
-        query = request.uri.partition(b"?")[2]
+        query = escape_query(request.uri.partition(b"?")[2])
         request.setResponseCode(301)
         request.setHeader(
             b"location", location.encode("ascii") + (b"?" + query if query else b"")
@@ -470,13 +591,13 @@ class FilesResource(JSONResource):
     def _listing(self, request: IRequest, target: Target, *, head: bool) -> int:
         try:
             fd = _open_inside(target, self.root, _LIST_FLAGS)
-        except OSError:
-            raise HTTPError(404, "not found") from None
+        except OSError as error:
+            raise _open_failed(error, target.real) from None
         try:
             listing = DirectoryListing(target.real, self.root, fd=fd)
-        except OSError:
+        except OSError as error:
             os.close(fd)
-            raise HTTPError(404, "not found") from None
+            raise _open_failed(error, target.real) from None
         gzip = self._gzip_wanted(request, is_compressible("application/json"))
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"x-content-type-options", b"nosniff")

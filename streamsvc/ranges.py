@@ -422,7 +422,10 @@ def parse_http_date(value: str | None) -> int | None:
     C{stringToDatetime}, which accepts "32 Nov" or hour 99 and normalises
     them into another instant. The day name is not checked against the date:
     it carries no information, and nginx ignores it too. A leap second
-    (C{:60}) is accepted and counts as the next second.
+    (C{:60}) is accepted and counts as the next second. Year C{0000} matches
+    the grammar but names no real year (C{calendar} refuses it), so it is
+    not a date either. This function never raises, whatever the string: a
+    client's header must not be able to turn a request into a 500.
     """
     if value is None:
         return None
@@ -438,14 +441,18 @@ def parse_http_date(value: str | None) -> int | None:
     month = _MONTHS.index(match["month"]) + 1
     day = int(match["day"])
     hour, minute, second = int(match["hour"]), int(match["minute"]), int(match["second"])
-    if not (
-        1 <= day <= calendar.monthrange(year, month)[1]
-        and hour <= 23
-        and minute <= 59
-        and second <= 60
-    ):
+    if not (1 <= year <= 9999 and hour <= 23 and minute <= 59 and second <= 60):
+        # Year 0000 fits the four digits of the grammar but is no year of the
+        # Gregorian calendar (1 BC is followed by AD 1), so no instant.
         return None
-    return calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+    try:
+        if not 1 <= day <= calendar.monthrange(year, month)[1]:
+            return None
+        return calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+    except (ValueError, OverflowError):  # pragma: no cover - every field is checked above
+        # A header is client input: whatever calendar thinks of it, it must
+        # only ever make the condition be ignored, never fail the request.
+        return None
 
 
 @functools.lru_cache(maxsize=256)

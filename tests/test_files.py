@@ -5,9 +5,12 @@ StringTransport (deterministic: Clock, no sockets).
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import os
+import re
+import socket
 import tempfile
 import shutil
 from email.parser import BytesParser
@@ -15,15 +18,24 @@ from email.policy import HTTP
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from streamsvc.errors import Request
 from streamsvc import files as files_module
-from streamsvc.files import DirectoryListing, FilesResource, content_type_for, resolve
+from streamsvc.files import (
+    DirectoryListing,
+    FilesResource,
+    content_type_for,
+    escape_query,
+    resolve,
+)
 from streamsvc.errors import HTTPError
-from streamsvc.ranges import http_date
+from streamsvc.ranges import http_date, make_etag
 from streamsvc.testing import RawResponse, SiteConnection
 
 BIG = os.urandom(300_000)
@@ -48,6 +60,14 @@ class Files:
     def get(self, path: str, method: str = "GET", **headers: str) -> RawResponse:
         conn = self.connect()
         conn.request(method, path, {k.replace("_", "-"): v for k, v in headers.items()})
+        conn.read_until_quiet(self.clock)
+        return conn.response(head=method == "HEAD")
+
+    def get_lines(self, path: str, *lines: str, method: str = "GET") -> RawResponse:
+        """Like L{get}, with C{lines} ("Name: value") as header lines, so a name may repeat."""
+        conn = self.connect()
+        head = [f"{method} {path} HTTP/1.1", "Host: test", *lines]
+        conn.send(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
         conn.read_until_quiet(self.clock)
         return conn.response(head=method == "HEAD")
 
@@ -726,3 +746,492 @@ def _link(fd: str) -> bool:
         return True
     except OSError:
         return False
+
+
+# -- errors opening files and folders ------------------------------------------------------------
+
+
+@pytest.fixture
+def logged() -> Any:
+    """The log events of streamsvc.files emitted during the test."""
+    events: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "streamsvc.files":
+            events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield events
+    globalLogPublisher.removeObserver(observe)
+
+
+def fail_for(monkeypatch: Any, function: str, name: str, code: int) -> None:
+    """
+    Make C{os.<function>} fail with errno C{code} when called on anything
+    called C{name} (a path, or a name relative to a dir_fd); every other
+    call goes through.
+    """
+    real = getattr(os, function)
+
+    def failing(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(path, (str, bytes, os.PathLike)) and os.path.basename(os.fsdecode(path)) == name:
+            raise OSError(code, os.strerror(code), os.fsdecode(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, function, failing)
+
+
+def assert_retry_later(r: RawResponse, files: Files, *, head: bool = False) -> None:
+    """A 503 a client may retry at once and nobody may store, which names no path."""
+    assert r.code == 503
+    assert r.complete
+    assert r.header("retry-after") == "1"
+    assert r.header("cache-control") == "no-store"
+    assert r.header("content-type") == "application/json"
+    if not head:
+        assert json.loads(r.body) == {"error": "temporarily unable to serve this path"}
+        assert str(files.root).encode() not in r.body
+
+
+RESOURCE_ERRORS = [errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EIO]
+
+
+@pytest.mark.parametrize("code", RESOURCE_ERRORS, ids=errno.errorcode.get)
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_open_file_resource_error_is_503(
+    files: Files, monkeypatch: Any, logged: Any, code: int, method: str
+) -> None:
+    """
+    Out of descriptors or memory, or an I/O error, opening a file says
+    nothing about the file: 503 with Retry-After and no-store, never a 404.
+    """
+    before = open_fds()
+    fail_for(monkeypatch, "open", "big.bin", code)
+    r = files.get("/files/big.bin", method=method)
+    assert_retry_later(r, files, head=method == "HEAD")
+    assert open_fds() == before
+
+
+def test_open_error_is_logged_once_with_errno_and_path(
+    files: Files, monkeypatch: Any, logged: Any
+) -> None:
+    """A 503 is logged as one line naming the errno and the path (which the client never sees)."""
+    fail_for(monkeypatch, "open", "big.bin", errno.EMFILE)
+    files.get("/files/big.bin")
+    assert len(logged) == 1
+    event = logged[0]
+    assert event["errno_name"] == "EMFILE"
+    assert event["what"] == str(files.root / "big.bin")
+    assert "\n" not in event["log_format"]
+
+
+@pytest.mark.parametrize(
+    "code",
+    [errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EACCES, errno.EPERM,
+     errno.ENAMETOOLONG, errno.ENXIO],
+    ids=errno.errorcode.get,
+)
+def test_open_file_not_servable_error_is_404(
+    files: Files, monkeypatch: Any, logged: Any, code: int
+) -> None:
+    """Errors about the name itself (missing, not reachable, forbidden) stay a plain, unlogged 404."""
+    before = open_fds()
+    fail_for(monkeypatch, "open", "big.bin", code)
+    r = files.get("/files/big.bin")
+    assert r.code == 404
+    assert json.loads(r.body) == {"error": "not found"}
+    assert r.header("retry-after") is None
+    assert logged == []
+    assert open_fds() == before
+
+
+def test_open_folder_on_the_way_resource_error_is_503(files: Files, monkeypatch: Any) -> None:
+    """
+    Running out of descriptors while walking down to a file (the folder
+    C{sub} on the way) is a 503, and the folders already opened are closed.
+    """
+    before = open_fds()
+    fail_for(monkeypatch, "open", "sub", errno.EMFILE)
+    assert_retry_later(files.get("/files/sub/inner.txt"), files)
+    assert open_fds() == before
+
+
+def test_open_folder_to_list_resource_error_is_503(files: Files, monkeypatch: Any) -> None:
+    """A folder that cannot be opened for its listing for lack of descriptors: 503, not 404."""
+    before = open_fds()
+    fail_for(monkeypatch, "open", "sub", errno.ENFILE)
+    assert_retry_later(files.get("/files/sub/"), files)
+    assert open_fds() == before
+
+
+def test_scandir_resource_error_is_503(files: Files, monkeypatch: Any) -> None:
+    """os.scandir out of memory on the opened folder: 503, and the folder's fd is closed."""
+
+    def failing(path: Any) -> Any:
+        raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+
+    before = open_fds()
+    monkeypatch.setattr(os, "scandir", failing)
+    for method in ("GET", "HEAD"):
+        assert_retry_later(files.get("/files/sub/", method=method), files, head=method == "HEAD")
+    assert open_fds() == before
+
+
+def test_lstat_resource_error_is_503(files: Files, monkeypatch: Any) -> None:
+    """An I/O error while resolving the path (lstat of a segment): 503, not 404."""
+    fail_for(monkeypatch, "lstat", "hello.txt", errno.EIO)
+    assert_retry_later(files.get("/files/hello.txt"), files)
+
+
+def test_lstat_missing_is_404(files: Files, monkeypatch: Any) -> None:
+    """lstat failing with ENOENT (the name is gone) is still the plain 404."""
+    fail_for(monkeypatch, "lstat", "hello.txt", errno.ENOENT)
+    assert files.get("/files/hello.txt").code == 404
+
+
+def test_stat_through_symlink_resource_error_is_503(files: Files, monkeypatch: Any) -> None:
+    """Out of memory stat-ing what a symlink points to (resolve follows it with os.stat): 503."""
+    fail_for(monkeypatch, "stat", "hello.txt", errno.ENOMEM)
+    assert_retry_later(files.get("/files/alias.txt"), files)
+
+
+def test_fstat_resource_error_is_503(files: Files, monkeypatch: Any) -> None:
+    """fstat of the opened file failing with EIO: 503, and the file is closed."""
+    real_fstat = os.fstat
+
+    def failing(fd: int) -> Any:
+        if os.readlink(f"/proc/self/fd/{fd}") == str(files.root / "big.bin"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_fstat(fd)
+
+    before = open_fds()
+    monkeypatch.setattr(os, "fstat", failing)
+    assert_retry_later(files.get("/files/big.bin"), files)
+    assert open_fds() == before
+
+
+def test_socket_file_is_404(files: Files) -> None:
+    """A Unix socket under the root cannot be opened (ENXIO): the plain 404, not a 503."""
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(files.root / "sock"))
+        r = files.get("/files/sock")
+    assert r.code == 404
+    assert r.header("retry-after") is None
+
+
+def test_open_failed_without_errno_is_503(logged: Any) -> None:
+    """An OSError that carries no errno cannot be told to be about the name: 503."""
+    error = files_module._open_failed(OSError("no errno"), "/somewhere")
+    assert error.code == 503
+    assert error.headers[b"retry-after"] == b"1"
+    assert len(logged) == 1
+
+
+# -- fields on several lines (RFC 9110 §5.3) -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        ("Range: bytes=0-1", "Range: bytes=5-6"),
+        ("Range: bytes=0-1", "Range: bytes=0-1"),
+        ("Range: bytes=0-1", "Range: 5-6"),  # joined: "bytes=0-1, 5-6", a valid value
+    ],
+    ids=["different", "identical", "joins-into-valid"],
+)
+def test_range_on_two_lines_is_ignored(files: Files, lines: tuple[str, str]) -> None:
+    """
+    Range on two lines is ignored, whatever joining them would give: the
+    whole 200 (a cache reading the first line would store the wrong bytes).
+    """
+    r = files.get_lines("/files/big.bin", *lines)
+    assert r.code == 200
+    assert r.header("content-range") is None
+    assert r.body == BIG
+
+
+def test_parser_rejects_two_range_lines_joined() -> None:
+    """The joined value of two whole Range lines is no ranges-specifier."""
+    from streamsvc.ranges import parse_range_header
+
+    assert parse_range_header("bytes=0-1, bytes=5-6") is None
+
+
+def test_if_range_on_two_lines_never_matches(files: Files) -> None:
+    """
+    If-Range on two lines (here even the current ETag twice, or the current
+    date split at its comma) does not match: the whole 200.
+    """
+    head = files.get("/files/big.bin", method="HEAD")
+    etag = head.header("etag")
+    day, _, rest = head.header("last-modified").partition(", ")
+    for lines in ([f"If-Range: {etag}", f"If-Range: {etag}"], [f"If-Range: {day}", f"If-Range: {rest}"]):
+        r = files.get_lines("/files/big.bin", "Range: bytes=0-9", *lines)
+        assert r.code == 200, lines
+        assert r.body == BIG
+
+
+def test_if_modified_since_on_two_lines_is_ignored(files: Files) -> None:
+    """
+    If-Modified-Since split over two lines that would join into the current
+    date is ignored (200), not taken for that date (304).
+    """
+    day, _, rest = files.get("/files/big.bin", method="HEAD").header("last-modified").partition(", ")
+    r = files.get_lines("/files/big.bin", f"If-Modified-Since: {day}", f"If-Modified-Since: {rest}")
+    assert r.code == 200 and r.body == BIG
+
+
+def test_if_unmodified_since_on_two_lines_is_ignored(files: Files) -> None:
+    """If-Unmodified-Since on two lines (each a date long past) is ignored: 200, not 412."""
+    old = http_date(0)
+    r = files.get_lines("/files/big.bin", f"If-Unmodified-Since: {old}", f"If-Unmodified-Since: {old}")
+    assert r.code == 200 and r.body == BIG
+
+
+def test_if_none_match_on_two_lines_is_one_list(files: Files) -> None:
+    """If-None-Match lines are one list: the current tag on the first line still gives 304."""
+    etag = files.get("/files/big.bin", method="HEAD").header("etag")
+    r = files.get_lines("/files/big.bin", f"If-None-Match: {etag}", 'If-None-Match: "other"')
+    assert r.code == 304
+
+
+def test_if_match_on_two_lines_is_one_list(files: Files) -> None:
+    """If-Match lines are one list: the current tag on the first line passes (200, not 412)."""
+    etag = files.get("/files/big.bin", method="HEAD").header("etag")
+    r = files.get_lines("/files/big.bin", f"If-Match: {etag}", 'If-Match: "other"')
+    assert r.code == 200 and r.body == BIG
+
+
+def test_accept_encoding_on_two_lines_is_one_list(files: Files) -> None:
+    """Accept-Encoding lines are one list: gzip named on the first line is honoured."""
+    r = files.get_lines("/files/hello.txt", "Accept-Encoding: gzip", "Accept-Encoding: identity")
+    assert r.header("content-encoding") == "gzip"
+    assert gzip.decompress(r.body) == TEXT
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        ("If-Modified-Since: Sun, 01 Jan 0000 00:00:00 GMT",),
+        ("If-Unmodified-Since: Sun Jan  1 00:00:00 0000",),
+        ("Range: bytes=0-1", "If-Range: Sat, 01 Jan 0000 00:00:00 GMT"),
+    ],
+    ids=["ims-imf", "ius-asctime", "if-range"],
+)
+def test_year_zero_dates_are_ignored(files: Files, lines: tuple[str, ...]) -> None:
+    """An HTTP-date in year 0000 is no date: the condition is ignored, the whole 200 (not a 500)."""
+    r = files.get_lines("/files/big.bin", *lines)
+    assert r.code == 200
+    assert r.body == BIG
+
+
+# -- the slash redirect's Location ---------------------------------------------------------------
+
+#: A URI query, per RFC 3986 §3.4 (pchar / "/" / "?", "%" only as pct-encoded).
+URI_QUERY = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*")
+
+
+@pytest.mark.parametrize(
+    "query, escaped",
+    [
+        (b"a=1&b=2", b"a=1&b=2"),
+        (b"<script>alert(1)</script>", b"%3Cscript%3Ealert(1)%3C/script%3E"),
+        (b"a b", b"a%20b"),
+        (b"\"quoted\"'single'", b"%22quoted%22'single'"),
+        (b"caf\xc3\xa9\xff", b"caf%C3%A9%FF"),
+        (b"\x00\x01\x1b\x7f\t", b"%00%01%1B%7F%09"),
+        (b"q=%2F%2f", b"q=%2F%2f"),
+        (b"100%", b"100%25"),
+        (b"%zz%4", b"%25zz%254"),
+        (b"#frag[]{}|\\^`", b"%23frag%5B%5D%7B%7D%7C%5C%5E%60"),
+        (b"k:v@h/p?x;y=z,!$*+", b"k:v@h/p?x;y=z,!$*+"),
+        (b"", b""),
+    ],
+)
+def test_escape_query(query: bytes, escaped: bytes) -> None:
+    """Bytes a URI query may not hold are percent-encoded; the rest, escapes included, are kept."""
+    assert escape_query(query) == escaped
+    assert URI_QUERY.fullmatch(escaped)
+
+
+@given(st.binary(max_size=60))
+def test_property_escaped_query_is_a_uri_query(query: bytes) -> None:
+    """Whatever the bytes, the result is a valid URI query, and escaping it again changes nothing."""
+    escaped = escape_query(query)
+    assert URI_QUERY.fullmatch(escaped)
+    assert escape_query(escaped) == escaped
+
+
+@pytest.mark.parametrize(
+    "query, location",
+    [
+        ("<script>", "/files/sub/?%3Cscript%3E"),
+        ("\"x\"'y'", "/files/sub/?%22x%22'y'"),
+        ("a=1&b=2", "/files/sub/?a=1&b=2"),
+        ("a=%3c&b=%zz", "/files/sub/?a=%3c&b=%25zz"),
+    ],
+)
+def test_redirect_location_query_is_escaped(files: Files, query: str, location: str) -> None:
+    """The slash redirect's Location carries the query as a valid URI query, never raw markup."""
+    r = files.get_lines("/files/sub?" + query)
+    assert r.code == 301
+    assert r.header("location") == location
+
+
+def test_redirect_escapes_bytes_the_http_parser_lets_through_elsewhere(files: Files) -> None:
+    """
+    twisted.web refuses non-ASCII and control bytes in the request line
+    today (400), but the resource does not rely on it: given such a query
+    directly, the Location is still a valid URI.
+    """
+    from twisted.web.test.requesthelper import DummyRequest
+
+    request = DummyRequest([b"sub"])
+    request.prepath = [b"files"]
+    request.uri = b"/files/sub?x=caf\xc3\xa9\x01\x7f <"
+    files.resource.render(request)
+    assert request.responseCode == 301
+    assert request.responseHeaders.getRawHeaders(b"location") == [
+        b"/files/sub/?x=caf%C3%A9%01%7F%20%3C"
+    ]
+
+
+# -- hostile header values, as a property --------------------------------------------------------
+
+#: The one file the property below requests, with a fixed modification time
+#: so that its validators can be among the generated values.
+HOSTILE_BODY = b"some text to serve, compressible enough\n" * 50
+HOSTILE_MTIME_NS = 1_700_000_000_123_456_789
+HOSTILE_ETAG = make_etag(len(HOSTILE_BODY), HOSTILE_MTIME_NS)
+HOSTILE_DATE = http_date(HOSTILE_MTIME_NS // 10**9)
+
+
+@pytest.fixture(scope="module")
+def hostile_files(tmp_path_factory: Any) -> Files:
+    """One /files Site for every example (module-scoped, as hypothesis wants)."""
+    root = tmp_path_factory.mktemp("hostile")
+    (root / "f.txt").write_bytes(HOSTILE_BODY)
+    os.utime(root / "f.txt", ns=(HOSTILE_MTIME_NS, HOSTILE_MTIME_NS))
+    return Files(root)
+
+
+_MONTH_NAMES = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+
+
+def _header_text(text: str) -> str:
+    """What can stand in a header line at all (NUL, CR and LF are a 400 in twisted.web)."""
+    return text.translate({0: None, 10: None, 13: None})
+
+
+def _either(*choices: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """One of C{choices}, each as likely (C{st.one_of} favours its first)."""
+    return st.sampled_from(choices).flatmap(lambda choice: choice)
+
+
+#: Years at and around the edges: 0000 (no such year), 0001-0099 (before
+#: the epoch by far), the epoch, 9999; and any four digits.
+_years = _either(st.just(0), st.sampled_from([1, 69, 70, 99, 1969, 1970, 2023, 9999]), st.integers(0, 9999))
+#: Mostly real days and times, so that the year decides; sometimes not.
+_days = _either(st.integers(1, 28), st.integers(0, 99))
+_times = _either(
+    st.tuples(st.integers(0, 23), st.integers(0, 59), st.integers(0, 60)),
+    st.tuples(st.integers(0, 99), st.integers(0, 99), st.integers(0, 99)),
+)
+_months = st.sampled_from(_MONTH_NAMES)
+_dates = _either(
+    st.builds(
+        lambda day, month, year, t: "Sun, %02d %s %04d %02d:%02d:%02d GMT" % (day, month, year, *t),
+        _days, _months, _years, _times,
+    ),
+    st.builds(
+        lambda day, month, year, t: "Sun %s %2d %02d:%02d:%02d %04d" % (month, day, *t, year),
+        _days, _months, _years, _times,
+    ),
+    st.builds(
+        lambda day, month, year, t: "Sunday, %02d-%s-%02d %02d:%02d:%02d GMT"
+        % (day, month, year % 100, *t),
+        _days, _months, _years, _times,
+    ),
+)
+#: Offsets inside the served file (2,000 bytes), just past it, and huge.
+_offsets = _either(st.integers(0, 2500), st.integers(0, 10**25))
+_range_specs = _either(
+    st.tuples(_offsets, _offsets).map(lambda t: "%d-%d" % (min(t), max(t))),
+    _offsets.map("{}-".format),
+    _offsets.map("-{}".format),
+    st.text("0123456789-", max_size=8),
+)
+_range_values = st.lists(_range_specs, min_size=1, max_size=3).map(
+    lambda specs: "bytes=" + ",".join(specs)
+)
+_tags = st.sampled_from(
+    [HOSTILE_ETAG, "W/" + HOSTILE_ETAG, '"other"', "*", 'W/"x", ' + HOSTILE_ETAG]
+)
+
+#: Latin-1 text (every byte a client could send), odd bytes, numbers too
+#: big for any offset, range sets, dates of every form and odd years, and
+#: the file's own validators (so that 304, 412 and 206 happen too).
+hostile_values = _either(
+    st.text(st.characters(max_codepoint=0xFF), max_size=40).map(_header_text),
+    st.binary(max_size=40).map(lambda b: _header_text(b.decode("latin-1"))),
+    st.integers(0, 10**40).map(str),
+    _range_values,
+    _dates,
+    _tags,
+    st.sampled_from(
+        [HOSTILE_DATE, "", "gzip", "gzip;q=0", "*;q=nan", "bytes=0-0", "bytes=-1", "5-6"]
+    ),
+)
+
+
+def _lines(values: st.SearchStrategy[str], absent: int = 1) -> st.SearchStrategy[list[str]]:
+    """No line (C{absent} times as likely as the others), one line, or two lines of C{values}."""
+    return st.sampled_from([0] * absent + [1, 2]).flatmap(
+        lambda n: st.lists(values, min_size=n, max_size=n)
+    )
+
+
+#: Each field gets any value, or half the time one of the kind it expects,
+#: so that the paths behind a valid-looking value are reached often. The
+#: preconditions are more often absent: most values make them fail (412),
+#: and the Range and If-Range rules are only reached when they pass.
+HOSTILE_FIELDS = {
+    "Range": _lines(_either(hostile_values, _range_values)),
+    "If-Range": _lines(_either(hostile_values, _dates, _tags), absent=2),
+    "If-Match": _lines(_either(hostile_values, _tags), absent=6),
+    "If-None-Match": _lines(_either(hostile_values, _tags), absent=4),
+    "If-Modified-Since": _lines(_either(hostile_values, _dates), absent=2),
+    "If-Unmodified-Since": _lines(_either(hostile_values, _dates), absent=3),
+    "Accept-Encoding": _lines(
+        _either(hostile_values, st.sampled_from(["gzip", "gzip;q=0", "*", "x-gzip;q=1e999"]))
+    ),
+}
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@example(method="GET", fields={"If-Modified-Since": ["Sun, 01 Jan 0000 00:00:00 GMT"]})
+@example(method="GET", fields={"Range": ["bytes=0-1", "bytes=5-6"]})
+@given(
+    method=st.sampled_from(["GET", "HEAD"]),
+    fields=st.fixed_dictionaries(HOSTILE_FIELDS),
+)
+def test_property_hostile_headers_never_5xx(
+    hostile_files: Files, method: str, fields: dict[str, list[str]]
+) -> None:
+    """
+    Whatever values the conditional, range and encoding headers carry (none,
+    one or two lines each), a file is answered with a status below 500, and
+    a 200 is always the whole file (gzipped or not). A Range or If-Range on
+    two lines never gives a 206.
+    """
+    lines = [f"{name}: {value}" for name, values in fields.items() for value in values]
+    r = hostile_files.get_lines("/files/f.txt", *lines, method=method)
+    assert r.code < 500, (lines, r.code, r.body)
+    assert r.complete
+    if r.code == 200 and method == "GET":
+        body = gzip.decompress(r.body) if r.header("content-encoding") == "gzip" else r.body
+        assert body == HOSTILE_BODY
+    if r.code == 200 and r.header("content-encoding") != "gzip":
+        assert r.header("content-length") == str(len(HOSTILE_BODY))
+    if len(fields.get("Range", [])) > 1 or len(fields.get("If-Range", [])) > 1:
+        assert r.code != 206, lines

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import attrs
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamsvc import ranges as ranges_module
@@ -587,11 +587,33 @@ def test_parse_http_date_absent() -> None:
         "Sun Nov 6 08:49:37 1994",  # asctime needs SP SP before a 1-digit day
         "Sun Nov  6 08:49:37 94",
         "Sun, 06 Nov 1994 08:49:37 GMT garbage",
+        "Sun, 01 Jan 0000 00:00:00 GMT",  # no year 0 in the Gregorian calendar
+        "Sat, 29 Feb 0000 00:00:00 GMT",
+        "Sun Jan  1 00:00:00 0000",
+        "Fri Dec 31 23:59:59 0000",
     ],
 )
 def test_parse_http_date_invalid(text: str) -> None:
     """Anything but the three exact forms of a real date is None (the condition is ignored)."""
     assert parse_http_date(text) is None
+
+
+def test_parse_http_date_first_years() -> None:
+    """Years 0001-0099 are real (if long past) years, before the epoch: negative seconds."""
+    assert parse_http_date("Mon, 01 Jan 0001 00:00:00 GMT") == -62135596800
+    assert parse_http_date("Fri Dec 31 23:59:59 0099") == -59011459201
+    assert parse_http_date("Fri, 31 Dec 9999 23:59:59 GMT") == 253402300799
+
+
+def test_year_zero_dates_make_conditions_ignored() -> None:
+    """
+    A year-0000 date in If-Modified-Since, If-Unmodified-Since or If-Range is
+    no date: the first two are ignored, If-Range matches nothing.
+    """
+    zero = "Sun, 01 Jan 0000 00:00:00 GMT"
+    assert pre(if_modified_since=zero) is None
+    assert pre(if_unmodified_since="Sun Jan  1 00:00:00 0000") is None
+    assert if_range_allows_partial(zero, ETAG, MTIME) is False
 
 
 def test_parse_http_date_surrounding_whitespace() -> None:
@@ -883,3 +905,100 @@ def test_property_body_length_matches_assembled_body(
     assert body_length(parts) == len(body)
     for r in ranges:
         assert data[r.start : r.end + 1] in body
+
+
+# --- hostile input, as a property ---------------------------------------------------
+
+_MONTH_NAMES = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+
+
+
+def _either(*choices: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    """One of C{choices}, each as likely (C{st.one_of} favours its first)."""
+    return st.sampled_from(choices).flatmap(lambda choice: choice)
+
+
+#: Mostly real days and times, so that the year decides; sometimes not.
+_days = _either(st.integers(1, 28), st.integers(0, 99))
+_times = _either(
+    st.tuples(st.integers(0, 23), st.integers(0, 59), st.integers(0, 60)),
+    st.tuples(st.integers(0, 99), st.integers(0, 99), st.integers(0, 99)),
+)
+#: Year 0000 (no such year), 0001-0099, and any four digits.
+_years = _either(st.just(0), st.integers(0, 99), st.integers(0, 9999))
+_months = st.sampled_from(_MONTH_NAMES)
+
+#: Dates in all three forms, with years 0000-0099 (and later ones) and day,
+#: hour, minute and second fields in or out of their ranges.
+_odd_dates = _either(
+    st.builds(
+        lambda d, m, y, t: "Sun, %02d %s %04d %02d:%02d:%02d GMT" % (d, m, y, *t),
+        _days, _months, _years, _times,
+    ),
+    st.builds(
+        lambda d, m, y, t: "Sun %s %2d %02d:%02d:%02d %04d" % (m, d, *t, y),
+        _days, _months, _years, _times,
+    ),
+    st.builds(
+        lambda d, m, y, t: "Sunday, %02d-%s-%02d %02d:%02d:%02d GMT" % (d, m, y % 100, *t),
+        _days, _months, _years, _times,
+    ),
+)
+
+#: Any value a client can put in a header as twisted.web hands it to us:
+#: text, bytes decoded as latin-1, huge numbers, range sets of huge numbers,
+#: entity-tag look-alikes, odd dates (more often: each date field must be
+#: right for the year to matter), and two "lines" joined as RFC 9110 §5.3
+#: joins them.
+_one_line = _either(
+    st.text(max_size=40),
+    st.binary(max_size=40).map(lambda b: b.decode("latin-1")),
+    st.integers(0, 10**60).map(str),
+    st.lists(st.integers(0, 10**30).map(str) | st.just(""), min_size=1, max_size=6).map(
+        lambda numbers: "bytes=" + "-".join(numbers)
+    ),
+    _odd_dates,
+    st.text(alphabet='W/"*, \t', max_size=20),
+    st.sampled_from([ETAG, weak(ETAG), "*", IMF, RFC850, ASCTIME]),
+)
+_hostile = _either(_one_line, _odd_dates, st.tuples(_one_line, _one_line).map(", ".join))
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(
+    value=_hostile,
+    size=st.integers(0, 10**6) | st.integers(0, 2**63),
+    etag=st.sampled_from([ETAG, weak(ETAG)]),
+    last_modified=st.integers(-(2**40), 2**40),
+    method=st.sampled_from(["GET", "HEAD", "PUT", "get", ""]) | st.text(max_size=5),
+)
+def test_property_no_parser_raises_on_any_header(
+    value: str, size: int, etag: str, last_modified: int, method: str
+) -> None:
+    """
+    No parser here raises on any header value (only L{plan_ranges}'s own
+    L{RangeNotSatisfiable}, which is an answer: 416), and each answers a
+    value of the type it promises. A header must never make a 500.
+    """
+    date = parse_http_date(value)
+    assert date is None or isinstance(date, int)
+    specs = parse_range_header(value)
+    assert specs is None or (isinstance(specs, list) and specs)
+    try:
+        ranges = plan_ranges(value, size, 16)
+    except RangeNotSatisfiable:
+        pass
+    else:
+        assert ranges is None or all(0 <= r.start <= r.end < size for r in ranges)
+    assert isinstance(etag_matches(value, etag, weak_comparison=True), bool)
+    assert isinstance(etag_matches(value, etag, weak_comparison=False), bool)
+    assert isinstance(if_range_allows_partial(value, etag, last_modified), bool)
+    for field in ("if_match", "if_none_match", "if_modified_since", "if_unmodified_since"):
+        verdict = evaluate_preconditions(
+            method=method, etag=etag, last_modified=last_modified, **{field: value}
+        )
+        assert verdict in (None, 304, 412)
+    assert evaluate_preconditions(
+        method=method, etag=etag, last_modified=last_modified, if_match=value,
+        if_none_match=value, if_modified_since=value, if_unmodified_since=value,
+    ) in (None, 304, 412)

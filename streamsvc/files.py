@@ -77,6 +77,11 @@ ACTIVE_TYPES = frozenset(
 #: chunk's stat() calls stay well under a millisecond or so.
 LISTING_BATCH = 64
 
+#: Reads are capped at this size when the body is gzipped: a chunk is
+#: compressed in one go, and 16 MiB at level 6 held the reactor for about
+#: 200 ms; 256 KiB is a few milliseconds at any level (BENCHMARKS.md).
+GZIP_CHUNK_SIZE = 256 * 1024
+
 log = Logger()
 
 #: The errors opening or stat-ing a name can give that say something about
@@ -459,13 +464,13 @@ class FilesResource(JSONResource):
             producer = FileProducer(
                 file,
                 decided.spans,
-                chunk_size=self.chunk_size,
+                chunk_size=min(self.chunk_size, GZIP_CHUNK_SIZE) if decided.gzip else self.chunk_size,
                 streaming=self.streaming,
                 clock=self.clock,
             )
             body = self._wrap(producer, decided.gzip)
             file = None  # the producer owns it now, and closes it however the stream ends
-            send_body(request, body)
+            send_body(request, body, clock=self.clock)
             return NOT_DONE_YET  # type: ignore[no-any-return]
         finally:
             if file is not None:
@@ -609,7 +614,7 @@ class FilesResource(JSONResource):
             listing.close()
             return _finish_without_body(request)
         producer = IterableProducer(listing, streaming=self.streaming, clock=self.clock)
-        send_body(request, self._wrap(producer, gzip))
+        send_body(request, self._wrap(producer, gzip), clock=self.clock)
         return NOT_DONE_YET  # type: ignore[no-any-return]
 
 

@@ -380,6 +380,31 @@ def test_gzip_disabled(tmp_path: Any) -> None:
     assert r.header("content-encoding") is None and r.body == TEXT
 
 
+def test_gzip_reads_are_capped(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    With a 16 MiB chunk size a gzipped body is still read (and so compressed)
+    at most 256 KiB at a time, so one step cannot hold the reactor for long;
+    an identity body keeps the configured size.
+    """
+    payload = b"compressible line of text\n" * 40_000  # ~1 MiB
+    (tmp_path / "big.txt").write_bytes(payload)
+    reads: list[int] = []
+    real_pread = os.pread
+
+    def recording(fd: int, size: int, offset: int) -> bytes:
+        reads.append(size)
+        return real_pread(fd, size, offset)
+
+    monkeypatch.setattr(os, "pread", recording)
+    big = Files(tmp_path, chunk_size=16 * 1024 * 1024)
+    r = big.get("/files/big.txt", accept_encoding="gzip")
+    assert gzip.decompress(r.body) == payload
+    assert reads and max(reads) == files_module.GZIP_CHUNK_SIZE
+    reads.clear()
+    assert big.get("/files/big.txt").body == payload
+    assert reads == [len(payload)]
+
+
 def test_gzip_head(files: Files) -> None:
     """HEAD of a gzip response announces the encoding without a length."""
     r = files.get("/files/hello.txt", method="HEAD", accept_encoding="gzip")

@@ -55,6 +55,23 @@ class RecordingConsumer:
             self.producer.pauseProducing()  # type: ignore[attr-defined]
 
 
+def record_resumes(producer: Any) -> list[None]:
+    """
+    Count the C{resumeProducing} calls a producer gets from whoever drives
+    it: returns a list that grows by one per call. What tells a waiting
+    producer from one called in a busy loop.
+    """
+    calls: list[None] = []
+    resume = producer.resumeProducing
+
+    def counted() -> None:
+        calls.append(None)
+        resume()
+
+    producer.resumeProducing = counted
+    return calls
+
+
 @attrs.frozen
 class RawResponse:
     """An HTTP/1.1 response parsed from the bytes a server wrote."""

@@ -38,6 +38,8 @@ from streamsvc.errors import HTTPError
 from streamsvc.ranges import http_date, make_etag
 from streamsvc.testing import RawResponse, SiteConnection
 
+from header_strategies import either, odd_dates
+
 BIG = os.urandom(300_000)
 TEXT = b"hello streaming world\n" * 2000
 
@@ -1140,47 +1142,14 @@ def hostile_files(tmp_path_factory: Any) -> Files:
     return Files(root)
 
 
-_MONTH_NAMES = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-
-
 def _header_text(text: str) -> str:
     """What can stand in a header line at all (NUL, CR and LF are a 400 in twisted.web)."""
     return text.translate({0: None, 10: None, 13: None})
 
 
-def _either(*choices: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    """One of C{choices}, each as likely (C{st.one_of} favours its first)."""
-    return st.sampled_from(choices).flatmap(lambda choice: choice)
-
-
-#: Years at and around the edges: 0000 (no such year), 0001-0099 (before
-#: the epoch by far), the epoch, 9999; and any four digits.
-_years = _either(st.just(0), st.sampled_from([1, 69, 70, 99, 1969, 1970, 2023, 9999]), st.integers(0, 9999))
-#: Mostly real days and times, so that the year decides; sometimes not.
-_days = _either(st.integers(1, 28), st.integers(0, 99))
-_times = _either(
-    st.tuples(st.integers(0, 23), st.integers(0, 59), st.integers(0, 60)),
-    st.tuples(st.integers(0, 99), st.integers(0, 99), st.integers(0, 99)),
-)
-_months = st.sampled_from(_MONTH_NAMES)
-_dates = _either(
-    st.builds(
-        lambda day, month, year, t: "Sun, %02d %s %04d %02d:%02d:%02d GMT" % (day, month, year, *t),
-        _days, _months, _years, _times,
-    ),
-    st.builds(
-        lambda day, month, year, t: "Sun %s %2d %02d:%02d:%02d %04d" % (month, day, *t, year),
-        _days, _months, _years, _times,
-    ),
-    st.builds(
-        lambda day, month, year, t: "Sunday, %02d-%s-%02d %02d:%02d:%02d GMT"
-        % (day, month, year % 100, *t),
-        _days, _months, _years, _times,
-    ),
-)
 #: Offsets inside the served file (2,000 bytes), just past it, and huge.
-_offsets = _either(st.integers(0, 2500), st.integers(0, 10**25))
-_range_specs = _either(
+_offsets = either(st.integers(0, 2500), st.integers(0, 10**25))
+_range_specs = either(
     st.tuples(_offsets, _offsets).map(lambda t: "%d-%d" % (min(t), max(t))),
     _offsets.map("{}-".format),
     _offsets.map("-{}".format),
@@ -1196,12 +1165,12 @@ _tags = st.sampled_from(
 #: Latin-1 text (every byte a client could send), odd bytes, numbers too
 #: big for any offset, range sets, dates of every form and odd years, and
 #: the file's own validators (so that 304, 412 and 206 happen too).
-hostile_values = _either(
+hostile_values = either(
     st.text(st.characters(max_codepoint=0xFF), max_size=40).map(_header_text),
     st.binary(max_size=40).map(lambda b: _header_text(b.decode("latin-1"))),
     st.integers(0, 10**40).map(str),
     _range_values,
-    _dates,
+    odd_dates,
     _tags,
     st.sampled_from(
         [HOSTILE_DATE, "", "gzip", "gzip;q=0", "*;q=nan", "bytes=0-0", "bytes=-1", "5-6"]
@@ -1221,14 +1190,14 @@ def _lines(values: st.SearchStrategy[str], absent: int = 1) -> st.SearchStrategy
 #: preconditions are more often absent: most values make them fail (412),
 #: and the Range and If-Range rules are only reached when they pass.
 HOSTILE_FIELDS = {
-    "Range": _lines(_either(hostile_values, _range_values)),
-    "If-Range": _lines(_either(hostile_values, _dates, _tags), absent=2),
-    "If-Match": _lines(_either(hostile_values, _tags), absent=6),
-    "If-None-Match": _lines(_either(hostile_values, _tags), absent=4),
-    "If-Modified-Since": _lines(_either(hostile_values, _dates), absent=2),
-    "If-Unmodified-Since": _lines(_either(hostile_values, _dates), absent=3),
+    "Range": _lines(either(hostile_values, _range_values)),
+    "If-Range": _lines(either(hostile_values, odd_dates, _tags), absent=2),
+    "If-Match": _lines(either(hostile_values, _tags), absent=6),
+    "If-None-Match": _lines(either(hostile_values, _tags), absent=4),
+    "If-Modified-Since": _lines(either(hostile_values, odd_dates), absent=2),
+    "If-Unmodified-Since": _lines(either(hostile_values, odd_dates), absent=3),
     "Accept-Encoding": _lines(
-        _either(hostile_values, st.sampled_from(["gzip", "gzip;q=0", "*", "x-gzip;q=1e999"]))
+        either(hostile_values, st.sampled_from(["gzip", "gzip;q=0", "*", "x-gzip;q=1e999"]))
     ),
 }
 

@@ -35,7 +35,7 @@ from streamsvc.producers import (
 )
 from streamsvc.pull import PullDriver
 from streamsvc.ranges import ByteRange
-from streamsvc.testing import RecordingConsumer, SiteConnection, parse_response
+from streamsvc.testing import RecordingConsumer, SiteConnection, parse_response, record_resumes
 
 DATA = bytes(range(256)) * 64  # 16 KiB
 
@@ -495,15 +495,17 @@ class Streaming(Resource):
         self.producers: list[Any] = []
         self.requests: list[Any] = []
         self.sent: list[Deferred[BodySent]] = []
+        self.streams: list[Any] = []
 
     def render_GET(self, request: Any) -> int:
         self.requests.append(request)
         producer = self.make()
         self.producers.append(producer)
         request.setHeader(b"content-type", b"application/octet-stream")
-        sent = send_body(request, producer)
-        self.sent.append(sent)
-        sent.addCallback(self.results.append)
+        stream = start_body(request, producer)
+        self.streams.append(stream)
+        self.sent.append(stream.done)
+        stream.done.addCallback(self.results.append)
         return NOT_DONE_YET
 
 
@@ -720,22 +722,12 @@ def test_pull_async_source_waits_without_spinning() -> None:
     """
     clock = Clock()
     gate: Deferred[bytes] = Deferred()
-    calls: list[None] = []
-
-    def make() -> IterableProducer:
-        producer = IterableProducer([b"first", gate, b"last"], streaming=False, clock=clock)
-        resume = producer.resumeProducing
-
-        def counted() -> None:
-            calls.append(None)
-            resume()
-
-        producer.resumeProducing = counted  # type: ignore[method-assign]
-        return producer
-
-    site, resource = make_site(make, clock)
+    site, resource = make_site(
+        lambda: IterableProducer([b"first", gate, b"last"], streaming=False, clock=clock), clock
+    )
     conn = SiteConnection(site)
     conn.request("GET", "/")
+    calls = record_resumes(resource.producers[0])
     for _ in range(5):
         conn.read_until_quiet(clock)
     assert len(calls) == 2  # "first", then the call that found the gate pending
@@ -792,26 +784,16 @@ def test_cancel_mid_body_aborts_and_reports_cancelled() -> None:
     """
     clock = Clock()
     closed: list[bool] = []
-    sent: list[Deferred[BodySent]] = []
-
-    class Cancellable(Resource):
-        isLeaf = True
-
-        def render_GET(self, request: Any) -> int:
-            producer = IterableProducer(waiting_source(b"x" * 1000, closed), length=10_000, clock=clock)
-            sent.append(send_body(request, producer))
-            return NOT_DONE_YET
-
-    site = Site(Cancellable(), reactor=clock)
-    site.requestFactory = Request
+    site, resource = make_site(
+        lambda: IterableProducer(waiting_source(b"x" * 1000, closed), length=10_000, clock=clock),
+        clock,
+    )
     conn = SiteConnection(site)
     conn.request("GET", "/")
     clock.advance(0)
     assert conn.response().body == b"x" * 1000
-    results: list[Any] = []
-    sent[0].addBoth(results.append)
-    sent[0].cancel()
-    assert results == [BodySent(Outcome.CANCELLED, 1000)]
+    resource.sent[0].cancel()
+    assert resource.results == [BodySent(Outcome.CANCELLED, 1000)]
     assert closed == [True]
     assert conn.aborted
     assert not conn.response().complete
@@ -821,25 +803,16 @@ def test_stop_shutdown_reports_its_outcome() -> None:
     """BodyStream.stop(SHUTDOWN) mid-body: aborted, the source closed, outcome SHUTDOWN."""
     clock = Clock()
     closed: list[bool] = []
-    streams: list[Any] = []
-
-    class Stoppable(Resource):
-        isLeaf = True
-
-        def render_GET(self, request: Any) -> int:
-            producer = IterableProducer(waiting_source(b"y" * 10, closed), clock=clock)
-            streams.append(start_body(request, producer))
-            return NOT_DONE_YET
-
-    site = Site(Stoppable(), reactor=clock)
-    site.requestFactory = Request
+    site, resource = make_site(
+        lambda: IterableProducer(waiting_source(b"y" * 10, closed), clock=clock), clock
+    )
     conn = SiteConnection(site)
     conn.request("GET", "/")
     clock.advance(0)
-    stream = streams[0]
+    stream = resource.streams[0]
     stream.stop(Outcome.SHUTDOWN)
     stream.stop(Outcome.CANCELLED)  # a second stop changes nothing
-    assert stream.done.result == BodySent(Outcome.SHUTDOWN, 10)
+    assert resource.results == [BodySent(Outcome.SHUTDOWN, 10)]
     assert closed == [True] and conn.aborted
     assert clock.getDelayedCalls() == []
 
@@ -870,22 +843,12 @@ def test_stop_before_the_first_byte_answers_503() -> None:
 def test_stop_after_the_end_changes_nothing(datafile: str) -> None:
     """Stopping a body that has ended is a no-op: the outcome stays what it was."""
     clock = Clock()
-    streams: list[Any] = []
-
-    class Once(Resource):
-        isLeaf = True
-
-        def render_GET(self, request: Any) -> int:
-            streams.append(start_body(request, file_producer(datafile, clock)))
-            return NOT_DONE_YET
-
-    site = Site(Once(), reactor=clock)
-    site.requestFactory = Request
+    site, resource = make_site(lambda: file_producer(datafile, clock), clock)
     conn = SiteConnection(site)
     conn.request("GET", "/")
     conn.read_until_quiet(clock)
-    streams[0].stop(Outcome.SHUTDOWN)
-    assert streams[0].done.result == BodySent(Outcome.COMPLETE, len(DATA))
+    resource.streams[0].stop(Outcome.SHUTDOWN)
+    assert resource.results == [BodySent(Outcome.COMPLETE, len(DATA))]
     assert conn.response().complete and not conn.aborted
 
 

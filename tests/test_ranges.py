@@ -30,6 +30,8 @@ from streamsvc.ranges import (
     weak,
 )
 
+from header_strategies import either, odd_dates
+
 #: RFC 9110's example instant, in its three spellings.
 EXAMPLE_SECONDS = 784111777
 IMF = "Sun, 06 Nov 1994 08:49:37 GMT"
@@ -909,59 +911,23 @@ def test_property_body_length_matches_assembled_body(
 
 # --- hostile input, as a property ---------------------------------------------------
 
-_MONTH_NAMES = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-
-
-
-def _either(*choices: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
-    """One of C{choices}, each as likely (C{st.one_of} favours its first)."""
-    return st.sampled_from(choices).flatmap(lambda choice: choice)
-
-
-#: Mostly real days and times, so that the year decides; sometimes not.
-_days = _either(st.integers(1, 28), st.integers(0, 99))
-_times = _either(
-    st.tuples(st.integers(0, 23), st.integers(0, 59), st.integers(0, 60)),
-    st.tuples(st.integers(0, 99), st.integers(0, 99), st.integers(0, 99)),
-)
-#: Year 0000 (no such year), 0001-0099, and any four digits.
-_years = _either(st.just(0), st.integers(0, 99), st.integers(0, 9999))
-_months = st.sampled_from(_MONTH_NAMES)
-
-#: Dates in all three forms, with years 0000-0099 (and later ones) and day,
-#: hour, minute and second fields in or out of their ranges.
-_odd_dates = _either(
-    st.builds(
-        lambda d, m, y, t: "Sun, %02d %s %04d %02d:%02d:%02d GMT" % (d, m, y, *t),
-        _days, _months, _years, _times,
-    ),
-    st.builds(
-        lambda d, m, y, t: "Sun %s %2d %02d:%02d:%02d %04d" % (m, d, *t, y),
-        _days, _months, _years, _times,
-    ),
-    st.builds(
-        lambda d, m, y, t: "Sunday, %02d-%s-%02d %02d:%02d:%02d GMT" % (d, m, y % 100, *t),
-        _days, _months, _years, _times,
-    ),
-)
-
 #: Any value a client can put in a header as twisted.web hands it to us:
 #: text, bytes decoded as latin-1, huge numbers, range sets of huge numbers,
 #: entity-tag look-alikes, odd dates (more often: each date field must be
 #: right for the year to matter), and two "lines" joined as RFC 9110 §5.3
 #: joins them.
-_one_line = _either(
+_one_line = either(
     st.text(max_size=40),
     st.binary(max_size=40).map(lambda b: b.decode("latin-1")),
     st.integers(0, 10**60).map(str),
     st.lists(st.integers(0, 10**30).map(str) | st.just(""), min_size=1, max_size=6).map(
         lambda numbers: "bytes=" + "-".join(numbers)
     ),
-    _odd_dates,
+    odd_dates,
     st.text(alphabet='W/"*, \t', max_size=20),
     st.sampled_from([ETAG, weak(ETAG), "*", IMF, RFC850, ASCTIME]),
 )
-_hostile = _either(_one_line, _odd_dates, st.tuples(_one_line, _one_line).map(", ".join))
+_hostile = either(_one_line, odd_dates, st.tuples(_one_line, _one_line).map(", ".join))
 
 
 @settings(max_examples=200, deadline=None, derandomize=True, database=None)

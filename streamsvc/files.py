@@ -79,8 +79,9 @@ LISTING_BATCH = 64
 
 #: Reads are capped at this size when the body is gzipped: a chunk is
 #: compressed in one go, and 16 MiB at level 6 held the reactor for about
-#: 200 ms; 256 KiB is a few milliseconds at any level (BENCHMARKS.md).
-GZIP_CHUNK_SIZE = 256 * 1024
+#: 500 ms here (256 KiB still ~7 ms: zlib does ~40 MiB/s on this kind of
+#: machine); 64 KiB is a couple of milliseconds (BENCHMARKS.md).
+GZIP_CHUNK_SIZE = 64 * 1024
 
 log = Logger()
 

@@ -39,7 +39,7 @@ DEFAULT_BURST = 16
 
 #: ... and no more than this many seconds of them, so that one stream never
 #: holds the reactor for long, whatever its chunks cost.
-DEFAULT_TURN_BUDGET = 0.004
+DEFAULT_TURN_BUDGET = 0.001
 
 
 @implementer(IPushProducer)

@@ -88,8 +88,8 @@ class GzipStage:
 
     The length of the output is unknown, so a response carrying it is sent
     chunked. Each upstream write is compressed in one go, so give it chunks
-    of a few hundred KiB at most (a 16 MiB chunk is some 200 ms of the
-    reactor at level 6); L{streamsvc.files} caps its reads for gzip. With C{flush=True} every upstream write is followed by a sync
+    of 64 KiB or so (a 16 MiB chunk was some 500 ms of the reactor at
+    level 6 here); L{streamsvc.files} caps its reads for gzip. With C{flush=True} every upstream write is followed by a sync
     flush, so each record reaches the client as soon as it is produced
     (exports and event streams); files leave it off for the best ratio.
 

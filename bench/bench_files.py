@@ -43,6 +43,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+from _child import ChildServer  # bench/ is sys.path[0] when run as a script
+
 HOST = "127.0.0.1"
 MiB = 1024 * 1024
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -71,7 +73,7 @@ def clean_env() -> dict[str, str]:
 
 
 @dataclass
-class Server:
+class Server(ChildServer):
     name: str
     argv_template: list[str]   # "{port}" is replaced by the port
     url_path: str              # path prefix of the files, ending in "/"
@@ -110,39 +112,6 @@ class Server:
         finally:
             out.close()
 
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def check_alive(self) -> None:
-        if not self.alive():
-            raise RuntimeError(f"{self.name} server exited (rc={self.proc.returncode if self.proc else None})\n"
-                               + self.tail())
-
-    def tail(self, n: int = 30) -> str:
-        parts = []
-        for f in (self.outfile, self.logfile):
-            try:
-                with open(f, "rb") as fh:
-                    lines = fh.read().decode("utf-8", "replace").splitlines()[-n:]
-                parts.append(f"--- {f} (last {len(lines)} lines)\n" + "\n".join(lines))
-            except OSError:
-                pass
-        return "\n".join(parts)
-
-    def stop(self) -> None:
-        p = self.proc
-        if p is None or p.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(p.pid, sig)   # own session: the group id is its pid
-            except ProcessLookupError:
-                return
-            try:
-                p.wait(wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
 
     def add(self, metric: str, value: float, note: str = "") -> None:
         self.results.setdefault(metric, []).append(value)

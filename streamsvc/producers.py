@@ -17,8 +17,14 @@ from inspect import iscoroutine
 from typing import Any, BinaryIO, Union
 
 import attrs
-from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IPullProducer, IReactorTime
+from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IPullProducer,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -98,7 +104,10 @@ class StreamProducer:
     Every way out of a step ends the stream: an exception from the source
     or the consumer fails it (a C{BaseException} too — C{GeneratorExit}, or
     a C{KeyboardInterrupt}, which is re-raised once the stream has ended),
-    so a response can never be left running with nothing scheduled.
+    so a response can never be left running with nothing scheduled. (Raised
+    where a Deferred delivers an asynchronous chunk, Twisted's Deferred
+    machinery catches even C{KeyboardInterrupt}; the stream then fails with
+    it, and it goes no further.)
 
     @ivar bytes_written: bytes handed to the consumer so far.
     """
@@ -281,9 +290,14 @@ class StreamProducer:
         self._pending = None
         if self._state is _Lifecycle.RUNNING:
             self._fail(failure)
-        # Otherwise we cancelled it ourselves while stopping: nothing to say.
+        elif not failure.check(CancelledError):
+            # We cancelled it while stopping, and the source's own cleanup
+            # (an async generator's finally) failed: nobody else will say so.
+            log.failure("Error while releasing the source of {producer!r}", failure, producer=self)
 
     def _deliver(self, chunk: bytes | None) -> None:
+        if self._state is not _Lifecycle.RUNNING:
+            return  # the source stopped or failed the stream while making this chunk
         if chunk is None:
             self._complete()
             return
@@ -326,6 +340,7 @@ class StreamProducer:
                 done.callback(None)
             else:
                 done.errback(failure)
+        self._wake()  # after: whoever waits then finds the stream ended, and unregistered
         if fatal is not None:
             raise fatal
 
@@ -342,7 +357,6 @@ class StreamProducer:
                 log.failure("Error while releasing the source of {producer!r}", producer=self)
                 if isinstance(error, _FATAL):
                     fatal = error
-        self._wake()
         return fatal
 
     def _wake(self) -> None:
@@ -559,21 +573,28 @@ class BodySent:
     bytes_sent: int
 
 
+@implementer(IPushProducer)
 class BodyStream:
     """
     One response body on its way: made by L{start_body}, it owns the end of
     the response and is the handle server-side code stops it with.
 
-    Two kinds of stop must not be confused. C{producer.stopProducing()} is
-    the consumer's call: the connection is gone (a real TCP transport makes
-    it I{before} the request is marked disconnected), so there is nobody to
-    answer. L{stop} is the server's: a timeout, a shutdown, a cancel; the
-    client is still there and must not be left holding a body that will
-    never end, so the connection is aborted (or, before the first body byte,
-    answered with a JSON 503).
+    It is also what is registered with the request, as a push producer
+    passing pause and resume on to the producer (or its L{PullDriver}), so
+    that it knows who stopped a stream. Two kinds of stop must not be
+    confused. A C{stopProducing} from the channel, or the request's
+    C{notifyFinish} failing, means the connection is gone (a real TCP
+    transport stops its producer I{before} the request is marked
+    disconnected), so there is nobody to answer. L{stop} is the server's: a
+    timeout, a shutdown, a cancel; the client is still there and must not be
+    left holding a body that will never end, so the connection is aborted
+    (or, before the first body byte, answered with a JSON 503). A stream
+    stopped by neither (a source failing with L{StreamStopped} of its own)
+    is an error like any other.
 
     @ivar done: fires with a L{BodySent} once the body has ended, however
         it ended; never fails. Cancelling it is L{stop}C{(Outcome.CANCELLED)}.
+    @ivar driver: the L{PullDriver} of a pull producer, else None.
     """
 
     def __init__(
@@ -581,10 +602,12 @@ class BodyStream:
     ) -> None:
         self.request = request
         self.producer = producer
-        self.done: Deferred[BodySent] = Deferred(lambda _: self.stop(Outcome.CANCELLED))
+        self.done: Deferred[BodySent] = Deferred(self._cancelled)
+        self.driver: PullDriver | None = None
         self._clock = clock
         self._stopped_by: Outcome | None = None
-        self._driver: PullDriver | None = None
+        self._client_gone = False
+        self._result: BodySent | None = None  # decided, about to be reported
 
     def __repr__(self) -> str:
         return f"<BodyStream {self.request.uri!r} {self.producer!r}>"
@@ -597,12 +620,35 @@ class BodyStream:
         """
         Stop the body from the server side: the producer is stopped (its
         source released at once) and the client is told, and L{done} reports
-        C{outcome}. Does nothing once the body has ended.
+        C{outcome}. Does nothing once the body has ended or is ending.
         """
-        if self.done.called or self._stopped_by is not None:
+        if self._result is not None or self.done.called or self._stopped_by is not None:
             return
         self._stopped_by = outcome
         self.producer.stopProducing()
+
+    def _cancelled(self, done: Deferred[BodySent]) -> None:
+        if self._result is not None:
+            # Cancelled from inside the ending (a notifyFinish callback run by
+            # request.finish()): the outcome is decided; report it, not a
+            # CancelledError.
+            done.callback(self._result)
+        else:
+            self.stop(Outcome.CANCELLED)
+
+    # IPushProducer, for the request's channel
+
+    def pauseProducing(self) -> None:
+        (self.driver or self.producer).pauseProducing()
+
+    def resumeProducing(self) -> None:
+        (self.driver or self.producer).resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._client_gone = True
+        (self.driver or self.producer).stopProducing()
+
+    # the ending
 
     def _start(self) -> None:
         request, producer = self.request, self.producer
@@ -616,49 +662,54 @@ class BodyStream:
             request.responseHeaders.removeHeader(b"content-length")
         else:
             request.setHeader(b"content-length", b"%d" % (producer.length,))
-        if producer.streaming:
-            request.registerProducer(producer, True)
-        else:
+        if not producer.streaming:
             # Never Twisted's own pull adapter: it stalls (see streamsvc.pull).
-            self._driver = PullDriver(producer, clock=self._clock or _site_clock(request))
-            request.registerProducer(self._driver, True)
-            self._driver.start()
-        request.notifyFinish().addErrback(lambda _: producer.stopProducing())
+            self.driver = PullDriver(producer, clock=self._clock or _site_clock(request))
+        request.registerProducer(self, True)
+        if self.driver is not None:
+            self.driver.start()
+        request.notifyFinish().addErrback(lambda _: self.stopProducing())
         ended = producer.startProducing(request).addCallbacks(self._succeeded, self._failed)
         ended.addErrback(self._bug)
         ended.addCallback(self._report)
 
     def _unregister(self) -> None:
-        if self._driver is not None:
-            self._driver.stop()
+        if self.driver is not None:
+            self.driver.stop()
         request = self.request
-        registered = self._driver or self.producer
-        if request.channel is not None and request.producer is registered:
+        if request.channel is not None and request.producer is self:
             request.unregisterProducer()
 
     def _succeeded(self, _: None) -> BodySent:
         self._unregister()
         if self.request._disconnected:  # type: ignore[attr-defined]
-            return BodySent(Outcome.CLIENT_GONE, self.bytes_sent)
+            return self._decided(Outcome.CLIENT_GONE)
+        sent = self._decided(Outcome.COMPLETE)
         self.request.finish()
-        return BodySent(Outcome.COMPLETE, self.bytes_sent)
+        return sent
 
     def _failed(self, reason: Failure) -> BodySent:
         self._unregister()
         request = self.request
         if self._stopped_by is not None:
+            sent = self._decided(self._stopped_by)
             self._answer_server_stop(self._stopped_by)
-            return BodySent(self._stopped_by, self.bytes_sent)
-        if reason.check(StreamStopped) or request._disconnected:  # type: ignore[attr-defined]
-            return BodySent(Outcome.CLIENT_GONE, self.bytes_sent)
+            return sent
+        if self._client_gone or request._disconnected:  # type: ignore[attr-defined]
+            return self._decided(Outcome.CLIENT_GONE)
         log.failure(
             "Response body for {uri} failed after {sent} bytes",
             reason,
             uri=request.uri,
             sent=self.bytes_sent,
         )
+        sent = self._decided(Outcome.ERROR)
         self._end_broken(HTTPError(500, "internal server error"))
-        return BodySent(Outcome.ERROR, self.bytes_sent)
+        return sent
+
+    def _decided(self, outcome: Outcome) -> BodySent:
+        self._result = BodySent(outcome, self.bytes_sent)
+        return self._result
 
     def _answer_server_stop(self, outcome: Outcome) -> None:
         log.info(

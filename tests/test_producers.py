@@ -649,8 +649,10 @@ def test_send_body_pull_registration(datafile: str) -> None:
     conn = SiteConnection(site)
     conn.request("GET", "/")
     request = resource.requests[0]
-    assert isinstance(request.producer, PullDriver)
-    assert request.producer.producer is resource.producers[0]
+    stream = resource.streams[0]
+    assert request.producer is stream
+    assert isinstance(stream.driver, PullDriver)
+    assert stream.driver.producer is resource.producers[0]
     conn.read_until_quiet(clock)
     response = conn.response()
     assert response.body == DATA and response.complete
@@ -1020,3 +1022,120 @@ def test_push_turn_bounded_by_time() -> None:
     run_one_turn(clock)
     assert len(consumer.chunks) == 4
     producer.stopProducing()
+
+
+# -- who stopped it: only the consumer's stop is "client gone" --------------------
+
+
+def test_source_failing_with_stream_stopped_is_an_error_not_a_disconnect() -> None:
+    """
+    A source whose chunk fails with StreamStopped of its own (a nested stream
+    cut upstream) while the client is still there is an error: the started
+    body is aborted, never left open as if the client had gone.
+    """
+    clock = Clock()
+
+    def source() -> Any:
+        yield b"partial"
+        failed: Deferred[bytes] = Deferred()
+        failed.errback(StreamStopped("upstream cut"))
+        yield failed
+
+    site, resource = make_site(lambda: IterableProducer(source(), clock=clock), clock)
+    conn = SiteConnection(site)
+    conn.request("GET", "/")
+    with capturedLogs():
+        clock.advance(0)
+    assert resource.results[0].outcome is Outcome.ERROR
+    assert conn.aborted and not conn.response().complete
+
+
+def test_producer_stopped_before_send_body_is_answered() -> None:
+    """A producer already stopped when send_body runs gets the client a JSON 500, not silence."""
+    clock = Clock()
+
+    def stopped() -> IterableProducer:
+        producer = IterableProducer([b"never"], clock=clock)
+        producer.stopProducing()
+        return producer
+
+    site, resource = make_site(stopped, clock)
+    conn = SiteConnection(site)
+    conn.request("GET", "/")
+    with capturedLogs():
+        clock.advance(0)
+    response = conn.response()
+    assert response.code == 500 and response.complete
+    assert resource.results[0].outcome is Outcome.ERROR
+
+
+def test_cancel_from_inside_the_ending_reports_the_outcome(datafile: str) -> None:
+    """
+    done cancelled by a notifyFinish callback, which request.finish() runs
+    while the stream is ending, still reports COMPLETE, never CancelledError.
+    """
+    clock = Clock()
+    results: list[Any] = []
+
+    class CancelsWhenFinished(Resource):
+        isLeaf = True
+
+        def render_GET(self, request: Any) -> int:
+            done = send_body(request, file_producer(datafile, clock))
+            request.notifyFinish().addBoth(lambda _: done.cancel())
+            done.addBoth(results.append)
+            return NOT_DONE_YET
+
+    site = Site(CancelsWhenFinished(), reactor=clock)
+    site.requestFactory = Request
+    conn = SiteConnection(site)
+    conn.request("GET", "/")
+    conn.read_until_quiet(clock)
+    assert conn.response().complete
+    assert results == [BodySent(Outcome.COMPLETE, len(DATA))]
+
+
+def test_source_that_stops_its_own_stream_is_released_once() -> None:
+    """A source that stops the stream while making a chunk: stopped, released once, done once."""
+    releases: list[None] = []
+    producer: IterableProducer
+
+    class StopsItself:
+        def __iter__(self) -> Any:
+            return self
+
+        def __next__(self) -> bytes:
+            producer.stopProducing()
+            raise StopIteration
+
+        def close(self) -> None:
+            releases.append(None)
+
+    producer = IterableProducer(StopsItself(), streaming=False, clock=Clock())
+    outcomes: list[Any] = []
+    producer.startProducing(RecordingConsumer()).addBoth(outcomes.append)
+    producer.resumeProducing()
+    assert releases == [None]
+    assert len(outcomes) == 1 and outcomes[0].check(StreamStopped)
+    assert producer.finished
+
+
+def test_async_generator_cleanup_error_is_logged() -> None:
+    """Stopped mid-anext, an async generator whose finally fails gets that failure logged."""
+    clock = Clock()
+
+    async def source() -> Any:
+        try:
+            yield b"first"
+            await Deferred()
+        finally:
+            raise OSError("cursor would not close")
+
+    consumer = RecordingConsumer()
+    producer = IterableProducer(source(), clock=clock)
+    producer.startProducing(consumer).addErrback(lambda f: f.trap(StreamStopped))
+    with capturedLogs() as events:
+        clock.advance(0)
+        producer.stopProducing()
+    failures = [e["log_failure"] for e in events if "log_failure" in e]
+    assert any(f.check(OSError) for f in failures)

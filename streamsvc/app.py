@@ -18,7 +18,8 @@ from twisted.web.server import Site
 
 from streamsvc.auth import BearerGuard, TokenSet
 from streamsvc.config import Config, ConfigError
-from streamsvc.errors import HTTPError, JSONResource, Request, not_found
+from streamsvc.body import BodyChannel, BodyRequest
+from streamsvc.errors import HTTPError, JSONResource, not_found
 from streamsvc.files import FilesResource
 
 
@@ -98,8 +99,14 @@ def build_resource(config: Config, *, clock: IReactorTime | None = None) -> Reso
 
 
 def build_site(config: Config, *, reactor: IReactorTime | None = None) -> Site:
-    """A Site whose requests answer unexpected failures with JSON."""
-    site = Site(build_resource(config, clock=reactor), reactor=reactor)
-    site.requestFactory = Request
+    """
+    A Site whose requests answer unexpected failures with JSON and never
+    buffer or form-parse a body (see L{streamsvc.body}).
+    """
+    site = Site(
+        build_resource(config, clock=reactor), reactor=reactor, parsePOSTFormSubmission=False
+    )
+    site.requestFactory = BodyRequest
+    site.protocol = BodyChannel
     site.displayTracebacks = False
     return site

@@ -1,0 +1,196 @@
+"""
+Tests for L{streamsvc.body}: a body is decided when the headers arrive —
+never buffered, never form-parsed, refused unread when it is too long.
+
+Unit tests drive the real Site (as L{streamsvc.app.build_site} makes it) on
+a StringTransport; one integration test sends an endless body over a real
+socket.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock, deferLater
+from twisted.web.resource import Resource
+
+from streamsvc.app import build_site
+from streamsvc.body import DEFAULT_MAX_BODY_BYTES, BodyChannel, BodyRequest
+from streamsvc.config import Config, ServerConfig
+from streamsvc.testing import SiteConnection, parse_response, parse_responses
+
+
+class Recording(Resource):
+    """Takes POST (as a later resource that reads bodies will); records what it saw."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[dict[bytes, list[bytes]], bytes]] = []
+
+    def render_POST(self, request: Any) -> bytes:
+        self.seen.append((dict(request.args), request.content.read()))
+        return b"ok"
+
+
+def connection(tmp_path: Any) -> tuple[SiteConnection, Recording]:
+    site = build_site(Config(server=ServerConfig(data_dir=str(tmp_path))), reactor=Clock())
+    recording = Recording()
+    site.resource.putChild(b"rec", recording)
+    return SiteConnection(site), recording
+
+
+def post(path: str, length: int | None, *headers: str, body: bytes = b"") -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: x", *headers]
+    lines.append("Transfer-Encoding: chunked" if length is None else f"Content-Length: {length}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def test_site_uses_the_body_machinery(tmp_path: Any) -> None:
+    """build_site: our request and channel, form parsing off."""
+    site = build_site(Config(server=ServerConfig(data_dir=str(tmp_path))), reactor=Clock())
+    assert site.requestFactory is BodyRequest and site.protocol is BodyChannel
+    assert site._parsePOSTFormSubmission is False
+
+
+def test_long_body_is_refused_when_the_headers_arrive(tmp_path: Any) -> None:
+    """
+    300 MB announced to /healthz: a JSON 413 at once, before any body byte,
+    and the connection closed; what the client sends after is never parsed.
+    """
+    conn, _ = connection(tmp_path)
+    conn.send(post("/healthz", 300 * 1024 * 1024))
+    response = conn.response()
+    assert response.code == 413
+    assert json.loads(response.body) == {"error": "request body not accepted here"}
+    assert response.header("connection") == "close"
+    assert conn.transport.disconnecting
+    before = conn.transport.value()
+    conn.send(b"x" * (4 * 1024 * 1024))
+    assert conn.transport.value() == before
+
+
+def test_expect_100_continue_gets_the_refusal_not_a_continue(tmp_path: Any) -> None:
+    """With Expect: 100-continue no body is read: the 413 is the answer, never a 100."""
+    conn, _ = connection(tmp_path)
+    conn.send(post("/healthz", 10, "Expect: 100-continue"))
+    raw = conn.transport.value()
+    assert b"100 Continue" not in raw
+    assert parse_response(raw).code == 413
+
+
+def test_small_body_is_dropped_and_the_resource_answers(tmp_path: Any) -> None:
+    """
+    A small body to a resource that takes none gets that resource's own
+    answer (405 with Allow), and the connection stays usable.
+    """
+    conn, _ = connection(tmp_path)
+    conn.send(post("/healthz", 5, body=b"hello") + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    first, second = parse_responses(conn.transport.value(), [False, False])
+    assert first.code == 405 and first.header("allow") == "GET, HEAD"
+    assert second.code == 200
+    assert not conn.transport.disconnecting
+
+
+def test_body_is_never_buffered_or_form_parsed(tmp_path: Any) -> None:
+    """A form POST: the query string is still parsed, the body is not kept or parsed."""
+    conn, recording = connection(tmp_path)
+    form = b"a=1&b=2"
+    conn.send(post("/rec?q=3", len(form), "Content-Type: application/x-www-form-urlencoded", body=form))
+    assert parse_response(conn.transport.value()).code == 200
+    assert recording.seen == [({b"q": [b"3"]}, b"")]
+
+
+def test_chunked_body_over_the_limit_is_refused_mid_body(tmp_path: Any) -> None:
+    """
+    A chunked body is counted as it arrives; passing the limit is a 413 and
+    a closed connection, and the chunks after it are dropped unparsed.
+    """
+    conn, recording = connection(tmp_path)
+    conn.send(post("/rec", None))
+    chunk = b"%x\r\n%s\r\n" % (64 * 1024, b"z" * 64 * 1024)
+    for _ in range(DEFAULT_MAX_BODY_BYTES // (64 * 1024) + 1):
+        conn.send(chunk)
+    response = conn.response()
+    assert response.code == 413 and conn.transport.disconnecting
+    conn.send(chunk * 4 + b"0\r\n\r\n")  # the decoder reaching the end: no request left, no error
+    assert recording.seen == []
+    assert parse_responses(conn.transport.value(), [False, False]) == [response]
+
+
+def test_small_chunked_body_is_dropped(tmp_path: Any) -> None:
+    """A short chunked body is read, dropped, and the request handled as usual."""
+    conn, recording = connection(tmp_path)
+    conn.send(post("/rec", None) + b"5\r\nhello\r\n0\r\n\r\n")
+    assert parse_response(conn.transport.value()).code == 200
+    assert recording.seen == [({}, b"")]
+
+
+def test_head_refusal_has_no_body(tmp_path: Any) -> None:
+    """A HEAD carrying a long body is refused like any other, without a response body."""
+    conn, _ = connection(tmp_path)
+    conn.send(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n")
+    raw = conn.transport.value()
+    assert raw.startswith(b"HTTP/1.1 413 ")
+    assert raw.endswith(b"\r\n\r\n")
+
+
+class Flooding(Protocol):
+    """Announces 300 MB to /healthz and keeps sending until the server closes."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.sent = 0
+        self.closed = False
+
+    def connectionMade(self) -> None:
+        self.transport.write(post("/healthz", 300 * 1024 * 1024))
+        self.transport.registerProducer(self, True)
+        self.resumeProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        while not self.paused and not self.closed and self.sent < 300 * 1024 * 1024:
+            self.sent += 256 * 1024
+            self.transport.write(b"f" * (256 * 1024))
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def stopProducing(self) -> None:
+        self.closed = True
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Any) -> None:
+        self.closed = True
+
+
+@pytest_twisted.ensureDeferred
+async def test_flood_to_healthz_is_refused_over_a_socket(tmp_path: Any) -> None:
+    """
+    The reported attack over a real socket: the 413 comes back and the
+    connection ends long before 300 MB could have been read.
+    """
+    site = build_site(Config(server=ServerConfig(data_dir=str(tmp_path))), reactor=reactor)
+    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
+    try:
+        client = Flooding()
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        await connectProtocol(endpoint, client)
+        for _ in range(500):
+            if client.closed:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        assert client.closed
+        assert parse_response(bytes(client.received)).code == 413
+        assert client.sent < 300 * 1024 * 1024
+    finally:
+        await port.stopListening()

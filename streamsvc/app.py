@@ -108,5 +108,6 @@ def build_site(config: Config, *, reactor: IReactorTime | None = None) -> Site:
     )
     site.requestFactory = BodyRequest
     site.protocol = BodyChannel
+    site.max_body_bytes = config.limits.max_body_bytes  # type: ignore[attr-defined]
     site.displayTracebacks = False
     return site

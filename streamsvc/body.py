@@ -79,11 +79,10 @@ class BodyRequest(Request):
     A request that never buffers its body and refuses one it will not take
     as soon as the headers say so.
 
-    @cvar max_body_bytes: the longest body read (and dropped) rather than
-        refused.
+    The longest body read (and dropped) rather than refused is the Site's
+    C{max_body_bytes} (C{[limits] max_body_bytes}, set by
+    L{streamsvc.app.build_site}), else L{DEFAULT_MAX_BODY_BYTES}.
     """
-
-    max_body_bytes = DEFAULT_MAX_BODY_BYTES
 
     _refused = False
     _received = 0
@@ -95,15 +94,19 @@ class BodyRequest(Request):
         self.requestHeaders.removeHeader(b"expect")
         if length == 0:
             return
-        if expects is not None or (length is not None and length > self.max_body_bytes):
+        if expects is not None or (length is not None and length > self._max_body_bytes()):
             self._refuse("request body not accepted here")
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused:
             return
         self._received += len(data)
-        if self._received > self.max_body_bytes:
+        if self._received > self._max_body_bytes():
             self._refuse("request body not accepted here")
+
+    def _max_body_bytes(self) -> int:
+        limit = getattr(self.channel.site, "max_body_bytes", None)
+        return DEFAULT_MAX_BODY_BYTES if limit is None else int(limit)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if not self._refused:

@@ -99,12 +99,20 @@ class AuthConfig:
 
 
 @attrs.frozen
+class LimitsConfig:
+    """C{[limits]}: sizes a client controls, capped."""
+
+    max_body_bytes: int = 1024 * 1024
+
+
+@attrs.frozen
 class Config:
     """The whole configuration; C{Config()} is the built-in defaults."""
 
     server: ServerConfig = ServerConfig()
     stream: StreamConfig = StreamConfig()
     auth: AuthConfig = AuthConfig()
+    limits: LimitsConfig = LimitsConfig()
 
 
 # --- values -----------------------------------------------------------------
@@ -231,6 +239,20 @@ def _parse_chunk_size(value: str) -> int:
     return size
 
 
+#: The largest body a resource that takes none may be sent (read and dropped).
+MAX_BODY_BYTES_CAP: Final = 64 * 1024 * 1024
+
+
+def _parse_body_limit(value: str) -> int:
+    try:
+        size = parse_size(value)
+    except ValueError:
+        raise ValueError("expected a size such as 1048576 or 1MiB") from None
+    if size > MAX_BODY_BYTES_CAP:
+        raise ValueError(f"must be at most 64MiB ({MAX_BODY_BYTES_CAP})")
+    return size
+
+
 def _integer(low: int, high: int) -> Callable[[str], int]:
     def parse(value: str) -> int:
         if _INTEGER.fullmatch(value) is None:
@@ -289,6 +311,10 @@ _SCHEMA: Final[Mapping[str, tuple[type, Mapping[str, _Key]]]] = MappingProxyType
                 "tokens_file": _Key(_parse_path),
                 "protect_downloads": _Key(_parse_boolean),
             },
+        ),
+        "limits": (
+            LimitsConfig,
+            {"max_body_bytes": _Key(_parse_body_limit)},
         ),
     }
 )

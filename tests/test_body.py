@@ -21,7 +21,7 @@ from twisted.web.resource import Resource
 
 from streamsvc.app import build_site
 from streamsvc.body import DEFAULT_MAX_BODY_BYTES, BodyChannel, BodyRequest
-from streamsvc.config import Config, ServerConfig
+from streamsvc.config import Config, LimitsConfig, ServerConfig
 from streamsvc.testing import SiteConnection, parse_response, parse_responses
 
 
@@ -194,3 +194,11 @@ async def test_flood_to_healthz_is_refused_over_a_socket(tmp_path: Any) -> None:
         assert client.sent < 300 * 1024 * 1024
     finally:
         await port.stopListening()
+
+
+def test_limit_comes_from_the_config(tmp_path: Any) -> None:
+    """[limits] max_body_bytes = 0: even a 1-byte body is refused at the headers."""
+    config = Config(server=ServerConfig(data_dir=str(tmp_path)), limits=LimitsConfig(max_body_bytes=0))
+    conn = SiteConnection(build_site(config, reactor=Clock()))
+    conn.send(post("/healthz", 1, body=b"x"))
+    assert conn.response().code == 413 and conn.transport.disconnecting

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from streamsvc.config import (
     DEFAULT_CONFIG_NAME,
     KNOWN_KEYS,
+    LimitsConfig,
     AuthConfig,
     Config,
     ConfigError,
@@ -129,8 +130,13 @@ def test_token_outside_bearer_syntax_is_refused(token: str) -> None:
 
 def test_known_keys_match_the_config_classes() -> None:
     """The parser's key table and the attrs classes name exactly the same fields."""
-    classes = {"server": ServerConfig, "stream": StreamConfig, "auth": AuthConfig}
-    assert list(KNOWN_KEYS) == ["server", "stream", "auth"]
+    classes = {
+        "server": ServerConfig,
+        "stream": StreamConfig,
+        "auth": AuthConfig,
+        "limits": LimitsConfig,
+    }
+    assert list(KNOWN_KEYS) == ["server", "stream", "auth", "limits"]
     for section, cls in classes.items():
         assert KNOWN_KEYS[section] == tuple(f.name for f in attrs.fields(cls))
 
@@ -255,11 +261,11 @@ def test_bad_booleans(section: str, key: str, value: str) -> None:
 # --- structure -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("section", ["limitz", "limits", "events", "Server", "default", "auth "])
+@pytest.mark.parametrize("section", ["limitz", "limit", "events", "Server", "default", "auth "])
 def test_unknown_section(section: str) -> None:
     """A section the parser does not know stops parsing and lists the known ones."""
     assert error_of(f"[server]\n[{section}]\nx = 1\n") == (
-        f"tap.conf: unknown section [{section}] (known: server, stream, auth)"
+        f"tap.conf: unknown section [{section}] (known: server, stream, auth, limits)"
     )
 
 
@@ -694,3 +700,21 @@ def test_shipped_tap_conf_documents_every_key() -> None:
             assert lines[index - 1].startswith("# Default:"), key
     # The secrets are left commented out.
     assert re.search(r"^#tokens\s*=", text, re.M) and re.search(r"^#tokens_file\s*=", text, re.M)
+
+
+# --- [limits] -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, expected", [("0", 0), ("1MiB", 1024 * 1024), ("512k", 512 * 1024), ("64M", 64 * 1024 * 1024)]
+)
+def test_max_body_bytes(value: str, expected: int) -> None:
+    """[limits] max_body_bytes takes a size from 0 (no body at all) to 64 MiB."""
+    assert parse_config(f"[limits]\nmax_body_bytes = {value}\n").limits.max_body_bytes == expected
+
+
+@pytest.mark.parametrize("value", ["65M", "1G", "-1", "lots"])
+def test_max_body_bytes_out_of_range(value: str) -> None:
+    """A size over 64 MiB or no size at all is a one-line error naming the key."""
+    message = error_of(f"[limits]\nmax_body_bytes = {value}\n")
+    assert message.startswith(f"tap.conf: [limits] max_body_bytes = {value!r}: ")

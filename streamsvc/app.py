@@ -19,6 +19,7 @@ from twisted.web.server import Site
 from streamsvc.auth import BearerGuard, TokenSet
 from streamsvc.config import Config, ConfigError
 from streamsvc.body import BodyChannel, BodyRequest
+from streamsvc.echo import EchoResource
 from streamsvc.errors import HTTPError, JSONResource, not_found
 from streamsvc.files import FilesResource
 
@@ -81,7 +82,7 @@ class Root(JSONResource):
 
 
 def build_resource(config: Config, *, clock: IReactorTime | None = None) -> Resource:
-    """The whole tree: C{/files}, C{/healthz}."""
+    """The whole tree: C{/files}, C{/echo}, C{/healthz}."""
     root = Root()
     files: IResource = FilesResource(
         files_dir(config),
@@ -94,6 +95,7 @@ def build_resource(config: Config, *, clock: IReactorTime | None = None) -> Reso
     if config.auth.protect_downloads:
         files = BearerGuard(files, TokenSet(config.auth.tokens))
     root.putChild(b"files", files)
+    root.putChild(b"echo", EchoResource(clock=clock))
     root.putChild(b"healthz", Health())
     return root
 

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_body -*-
 """
-Request bodies, decided when the headers arrive instead of after twisted.web
-has read them to the end.
+Request bodies, decided when the headers arrive and streamed as they come,
+instead of read to the end by twisted.web before any resource sees them.
 
 twisted.web reads every request body before any resource sees the request:
 into memory under 100 kB, into a temporary file above, and then parses POST
@@ -9,31 +9,42 @@ forms from it on the reactor (ANCHORS: twisted#4688, #5511, #4898, #10191).
 So a 300 MB upload to C{/healthz} was read, stored and parsed as multipart
 before its 405 went out, with every other client waiting.
 
-This module is the first step of streaming bodies (issue 12): no resource
-here takes a body yet, so no body is ever kept. L{BodyRequest} decides in
-C{gotLength}, the moment the headers are in:
+L{BodyRequest} decides in C{gotLength}, the moment the headers are in, and
+never buffers a body:
 
-  - a body of known length within L{BodyRequest.max_body_bytes}: read and
-    dropped as it arrives (never buffered); the request is then handled as
-    usual (a 405 for our GET-only resources), and the connection kept;
-  - a longer one, or any body sent with C{Expect: 100-continue}: a JSON 413
-    at once, no C{100 Continue}, and the connection closed after it, so
-    nothing more of the body is read;
-  - a chunked body: counted and dropped; passing the limit is the same 413.
+  - the resource provides L{IStreamingBodyResource}: its C{body_consumer}
+    takes the body chunk by chunk as it arrives (C{100 Continue} is sent
+    only once it accepted), or refuses it with an L{HTTPError} answered at
+    once; C{pause_body}/C{resume_body} stop and restart reading the socket;
+  - any other resource: a body of known length within the Site's
+    C{max_body_bytes} (C{[limits]}) is read and dropped as it arrives and the
+    request handled as usual (a 405 for our GET-only resources); a longer
+    one, a chunked one passing it, or any sent with C{Expect: 100-continue}
+    is refused: with the resource's own error when traversal already gave
+    one (401, 404) or its method is not allowed (405), else a 413.
 
-L{BodyChannel} keeps twisted.web's channel consistent when a request is
-answered before its body has ended (it would otherwise fail on the rest of
-that body), and never sends C{100 Continue} by itself. Sites built by
-L{streamsvc.app.build_site} use both, with form parsing off.
+Every refusal closes the connection once answered, so nothing more of the
+body is read. L{BodyChannel} keeps twisted.web's channel consistent when a
+request is answered before its body has ended, never sends C{100 Continue}
+by itself, and keeps the socket paused while a body consumer is behind.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from io import BytesIO
+from typing import Any
+from urllib.parse import unquote_to_bytes
 
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web.http import parse_qs
+from zope.interface import implementer
 
-from streamsvc.errors import HTTPError, Request, render_error
+from streamsvc.errors import ErrorPage, HTTPError, Request, allowed_methods, render_error
+from streamsvc.interfaces import IBodyConsumer, IStreamingBodyResource
+from streamsvc.producers import Chunk, StreamProducer
 
 #: A body at most this long may be sent to a resource that takes none: it is
 #: read and dropped (clients such as curl -d on a wrong URL should get the
@@ -43,16 +54,38 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 
 class BodyChannel(http.HTTPChannel):
     """
-    An HTTPChannel that lets its request answer before the body has ended.
+    An HTTPChannel that lets its request answer before the body has ended,
+    and lets a body consumer keep the socket paused.
 
-    When that happens the rest of the body is dropped unparsed and the
-    connection closed once the answer is out: reading gigabytes only to
-    throw them away is what a refusal is meant to avoid.
+    When a request is answered before its body ended, the rest of the body
+    is dropped unparsed and the connection closed once the answer is out:
+    reading gigabytes only to throw them away is what a refusal avoids.
     """
 
     _body_abandoned = False
+    _body_paused = False
+
+    def pause_body(self) -> None:
+        self._body_paused = True
+        self._networkProducer.pauseProducing()
+
+    def resume_body(self) -> None:
+        self._body_paused = False
+        if not self._waitingForTransport and not self._handlingRequest:
+            self._networkProducer.resumeProducing()
+
+    def resumeProducing(self) -> None:
+        # The send buffer drained. twisted.web would resume reading the
+        # socket too (it is not "handling a request" while a body arrives),
+        # behind the back of a body consumer that paused it.
+        self._waitingForTransport = False
+        if self._requestProducer is not None:
+            self._requestProducer.resumeProducing()
+        if not self._handlingRequest and not self._body_paused:
+            self._networkProducer.resumeProducing()
 
     def requestDone(self, request: http.Request) -> None:
+        self._body_paused = False
         if self._transferDecoder is not None:  # answered before the body ended
             self._body_abandoned = True
             self.persistent = False  # super() then closes the connection
@@ -76,57 +109,228 @@ class BodyChannel(http.HTTPChannel):
 
 class BodyRequest(Request):
     """
-    A request that never buffers its body and refuses one it will not take
-    as soon as the headers say so.
+    A request that never buffers its body: it streams it to the resource
+    that takes it, drops a small one, or refuses it when the headers say so.
 
-    The longest body read (and dropped) rather than refused is the Site's
-    C{max_body_bytes} (C{[limits] max_body_bytes}, set by
+    The longest body dropped rather than refused (for resources that take
+    none) is the Site's C{max_body_bytes} (C{[limits] max_body_bytes}, set by
     L{streamsvc.app.build_site}), else L{DEFAULT_MAX_BODY_BYTES}.
     """
 
+    #: The body's Content-Length as the headers gave it (None: chunked).
+    body_length: int | None = 0
+
     _refused = False
     _received = 0
+    _limit = 0
+    _consumer: IBodyConsumer | None = None
+    _body_ended = False
+
+    # -- the headers are in -------------------------------------------------
 
     def gotLength(self, length: int | None) -> None:
         # Never written to: no buffering, and nothing for form parsing.
         self.content = BytesIO()
         expects = self.requestHeaders.getRawHeaders(b"expect")
         self.requestHeaders.removeHeader(b"expect")
+        self.body_length = length
         if length == 0:
             return
-        if expects is not None or (length is not None and length > self._max_body_bytes()):
-            self._refuse("request body not accepted here")
-
-    def handleContentChunk(self, data: bytes) -> None:
-        if self._refused:
+        self._learn_request_line()
+        resource = self.site.getResourceFor(self)
+        if IStreamingBodyResource.providedBy(resource):
+            self._limit = int(resource.max_body_bytes)
+            if length is not None and length > self._limit:
+                self._refuse(HTTPError(413, "request body too large"))
+                return
+            try:
+                self._consumer = IBodyConsumer(resource.body_consumer(self))
+            except HTTPError as error:
+                self._refuse(error)
+                return
+            if expects is not None and not self.finished:
+                self.channel.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             return
-        self._received += len(data)
-        if self._received > self._max_body_bytes():
-            self._refuse("request body not accepted here")
+        self._limit = self._site_limit()
+        refusal = _early_error(resource, self)
+        if refusal is not None and (expects is not None or length is None or length > self._limit):
+            self._refuse(refusal)
+        elif expects is not None or (length is not None and length > self._limit):
+            self._refuse(HTTPError(413, "request body not accepted here"))
 
-    def _max_body_bytes(self) -> int:
-        limit = getattr(self.channel.site, "max_body_bytes", None)
-        return DEFAULT_MAX_BODY_BYTES if limit is None else int(limit)
-
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        if not self._refused:
-            super().requestReceived(command, path, version)
-
-    def _refuse(self, message: str) -> None:
+    def _learn_request_line(self) -> None:
         """
-        Answer 413 now, before the body, and close the connection after it.
-
-        The request line is known to the channel only until the body ends, so
-        what the response and the access log need is copied from it here.
+        What C{requestReceived} and C{process} would set, set now: the
+        request line is known only to the channel until the body has ended.
         """
-        self._refused = True
         channel = self.channel
         self.method = channel._command
         self.uri = channel._path
         self.clientproto = channel._version
-        self.path = self.uri.partition(b"?")[0]
-        channel.persistent = False
-        body = render_error(self, HTTPError(413, message, {b"connection": b"close"}))
+        self.path, question, query = self.uri.partition(b"?")
+        self.args = parse_qs(query, 1) if question else {}
+        self.site = channel.site
+        self.prepath = []
+        self.postpath = list(map(unquote_to_bytes, self.path[1:].split(b"/")))
         self.setHeader(b"date", http.datetimeToString())
+
+    def _site_limit(self) -> int:
+        limit = getattr(self.channel.site, "max_body_bytes", None)
+        return DEFAULT_MAX_BODY_BYTES if limit is None else int(limit)
+
+    # -- the body ------------------------------------------------------------
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused or self._body_ended:
+            return
+        self._received += len(data)
+        if self._received > (self._limit or self._site_limit()):
+            self._fail_body(HTTPError(413, "request body too large"))
+            return
+        if self._consumer is not None:
+            self._consumer.write(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._refused:
+            return
+        if self._consumer is not None:
+            self._body_ended = True
+            self._consumer.body_done()  # the resource answers from there
+            return
+        super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason: Failure) -> None:
+        # First marked gone (a response in progress then ends as CLIENT_GONE),
+        # then the body consumer told.
+        super().connectionLost(reason)
+        consumer = self._consumer
+        if consumer is not None and not self._body_ended:
+            self._body_ended = True
+            consumer.body_failed(reason)
+
+    def pause_body(self) -> None:
+        """Stop reading the body from the socket until L{resume_body}."""
+        if isinstance(self.channel, BodyChannel):
+            self.channel.pause_body()
+
+    def resume_body(self) -> None:
+        if isinstance(self.channel, BodyChannel):
+            self.channel.resume_body()
+
+    # -- refusals ------------------------------------------------------------
+
+    def _fail_body(self, error: HTTPError) -> None:
+        consumer = self._consumer
+        self._body_ended = True
+        if consumer is not None:
+            consumer.body_failed(Failure(error))
+        if not self.startedWriting and not self.finished:
+            self._refuse(error)
+        elif not self.finished:
+            self._refused = True
+            self.channel.transport.abortConnection()
+
+    def _refuse(self, error: HTTPError) -> None:
+        """Answer C{error} now, before the body, and close the connection after it."""
+        self._refused = True
+        if not hasattr(self, "method"):
+            self._learn_request_line()
+        self.channel.persistent = False
+        headers = dict(error.headers)
+        headers[b"connection"] = b"close"
+        body = render_error(self, HTTPError(error.code, error.message, headers))
         self.write(body)
         self.finish()
+
+
+def _early_error(resource: Any, request: BodyRequest) -> HTTPError | None:
+    """
+    The error a resource that takes no body would answer anyway, known
+    before rendering: what traversal gave (401, 404), or a 405.
+    """
+    if isinstance(resource, ErrorPage):
+        return resource.error
+    allowed = allowed_methods(resource)
+    method = request.method.decode("ascii", "replace")
+    if allowed is not None and method not in allowed:
+        return HTTPError(
+            405, "method not allowed", {b"allow": ", ".join(sorted(allowed)).encode("ascii")}
+        )
+    return None
+
+
+@implementer(IBodyConsumer)
+class BodyPipe(StreamProducer):
+    """
+    A request body as a producer: what arrives is written on at the pace
+    the consumer downstream (a response) allows.
+
+    At most C{high_water} bytes wait here; past that the request stops
+    reading the socket (C{pause_body}) until they have been written on, so
+    a client that sends faster than it reads back holds one buffer, not the
+    body. C{length} is the body's Content-Length (None when chunked).
+    """
+
+    def __init__(
+        self, request: BodyRequest, *, length: int | None, high_water: int = 64 * 1024, **pacing: Any
+    ) -> None:
+        super().__init__(**pacing)
+        self.length = length
+        self._request = request
+        self._high_water = high_water
+        self._queue: deque[bytes] = deque()
+        self._queued = 0
+        self._body_paused = False
+        self._ended = False
+        self._failure: Failure | None = None
+        self._waiting: Deferred[bytes | None] | None = None
+
+    # IBodyConsumer, for the request
+
+    def write(self, data: bytes) -> None:
+        if self.finished:
+            return
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.callback(data)
+            return
+        self._queue.append(data)
+        self._queued += len(data)
+        if self._queued > self._high_water and not self._body_paused:
+            self._body_paused = True
+            self._request.pause_body()
+
+    def body_done(self) -> None:
+        self._ended = True
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.callback(None)
+
+    def body_failed(self, reason: Failure) -> None:
+        self._failure = reason
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.errback(reason)
+        else:
+            self._fail(reason)
+
+    # StreamProducer
+
+    def _next_chunk(self) -> Chunk:
+        if self._queue:
+            data = self._queue.popleft()
+            self._queued -= len(data)
+            if self._body_paused and self._queued <= self._high_water // 2:
+                self._body_paused = False
+                self._request.resume_body()
+            return data
+        if self._failure is not None:
+            self._failure.raiseException()
+        if self._ended:
+            return None
+        self._waiting = Deferred()
+        return self._waiting
+
+    def _release(self) -> None:
+        self._queue.clear()
+        self._queued = 0

@@ -88,6 +88,11 @@ class ErrorPage(resource.Resource):
         super().__init__()
         self._error = error
 
+    @property
+    def error(self) -> HTTPError:
+        """The error every request here gets."""
+        return self._error
+
     def render(self, request: IRequest) -> bytes:
         return render_error(request, self._error)
 
@@ -116,6 +121,14 @@ class JSONResource(resource.Resource):
             return getattr(self, "render_" + method)(request)
         except HTTPError as error:
             return render_error(request, error)
+
+
+def allowed_methods(obj: object) -> frozenset[str] | None:
+    """
+    The methods a resource answers, when it says (a L{JSONResource}: any
+    other gets a 405); None for a resource that does not say.
+    """
+    return _own_methods(obj) if isinstance(obj, JSONResource) else None
 
 
 def _own_methods(obj: object) -> frozenset[str]:

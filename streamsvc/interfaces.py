@@ -9,7 +9,7 @@ what, when, and who closes what.
 
 from __future__ import annotations
 
-from zope.interface import Attribute
+from zope.interface import Attribute, Interface
 from twisted.internet.interfaces import IPushProducer
 
 
@@ -90,4 +90,59 @@ class IStreamProducer(IPushProducer):
             with L{None}, once it would, or once the stream has ended. A pull
             driver waits on it instead of calling C{resumeProducing} in a
             busy loop. A stage returns its upstream's answer.
+        """
+
+
+class IBodyConsumer(Interface):
+    """
+    Receives a request body chunk by chunk as it arrives, before it is
+    complete (see L{streamsvc.body}).
+
+    Who calls what: the request calls L{write} for each chunk, then exactly
+    one of L{body_done} or L{body_failed}. A consumer that cannot keep up
+    calls C{request.pause_body()}: the server stops reading the socket (the
+    rest of the read already in hand, at most some 64 KiB, may still arrive)
+    until C{request.resume_body()}.
+
+    Who closes what: the consumer owns whatever it opened for the body (a
+    temporary file, a pipe to the response) and releases it in
+    L{body_failed}; after L{body_done} it finishes the response itself.
+    """
+
+    def write(data):
+        """A chunk of the body (bytes, never empty)."""
+
+    def body_done():
+        """The whole body has arrived."""
+
+    def body_failed(reason):
+        """
+        The body will not be complete: the client went away, or passed the
+        size limit. C{reason} is a L{Failure}. Discard what was received.
+        """
+
+
+class IStreamingBodyResource(Interface):
+    """
+    A resource that takes its request body as it arrives.
+
+    For a request with a body, L{body_consumer} is called as soon as the
+    headers are in, before any body byte is read, with the request's
+    C{method}, C{uri}, C{path}, C{args} and headers set. The resource's
+    C{render} is then never called for that request: the resource answers
+    from the consumer (it may start the response at once, as the echo does).
+    Requests without a body are rendered as usual.
+    """
+
+    max_body_bytes = Attribute(
+        "The longest body accepted: a longer Content-Length is a 413 at the "
+        "headers, a chunked body passing it a 413 as it does."
+    )
+
+    def body_consumer(request):
+        """
+        Decide on the body: return the L{IBodyConsumer} that takes it, or
+        raise L{streamsvc.errors.HTTPError} to refuse it (401, 404, 405,
+        412, 413...). A refusal is answered at once, no C{100 Continue} is
+        sent and the connection is closed without reading the body.
         """

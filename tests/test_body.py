@@ -61,11 +61,12 @@ def test_site_uses_the_body_machinery(tmp_path: Any) -> None:
 
 def test_long_body_is_refused_when_the_headers_arrive(tmp_path: Any) -> None:
     """
-    300 MB announced to /healthz: a JSON 413 at once, before any body byte,
-    and the connection closed; what the client sends after is never parsed.
+    300 MB announced to a resource that takes no body: a JSON 413 at once,
+    before any body byte, and the connection closed; what the client sends
+    after is never parsed.
     """
     conn, _ = connection(tmp_path)
-    conn.send(post("/healthz", 300 * 1024 * 1024))
+    conn.send(post("/rec", 300 * 1024 * 1024))
     response = conn.response()
     assert response.code == 413
     assert json.loads(response.body) == {"error": "request body not accepted here"}
@@ -76,10 +77,26 @@ def test_long_body_is_refused_when_the_headers_arrive(tmp_path: Any) -> None:
     assert conn.transport.value() == before
 
 
+def test_long_body_gets_the_resources_own_refusal(tmp_path: Any) -> None:
+    """
+    When the answer is known from the headers — the method is not allowed
+    (405 with Allow), the path does not exist (404) — that is the answer,
+    at once, and the body is not read.
+    """
+    conn, _ = connection(tmp_path)
+    conn.send(post("/healthz", 300 * 1024 * 1024))
+    response = conn.response()
+    assert response.code == 405 and response.header("allow") == "GET, HEAD"
+    assert conn.transport.disconnecting
+    conn, _ = connection(tmp_path)
+    conn.send(post("/nowhere", 300 * 1024 * 1024))
+    assert conn.response().code == 404 and conn.transport.disconnecting
+
+
 def test_expect_100_continue_gets_the_refusal_not_a_continue(tmp_path: Any) -> None:
     """With Expect: 100-continue no body is read: the 413 is the answer, never a 100."""
     conn, _ = connection(tmp_path)
-    conn.send(post("/healthz", 10, "Expect: 100-continue"))
+    conn.send(post("/rec", 10, "Expect: 100-continue"))
     raw = conn.transport.value()
     assert b"100 Continue" not in raw
     assert parse_response(raw).code == 413
@@ -176,7 +193,7 @@ class Flooding(Protocol):
 @pytest_twisted.ensureDeferred
 async def test_flood_to_healthz_is_refused_over_a_socket(tmp_path: Any) -> None:
     """
-    The reported attack over a real socket: the 413 comes back and the
+    The reported attack over a real socket: the 405 comes back and the
     connection ends long before 300 MB could have been read.
     """
     site = build_site(Config(server=ServerConfig(data_dir=str(tmp_path))), reactor=reactor)
@@ -190,15 +207,15 @@ async def test_flood_to_healthz_is_refused_over_a_socket(tmp_path: Any) -> None:
                 break
             await deferLater(reactor, 0.01, lambda: None)
         assert client.closed
-        assert parse_response(bytes(client.received)).code == 413
+        assert parse_response(bytes(client.received)).code == 405
         assert client.sent < 300 * 1024 * 1024
     finally:
         await port.stopListening()
 
 
 def test_limit_comes_from_the_config(tmp_path: Any) -> None:
-    """[limits] max_body_bytes = 0: even a 1-byte body is refused at the headers."""
+    """[limits] max_body_bytes = 0: even a 1-byte body is refused at the headers (and the connection closed)."""
     config = Config(server=ServerConfig(data_dir=str(tmp_path)), limits=LimitsConfig(max_body_bytes=0))
     conn = SiteConnection(build_site(config, reactor=Clock()))
     conn.send(post("/healthz", 1, body=b"x"))
-    assert conn.response().code == 413 and conn.transport.disconnecting
+    assert conn.response().code == 405 and conn.transport.disconnecting

@@ -15,6 +15,7 @@ import attrs
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IConsumer, IProducer
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -251,3 +252,46 @@ class SiteConnection:
 
     def response(self, *, head: bool = False) -> RawResponse:
         return parse_response(self.transport.value(), head=head)
+
+
+class BodySender(Protocol):
+    """
+    A client that sends C{head} (a request's line and headers), then C{total}
+    bytes of body as fast as its socket takes them (pausing when the socket
+    pushes back), and records the reply. With C{read=False} it never reads
+    what comes back, as a client that stopped reading; C{sent} then says
+    where the server's flow control stopped it.
+    """
+
+    def __init__(self, head: bytes, total: int, *, read: bool = True) -> None:
+        self.head, self.total, self.read = head, total, read
+        self.sent = 0
+        self.received = bytearray()
+        self.paused = False
+        self.closed = False
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.head)
+        self.transport.registerProducer(self, True)
+        if not self.read:
+            self.transport.pauseProducing()
+        self.resumeProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        while not self.paused and not self.closed and self.sent < self.total:
+            piece = bytes([self.sent // 65536 % 256]) * 65536
+            self.sent += len(piece)
+            self.transport.write(piece)
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def stopProducing(self) -> None:
+        self.closed = True
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Any) -> None:
+        self.closed = True

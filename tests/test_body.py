@@ -15,14 +15,13 @@ from typing import Any
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock, deferLater
 from twisted.web.resource import Resource
 
 from streamsvc.app import build_site
 from streamsvc.body import DEFAULT_MAX_BODY_BYTES, BodyChannel, BodyRequest
 from streamsvc.config import Config, LimitsConfig, ServerConfig
-from streamsvc.testing import SiteConnection, parse_response, parse_responses
+from streamsvc.testing import BodySender, SiteConnection, parse_response, parse_responses
 
 
 class Recording(Resource):
@@ -158,38 +157,6 @@ def test_head_refusal_has_no_body(tmp_path: Any) -> None:
     assert raw.endswith(b"\r\n\r\n")
 
 
-class Flooding(Protocol):
-    """Announces 300 MB to /healthz and keeps sending until the server closes."""
-
-    def __init__(self) -> None:
-        self.received = bytearray()
-        self.sent = 0
-        self.closed = False
-
-    def connectionMade(self) -> None:
-        self.transport.write(post("/healthz", 300 * 1024 * 1024))
-        self.transport.registerProducer(self, True)
-        self.resumeProducing()
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        while not self.paused and not self.closed and self.sent < 300 * 1024 * 1024:
-            self.sent += 256 * 1024
-            self.transport.write(b"f" * (256 * 1024))
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def stopProducing(self) -> None:
-        self.closed = True
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Any) -> None:
-        self.closed = True
-
-
 @pytest_twisted.ensureDeferred
 async def test_flood_to_healthz_is_refused_over_a_socket(tmp_path: Any) -> None:
     """
@@ -199,7 +166,7 @@ async def test_flood_to_healthz_is_refused_over_a_socket(tmp_path: Any) -> None:
     site = build_site(Config(server=ServerConfig(data_dir=str(tmp_path))), reactor=reactor)
     port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
     try:
-        client = Flooding()
+        client = BodySender(post("/healthz", 300 * 1024 * 1024), 300 * 1024 * 1024)
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
         await connectProtocol(endpoint, client)
         for _ in range(500):

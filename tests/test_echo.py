@@ -13,13 +13,12 @@ from typing import Any
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock, deferLater
 
 from streamsvc.app import build_site
 from streamsvc.config import Config, ServerConfig
 from streamsvc.echo import EchoResource
-from streamsvc.testing import SiteConnection, parse_response
+from streamsvc.testing import BodySender, SiteConnection, parse_response
 
 
 def echo_site(tmp_path: Any, clock: Clock, **kwargs: Any) -> SiteConnection:
@@ -163,47 +162,10 @@ def test_empty_post_is_an_empty_echo(tmp_path: Any) -> None:
 
 
 
-class Sender(Protocol):
-    """Sends C{total} bytes of body as fast as the socket takes them; may refuse to read."""
-
-    def __init__(self, total: int, read: bool) -> None:
-        self.total, self.read = total, read
-        self.sent = 0
-        self.received = bytearray()
-        self.paused = False
-        self.closed = False
-
-    def connectionMade(self) -> None:
-        self.transport.write(headers(self.total))
-        self.transport.registerProducer(self, True)
-        if not self.read:
-            self.transport.pauseProducing()  # never read the echo
-        self.resumeProducing()
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        while not self.paused and not self.closed and self.sent < self.total:
-            piece = bytes([self.sent // 65536 % 256]) * 65536
-            self.sent += len(piece)
-            self.transport.write(piece)
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def stopProducing(self) -> None:
-        self.closed = True
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Any) -> None:
-        self.closed = True
-
-
-async def sending(tmp_path: Any, total: int, read: bool) -> tuple[Sender, Any]:
+async def sending(tmp_path: Any, total: int, read: bool) -> tuple[BodySender, Any]:
     site = build_site(Config(server=ServerConfig(data_dir=str(tmp_path))), reactor=reactor)
     port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
-    client = Sender(total, read)
+    client = BodySender(headers(total), total, read=read)
     await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), client)
     return client, port
 

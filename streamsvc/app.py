@@ -111,5 +111,6 @@ def build_site(config: Config, *, reactor: IReactorTime | None = None) -> Site:
     site.requestFactory = BodyRequest
     site.protocol = BodyChannel
     site.max_body_bytes = config.limits.max_body_bytes  # type: ignore[attr-defined]
+    site.body_timeout = config.limits.body_timeout  # type: ignore[attr-defined]
     site.displayTracebacks = False
     return site

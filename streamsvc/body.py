@@ -37,6 +37,8 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http import parse_qs
@@ -46,10 +48,16 @@ from streamsvc.errors import ErrorPage, HTTPError, Request, allowed_methods, ren
 from streamsvc.interfaces import IBodyConsumer, IStreamingBodyResource
 from streamsvc.producers import Chunk, StreamProducer
 
+log = Logger()
+
 #: A body at most this long may be sent to a resource that takes none: it is
 #: read and dropped (clients such as curl -d on a wrong URL should get the
 #: resource's own answer, not a 413). Anything longer is refused unread.
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+#: Seconds a body may go without a byte arriving (while we are reading it)
+#: before the request fails: 408 if nothing was answered yet, else an abort.
+DEFAULT_BODY_TIMEOUT = 60.0
 
 
 class BodyChannel(http.HTTPChannel):
@@ -64,15 +72,28 @@ class BodyChannel(http.HTTPChannel):
 
     _body_abandoned = False
     _body_paused = False
+    _idle_timeout_saved: float | None = None
 
     def pause_body(self) -> None:
+        """
+        Stop reading the socket for the body consumer. The channel's idle
+        timeout is off meanwhile: the wait is the server's, not the client's.
+        """
         self._body_paused = True
         self._networkProducer.pauseProducing()
+        if self._idle_timeout_saved is None:
+            self._idle_timeout_saved = self.setTimeout(None)
 
     def resume_body(self) -> None:
         self._body_paused = False
+        self._restore_idle_timeout()
         if not self._waitingForTransport and not self._handlingRequest:
             self._networkProducer.resumeProducing()
+
+    def _restore_idle_timeout(self) -> None:
+        saved, self._idle_timeout_saved = self._idle_timeout_saved, None
+        if saved is not None:
+            self.setTimeout(saved)
 
     def resumeProducing(self) -> None:
         # The send buffer drained. twisted.web would resume reading the
@@ -86,6 +107,10 @@ class BodyChannel(http.HTTPChannel):
 
     def requestDone(self, request: http.Request) -> None:
         self._body_paused = False
+        if self._idle_timeout_saved is not None:
+            # Paused when answered: the idle timeout comes back with keep-alive.
+            self._savedTimeOut = self._idle_timeout_saved
+            self._idle_timeout_saved = None
         if self._transferDecoder is not None:  # answered before the body ended
             self._body_abandoned = True
             self.persistent = False  # super() then closes the connection
@@ -101,6 +126,9 @@ class BodyChannel(http.HTTPChannel):
             # is no request left to hand it to.
             self._transferDecoder = None
             return
+        # (The last bytes can arrive while paused: give twisted.web back its
+        # idle timeout to save and restore around the response, as usual.)
+        self._restore_idle_timeout()
         super().allContentReceived()
 
     def _send100Continue(self) -> None:
@@ -125,6 +153,7 @@ class BodyRequest(Request):
     _limit = 0
     _consumer: IBodyConsumer | None = None
     _body_ended = False
+    _stall: IDelayedCall | None = None
 
     # -- the headers are in -------------------------------------------------
 
@@ -144,12 +173,17 @@ class BodyRequest(Request):
                 self._refuse(HTTPError(413, "request body too large"))
                 return
             try:
-                self._consumer = IBodyConsumer(resource.body_consumer(self))
+                self._consumer = resource.body_consumer(self)
             except HTTPError as error:
                 self._refuse(error)
                 return
+            except Exception:
+                log.failure("body_consumer of {resource!r} failed", resource=resource)
+                self._refuse(HTTPError(500, "internal server error"))
+                return
             if expects is not None and not self.finished:
                 self.channel.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._watch_for_stall()
             return
         self._limit = self._site_limit()
         refusal = _early_error(resource, self)
@@ -157,6 +191,8 @@ class BodyRequest(Request):
             self._refuse(refusal)
         elif expects is not None or (length is not None and length > self._limit):
             self._refuse(HTTPError(413, "request body not accepted here"))
+        else:
+            self._watch_for_stall()
 
     def _learn_request_line(self) -> None:
         """
@@ -174,6 +210,24 @@ class BodyRequest(Request):
         self.postpath = list(map(unquote_to_bytes, self.path[1:].split(b"/")))
         self.setHeader(b"date", http.datetimeToString())
 
+    def _watch_for_stall(self) -> None:
+        """(Re)start the body timeout: no byte for that long fails the request."""
+        self._stop_watching()
+        if self._refused or self._body_ended or self.finished:
+            return
+        self._stall = self.channel.site.reactor.callLater(self._stall_timeout(), self._stalled)
+
+    def _stop_watching(self) -> None:
+        stall, self._stall = self._stall, None
+        if stall is not None and stall.active():
+            stall.cancel()
+
+    def _stalled(self) -> None:
+        self._stall = None
+        if getattr(self.channel.transport, "disconnecting", False):
+            return  # closing already (the channel's idle timeout): connectionLost follows
+        self._fail_body(HTTPError(408, "request body timed out"))
+
     def _site_limit(self) -> int:
         limit = getattr(self.channel.site, "max_body_bytes", None)
         return DEFAULT_MAX_BODY_BYTES if limit is None else int(limit)
@@ -187,10 +241,17 @@ class BodyRequest(Request):
         if self._received > (self._limit or self._site_limit()):
             self._fail_body(HTTPError(413, "request body too large"))
             return
+        if self._stall is not None:
+            self._stall.reset(self._stall_timeout())
         if self._consumer is not None:
             self._consumer.write(data)
 
+    def _stall_timeout(self) -> float:
+        timeout = getattr(self.channel.site, "body_timeout", None)
+        return DEFAULT_BODY_TIMEOUT if timeout is None else float(timeout)
+
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._stop_watching()
         if self._refused:
             return
         if self._consumer is not None:
@@ -202,6 +263,7 @@ class BodyRequest(Request):
     def connectionLost(self, reason: Failure) -> None:
         # First marked gone (a response in progress then ends as CLIENT_GONE),
         # then the body consumer told.
+        self._stop_watching()
         super().connectionLost(reason)
         consumer = self._consumer
         if consumer is not None and not self._body_ended:
@@ -209,17 +271,23 @@ class BodyRequest(Request):
             consumer.body_failed(reason)
 
     def pause_body(self) -> None:
-        """Stop reading the body from the socket until L{resume_body}."""
+        """
+        Stop reading the body from the socket until L{resume_body}. The body
+        timeout is suspended meanwhile: the wait is ours, not the client's.
+        """
+        self._stop_watching()
         if isinstance(self.channel, BodyChannel):
             self.channel.pause_body()
 
     def resume_body(self) -> None:
         if isinstance(self.channel, BodyChannel):
             self.channel.resume_body()
+        self._watch_for_stall()
 
     # -- refusals ------------------------------------------------------------
 
     def _fail_body(self, error: HTTPError) -> None:
+        self._stop_watching()
         consumer = self._consumer
         self._body_ended = True
         if consumer is not None:
@@ -233,6 +301,7 @@ class BodyRequest(Request):
     def _refuse(self, error: HTTPError) -> None:
         """Answer C{error} now, before the body, and close the connection after it."""
         self._refused = True
+        self._stop_watching()
         if not hasattr(self, "method"):
             self._learn_request_line()
         self.channel.persistent = False

@@ -103,6 +103,7 @@ class LimitsConfig:
     """C{[limits]}: sizes a client controls, capped."""
 
     max_body_bytes: int = 1024 * 1024
+    body_timeout: int = 60
 
 
 @attrs.frozen
@@ -314,7 +315,7 @@ _SCHEMA: Final[Mapping[str, tuple[type, Mapping[str, _Key]]]] = MappingProxyType
         ),
         "limits": (
             LimitsConfig,
-            {"max_body_bytes": _Key(_parse_body_limit)},
+            {"max_body_bytes": _Key(_parse_body_limit), "body_timeout": _Key(_integer(1, 3600))},
         ),
     }
 )

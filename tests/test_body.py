@@ -16,11 +16,14 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
 from twisted.internet.task import Clock, deferLater
+from twisted.logger import capturedLogs
 from twisted.web.resource import Resource
+from zope.interface import implementer
 
 from streamsvc.app import build_site
 from streamsvc.body import DEFAULT_MAX_BODY_BYTES, BodyChannel, BodyRequest
 from streamsvc.config import Config, LimitsConfig, ServerConfig
+from streamsvc.interfaces import IStreamingBodyResource
 from streamsvc.testing import BodySender, SiteConnection, parse_response, parse_responses
 
 
@@ -38,8 +41,8 @@ class Recording(Resource):
         return b"ok"
 
 
-def connection(tmp_path: Any) -> tuple[SiteConnection, Recording]:
-    site = build_site(Config(server=ServerConfig(data_dir=str(tmp_path))), reactor=Clock())
+def connection(tmp_path: Any, clock: Clock | None = None) -> tuple[SiteConnection, Recording]:
+    site = build_site(Config(server=ServerConfig(data_dir=str(tmp_path))), reactor=clock or Clock())
     recording = Recording()
     site.resource.putChild(b"rec", recording)
     return SiteConnection(site), recording
@@ -186,3 +189,122 @@ def test_limit_comes_from_the_config(tmp_path: Any) -> None:
     conn = SiteConnection(build_site(config, reactor=Clock()))
     conn.send(post("/healthz", 1, body=b"x"))
     assert conn.response().code == 405 and conn.transport.disconnecting
+
+
+def test_stalled_body_times_out_with_408(tmp_path: Any) -> None:
+    """A body that stops arriving for body_timeout seconds: 408, connection closed."""
+    clock = Clock()
+    config = Config(server=ServerConfig(data_dir=str(tmp_path)), limits=LimitsConfig(body_timeout=10))
+    conn = SiteConnection(build_site(config, reactor=clock))
+    conn.send(post("/healthz", 100, body=b"x" * 10))
+    clock.advance(9)
+    conn.send(b"y" * 10)  # progress resets the clock
+    clock.advance(9)
+    assert conn.transport.value() == b""
+    clock.advance(1.5)
+    response = conn.response()
+    assert response.code == 408 and json.loads(response.body) == {"error": "request body timed out"}
+    assert conn.transport.disconnecting
+
+
+def test_complete_body_leaves_no_timer(tmp_path: Any) -> None:
+    """Once the body is in, its timeout is gone: nothing of ours stays scheduled."""
+    clock = Clock()
+    conn, _ = connection(tmp_path, clock)
+    conn.send(post("/rec", 3, body=b"abc"))
+    assert parse_response(conn.transport.value()).code == 200
+    assert [c for c in clock.getDelayedCalls() if "timedOut" not in c.func.__name__] == []
+
+
+@implementer(IStreamingBodyResource)
+class SlowSink(Resource):
+    """Takes bodies into a list, pausing the socket after the first chunk (a slow disk)."""
+
+    isLeaf = True
+    max_body_bytes = 1024
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunks: list[bytes] = []
+        self.failed: list[Any] = []
+        self.request: Any = None
+
+    def body_consumer(self, request: Any) -> Any:
+        self.request = request
+        return self
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.request.pause_body()
+
+    def body_done(self) -> None:
+        self.request.write(b"stored")
+        self.request.finish()
+
+    def body_failed(self, reason: Any) -> None:
+        self.failed.append(reason)
+
+
+def sink_connection(tmp_path: Any, clock: Clock) -> tuple[SiteConnection, SlowSink]:
+    """A Site with the slow sink at /sink and a 10 s body timeout (under the channel's 60 s idle one)."""
+    config = Config(server=ServerConfig(data_dir=str(tmp_path)), limits=LimitsConfig(body_timeout=10))
+    site = build_site(config, reactor=clock)
+    sink = SlowSink()
+    site.resource.putChild(b"sink", sink)
+    return SiteConnection(site), sink
+
+
+def test_consumer_pause_stops_reading_and_the_timeout(tmp_path: Any) -> None:
+    """
+    A consumer that pauses the body stops the socket being read, and the
+    body timeout with it (the wait is the server's); after resume_body the
+    timeout runs again.
+    """
+    clock = Clock()
+    conn, sink = sink_connection(tmp_path, clock)
+    conn.send(post("/sink", 100, body=b"x" * 10))
+    assert sink.chunks == [b"x" * 10]
+    assert conn.transport.producerState == "paused"
+    clock.advance(600)
+    assert conn.transport.value() == b"" and sink.failed == []
+    sink.request.resume_body()
+    assert conn.transport.producerState == "producing"
+    clock.advance(11)
+    assert conn.response().code == 408 and len(sink.failed) == 1
+
+
+def test_streaming_consumer_gets_the_whole_body_then_answers(tmp_path: Any) -> None:
+    """Chunks reach the consumer as they arrive; body_done lets it answer; keep-alive holds."""
+    clock = Clock()
+    conn, sink = sink_connection(tmp_path, clock)
+    conn.send(post("/sink", 6, body=b"abc"))
+    sink.request.resume_body()
+    conn.send(b"def" + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert b"".join(sink.chunks) == b"abcdef"
+    first, second = parse_responses(conn.transport.value(), [False, False])
+    assert first.body == b"stored" and second.code == 200
+
+
+def test_streaming_resource_refuses_a_long_body_at_the_headers(tmp_path: Any) -> None:
+    """Content-Length over the resource's max_body_bytes: 413 before its consumer is asked."""
+    clock = Clock()
+    conn, sink = sink_connection(tmp_path, clock)
+    conn.send(post("/sink", 2048))
+    assert conn.response().code == 413 and sink.request is None
+
+
+def test_body_consumer_that_raises_is_a_500_not_a_crash(tmp_path: Any) -> None:
+    """A resource whose body_consumer fails unexpectedly: a JSON 500 at once, the channel intact."""
+    clock = Clock()
+    conn, sink = sink_connection(tmp_path, clock)
+
+    def broken(request: Any) -> Any:
+        raise RuntimeError("bug")
+
+    sink.body_consumer = broken  # type: ignore[method-assign]
+    with capturedLogs() as events:
+        conn.send(post("/sink", 10, body=b"x" * 10))
+    response = conn.response()
+    assert response.code == 500 and json.loads(response.body) == {"error": "internal server error"}
+    assert conn.transport.disconnecting
+    assert any(e.get("log_failure") is not None for e in events)

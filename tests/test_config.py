@@ -718,3 +718,15 @@ def test_max_body_bytes_out_of_range(value: str) -> None:
     """A size over 64 MiB or no size at all is a one-line error naming the key."""
     message = error_of(f"[limits]\nmax_body_bytes = {value}\n")
     assert message.startswith(f"tap.conf: [limits] max_body_bytes = {value!r}: ")
+
+
+@pytest.mark.parametrize("value", ["0", "3601", "1.5", "soon"])
+def test_body_timeout_out_of_range(value: str) -> None:
+    """[limits] body_timeout is whole seconds from 1 to 3600."""
+    message = error_of(f"[limits]\nbody_timeout = {value}\n")
+    assert message.startswith(f"tap.conf: [limits] body_timeout = {value!r}: ")
+
+
+def test_body_timeout() -> None:
+    """A valid body_timeout is kept as given."""
+    assert parse_config("[limits]\nbody_timeout = 15\n").limits.body_timeout == 15

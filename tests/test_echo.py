@@ -16,13 +16,15 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serv
 from twisted.internet.task import Clock, deferLater
 
 from streamsvc.app import build_site
-from streamsvc.config import Config, ServerConfig
+from streamsvc.config import Config, LimitsConfig, ServerConfig
 from streamsvc.echo import EchoResource
 from streamsvc.testing import BodySender, SiteConnection, parse_response
 
 
 def echo_site(tmp_path: Any, clock: Clock, **kwargs: Any) -> SiteConnection:
-    site = build_site(Config(server=ServerConfig(data_dir=str(tmp_path))), reactor=clock)
+    """A Site with /echo and a 10 s body timeout (under the channel's 60 s idle one)."""
+    config = Config(server=ServerConfig(data_dir=str(tmp_path)), limits=LimitsConfig(body_timeout=10))
+    site = build_site(config, reactor=clock)
     if kwargs:
         site.resource.putChild(b"echo", EchoResource(clock=clock, **kwargs))
     return SiteConnection(site)
@@ -210,3 +212,14 @@ async def test_sender_that_never_reads_is_stopped(tmp_path: Any) -> None:
     finally:
         client.transport.abortConnection()
         await port.stopListening()
+
+
+def test_stalled_body_mid_echo_cuts_the_connection(tmp_path: Any) -> None:
+    """The echo has started and the body stops arriving: after body_timeout the connection is cut."""
+    clock = Clock()
+    conn = echo_site(tmp_path, clock)
+    conn.send(headers(1000) + b"some")
+    clock.advance(0)
+    assert conn.transport.value().endswith(b"some")
+    clock.advance(11)
+    assert conn.aborted and not conn.response().complete

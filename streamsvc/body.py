@@ -74,14 +74,16 @@ class BodyChannel(http.HTTPChannel):
     _body_paused = False
     _idle_timeout_saved: float | None = None
 
-    def pause_body(self) -> None:
+    def pause_body(self, *, ours: bool = True) -> None:
         """
-        Stop reading the socket for the body consumer. The channel's idle
-        timeout is off meanwhile: the wait is the server's, not the client's.
+        Stop reading the socket for the body consumer. When the wait is
+        C{ours} (a slow disk), the channel's idle timeout is off meanwhile;
+        when the consumer is behind because the client is (it does not read
+        the echo), it stays on.
         """
         self._body_paused = True
         self._networkProducer.pauseProducing()
-        if self._idle_timeout_saved is None:
+        if ours and self._idle_timeout_saved is None:
             self._idle_timeout_saved = self.setTimeout(None)
 
     def resume_body(self) -> None:
@@ -107,10 +109,7 @@ class BodyChannel(http.HTTPChannel):
 
     def requestDone(self, request: http.Request) -> None:
         self._body_paused = False
-        if self._idle_timeout_saved is not None:
-            # Paused when answered: the idle timeout comes back with keep-alive.
-            self._savedTimeOut = self._idle_timeout_saved
-            self._idle_timeout_saved = None
+        self._restore_idle_timeout()  # paused when answered: the timeout comes back
         if self._transferDecoder is not None:  # answered before the body ended
             self._body_abandoned = True
             self.persistent = False  # super() then closes the connection
@@ -160,8 +159,16 @@ class BodyRequest(Request):
     def gotLength(self, length: int | None) -> None:
         # Never written to: no buffering, and nothing for form parsing.
         self.content = BytesIO()
-        expects = self.requestHeaders.getRawHeaders(b"expect")
+        expect = self.requestHeaders.getRawHeaders(b"expect")
         self.requestHeaders.removeHeader(b"expect")
+        # RFC 9110 §10.1.1: only 100-continue is defined, and only from HTTP/1.1.
+        expects = (
+            True
+            if expect is not None
+            and b"100-continue" in (v.strip().lower() for v in b",".join(expect).split(b","))
+            and self.channel._version == b"HTTP/1.1"
+            else None
+        )
         self.body_length = length
         if length == 0:
             return
@@ -181,7 +188,7 @@ class BodyRequest(Request):
                 log.failure("body_consumer of {resource!r} failed", resource=resource)
                 self._refuse(HTTPError(500, "internal server error"))
                 return
-            if expects is not None and not self.finished:
+            if expects is not None and not self.startedWriting and not self.finished:
                 self.channel.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self._watch_for_stall()
             return
@@ -213,7 +220,7 @@ class BodyRequest(Request):
     def _watch_for_stall(self) -> None:
         """(Re)start the body timeout: no byte for that long fails the request."""
         self._stop_watching()
-        if self._refused or self._body_ended or self.finished:
+        if self._refused or self._body_ended or self.finished or getattr(self, "channel", None) is None:
             return
         self._stall = self.channel.site.reactor.callLater(self._stall_timeout(), self._stalled)
 
@@ -238,13 +245,24 @@ class BodyRequest(Request):
         if self._refused or self._body_ended:
             return
         self._received += len(data)
-        if self._received > (self._limit or self._site_limit()):
+        if self._received > self._limit:
             self._fail_body(HTTPError(413, "request body too large"))
             return
         if self._stall is not None:
             self._stall.reset(self._stall_timeout())
         if self._consumer is not None:
-            self._consumer.write(data)
+            self._call_consumer("write", data)
+
+    def _call_consumer(self, name: str, *args: Any) -> None:
+        """A consumer callback; if it fails, the request does (a 500, or an abort)."""
+        try:
+            getattr(self._consumer, name)(*args)
+        except Exception:
+            log.failure("Body consumer {name} failed for {uri}", name=name, uri=self.uri)
+            if not self._body_ended:
+                self._fail_body(HTTPError(500, "internal server error"))
+            elif not self.finished and getattr(self, "channel", None) is not None:
+                self.channel.transport.abortConnection()
 
     def _stall_timeout(self) -> float:
         timeout = getattr(self.channel.site, "body_timeout", None)
@@ -256,7 +274,7 @@ class BodyRequest(Request):
             return
         if self._consumer is not None:
             self._body_ended = True
-            self._consumer.body_done()  # the resource answers from there
+            self._call_consumer("body_done")  # the resource answers from there
             return
         super().requestReceived(command, path, version)
 
@@ -265,36 +283,64 @@ class BodyRequest(Request):
         # then the body consumer told.
         self._stop_watching()
         super().connectionLost(reason)
+        self._end_body(reason)
+
+    def finish(self) -> None:
+        super().finish()
+        # Answered before the body ended (a refusal, or a consumer that
+        # answers early): the body will not come, and nothing may wait for it.
+        self._stop_watching()
+        self._end_body(Failure(HTTPError(400, "answered before the body ended")))
+
+    def _end_body(self, reason: Failure) -> None:
         consumer = self._consumer
         if consumer is not None and not self._body_ended:
             self._body_ended = True
-            consumer.body_failed(reason)
+            try:
+                consumer.body_failed(reason)
+            except Exception:
+                log.failure("Body consumer body_failed failed for {uri}", uri=self.uri)
 
     def pause_body(self) -> None:
         """
         Stop reading the body from the socket until L{resume_body}. The body
         timeout is suspended meanwhile: the wait is ours, not the client's.
         """
-        self._stop_watching()
-        if isinstance(self.channel, BodyChannel):
-            self.channel.pause_body()
+        self.pause_body_for_client(ours=True)
+
+    def pause_body_for_client(self, *, ours: bool = False) -> None:
+        """
+        Stop reading the body because the consumer is behind for the
+        client's sake (the echo it does not read): the timeouts keep running.
+        """
+        channel = getattr(self, "channel", None)
+        if ours:
+            self._stop_watching()
+        if isinstance(channel, BodyChannel):
+            channel.pause_body(ours=ours)
 
     def resume_body(self) -> None:
-        if isinstance(self.channel, BodyChannel):
-            self.channel.resume_body()
-        self._watch_for_stall()
+        channel = getattr(self, "channel", None)
+        if isinstance(channel, BodyChannel):
+            channel.resume_body()
+        if self._stall is None:
+            self._watch_for_stall()
 
     # -- refusals ------------------------------------------------------------
 
     def _fail_body(self, error: HTTPError) -> None:
+        """
+        The body failed (too long, stalled): the consumer is told first (a
+        response it streams answers C{error} itself, or is aborted), then
+        whatever is still unanswered gets C{error}, or an abort.
+        """
         self._stop_watching()
-        consumer = self._consumer
-        self._body_ended = True
-        if consumer is not None:
-            consumer.body_failed(Failure(error))
-        if not self.startedWriting and not self.finished:
+        self._end_body(Failure(error))
+        if self.finished or getattr(self, "channel", None) is None:
+            return
+        if not self.startedWriting:
             self._refuse(error)
-        elif not self.finished:
+        else:
             self._refused = True
             self.channel.transport.abortConnection()
 
@@ -347,7 +393,7 @@ class BodyPipe(StreamProducer):
         self.length = length
         self._request = request
         self._high_water = high_water
-        self._queue: deque[bytes] = deque()
+        self._queue: deque[bytearray] = deque()
         self._queued = 0
         self._body_paused = False
         self._ended = False
@@ -363,11 +409,15 @@ class BodyPipe(StreamProducer):
         if waiting is not None:
             waiting.callback(data)
             return
-        self._queue.append(data)
+        if self._queue and len(self._queue[-1]) + len(data) <= self._high_water:
+            self._queue[-1] += data  # one buffer, however small the chunks
+        else:
+            self._queue.append(bytearray(data))
         self._queued += len(data)
         if self._queued > self._high_water and not self._body_paused:
             self._body_paused = True
-            self._request.pause_body()
+            # Behind because the response is: the client's wait, timed as such.
+            self._request.pause_body_for_client()
 
     def body_done(self) -> None:
         self._ended = True
@@ -387,7 +437,7 @@ class BodyPipe(StreamProducer):
 
     def _next_chunk(self) -> Chunk:
         if self._queue:
-            data = self._queue.popleft()
+            data = bytes(self._queue.popleft())
             self._queued -= len(data)
             if self._body_paused and self._queued <= self._high_water // 2:
                 self._body_paused = False

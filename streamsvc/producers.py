@@ -697,6 +697,19 @@ class BodyStream:
             return sent
         if self._client_gone or request._disconnected:  # type: ignore[attr-defined]
             return self._decided(Outcome.CLIENT_GONE)
+        if reason.check(HTTPError):
+            # The source says what went wrong, as a status (a request body
+            # that passed its limit or stalled): the client's doing, no bug.
+            error = reason.value
+            log.info(
+                "Response body for {uri} ended by {code} after {sent} bytes",
+                uri=request.uri,
+                code=error.code,
+                sent=self.bytes_sent,
+            )
+            sent = self._decided(Outcome.ERROR)
+            self._end_broken(error)
+            return sent
         log.failure(
             "Response body for {uri} failed after {sent} bytes",
             reason,

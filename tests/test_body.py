@@ -308,3 +308,23 @@ def test_body_consumer_that_raises_is_a_500_not_a_crash(tmp_path: Any) -> None:
     assert response.code == 500 and json.loads(response.body) == {"error": "internal server error"}
     assert conn.transport.disconnecting
     assert any(e.get("log_failure") is not None for e in events)
+
+
+def test_answer_before_the_body_ends_tells_the_consumer_and_leaves_no_timer(tmp_path: Any) -> None:
+    """
+    A consumer that answers before the body has ended: it gets body_failed
+    (exactly once), the rest of the body is dropped, no timer of ours stays,
+    and a late pause/resume is harmless.
+    """
+    clock = Clock()
+    conn, sink = sink_connection(tmp_path, clock)
+    conn.send(post("/sink", 100, body=b"x" * 10))
+    sink.request.write(b"early")
+    sink.request.finish()
+    assert len(sink.failed) == 1
+    sink.request.pause_body()
+    sink.request.resume_body()
+    conn.send(b"y" * 90)
+    assert len(sink.failed) == 1
+    assert [c for c in clock.getDelayedCalls() if "timedOut" not in c.func.__name__] == []
+    assert conn.transport.disconnecting

@@ -14,6 +14,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
 from twisted.internet.task import Clock, deferLater
+from twisted.logger import LogLevel, capturedLogs
 
 from streamsvc.app import build_site
 from streamsvc.config import Config, LimitsConfig, ServerConfig
@@ -223,3 +224,44 @@ def test_stalled_body_mid_echo_cuts_the_connection(tmp_path: Any) -> None:
     assert conn.transport.value().endswith(b"some")
     clock.advance(11)
     assert conn.aborted and not conn.response().complete
+
+
+def test_chunked_body_passing_the_limit_before_the_echo_is_a_413(tmp_path: Any) -> None:
+    """Over the limit before any echoed byte went out: the answer is the 413 itself, not a 500."""
+    clock = Clock()
+    conn = echo_site(tmp_path, clock, max_body_bytes=10)
+    with capturedLogs() as events:
+        conn.send(headers(None) + b"8\r\n12345678\r\n8\r\n12345678\r\n")
+    response = conn.response()
+    assert response.code == 413 and json.loads(response.body) == {"error": "request body too large"}
+    assert not [e for e in events if e["log_level"] >= LogLevel.error]
+
+
+def test_no_100_continue_for_http_1_0_or_other_expectations(tmp_path: Any) -> None:
+    """100 Continue only answers HTTP/1.1's Expect: 100-continue (RFC 9110 §10.1.1)."""
+    for line, expect in ((b"POST /echo HTTP/1.0", b"100-continue"), (b"POST /echo HTTP/1.1", b"bogus")):
+        clock = Clock()
+        conn = echo_site(tmp_path, clock)
+        conn.send(line + b"\r\nHost: x\r\nExpect: " + expect + b"\r\nContent-Length: 3\r\n\r\n")
+        assert b"100 Continue" not in conn.transport.value()
+
+
+def test_tiny_chunks_are_held_as_one_buffer(tmp_path: Any) -> None:
+    """
+    A client sending 1-byte chunks it never reads back: the pipe holds them
+    as one buffer (not 65,000 objects), stops reading, and the body timeout
+    still runs — the wait is the client's.
+    """
+    clock = Clock()
+    conn = echo_site(tmp_path, clock)
+    conn.send(headers(None))
+    conn.pause()  # the client reads nothing: the response backs up at once
+    for _ in range(70_000):
+        conn.send(b"1\r\na\r\n")
+        if conn.transport.producerState == "paused":
+            break
+    assert conn.transport.producerState == "paused"
+    pipe = conn.protocol.requests[0]._consumer
+    assert len(pipe._queue) <= 2
+    clock.advance(11)
+    assert conn.aborted or conn.transport.disconnecting

@@ -18,10 +18,14 @@ never buffers a body:
     once; C{pause_body}/C{resume_body} stop and restart reading the socket;
   - any other resource: a body of known length within the Site's
     C{max_body_bytes} (C{[limits]}) is read and dropped as it arrives and the
-    request handled as usual (a 405 for our GET-only resources); a longer
-    one, a chunked one passing it, or any sent with C{Expect: 100-continue}
-    is refused: with the resource's own error when traversal already gave
-    one (401, 404) or its method is not allowed (405), else a 413.
+    request handled as usual (a 405 for our GET-only resources, keeping the
+    connection); a longer one, or any sent with C{Expect: 100-continue}, is
+    refused at once: with the resource's own error when traversal already
+    gave one (a 404) or its method is not allowed (a 405), else a 413. A
+    chunked body (no length) is refused at once when that error is known,
+    and otherwise counted and dropped, a 413 when it passes the limit.
+    (A path behind L{streamsvc.auth.BearerGuard} is not looked into: a long
+    body there is a 413, not the 401 the render would give.)
 
 Every refusal closes the connection once answered, so nothing more of the
 body is read. L{BodyChannel} keeps twisted.web's channel consistent when a

@@ -83,7 +83,6 @@ were using CPU when the run started and ended; read the individual runs.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.client
 import json
 import math
@@ -93,7 +92,6 @@ import random
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -104,12 +102,12 @@ import zlib
 from dataclasses import dataclass, field
 
 from _child import ChildServer  # bench/ is sys.path[0] when run as a script
+from _machine import other_cpu_users, tree_check
 
 HOST = "127.0.0.1"
 MiB = 1024 * 1024
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.abspath(__file__)
-TREE_PACKAGE = os.path.join(os.path.dirname(HERE), "streamsvc")
 
 # Forked listing clients that must not outlive us (servers are tracked separately).
 _forked: set[int] = set()
@@ -782,108 +780,6 @@ def machine_info(servers: list[Server]) -> list[str]:
     return lines
 
 
-def _proc_cpu_ticks() -> dict[int, int]:
-    out = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat", "rb") as f:
-                st = f.read()
-        except OSError:
-            continue
-        fields = st[st.rfind(b")") + 2:].split()
-        out[int(d)] = int(fields[11]) + int(fields[12])   # utime + stime
-    return out
-
-
-def other_cpu_users(seconds: float = 1.0, threshold: float = 0.10) -> str:
-    """Processes other than ours using more than `threshold` of a CPU over `seconds`."""
-    try:
-        ours = {os.getpid()} | set(_forked)
-        hz = os.sysconf("SC_CLK_TCK")
-        a = _proc_cpu_ticks()
-        time.sleep(seconds)
-        b = _proc_cpu_ticks()
-        with open("/proc/loadavg") as f:
-            load = " ".join(f.read().split()[:3])
-        busy = []
-        for pid, ticks in b.items():
-            share = (ticks - a.get(pid, ticks)) / hz / seconds
-            if share < threshold or pid in ours:
-                continue
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    cmd = f.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
-                with open(f"/proc/{pid}/stat", "rb") as f:
-                    st = f.read()
-                if int(st[st.rfind(b")") + 2:].split()[1]) in ours:   # our servers
-                    continue
-            except OSError:
-                continue
-            busy.append(f"pid {pid} {share * 100:.0f}% {cmd[:70]}")
-        return f"loadavg {load}; other processes using CPU: " + ("; ".join(busy) if busy else "none")
-    except OSError as e:
-        return f"(could not check other CPU users: {e})"
-
-
-def find_commit(installed: str, depth: int = 30) -> str | None:
-    """The recent commit whose streamsvc/*.py are exactly the installed ones (git blob ids)."""
-    def blob(path: str) -> str:
-        with open(path, "rb") as f:
-            data = f.read()
-        return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-    mine = {n: blob(os.path.join(installed, n)) for n in os.listdir(installed) if n.endswith(".py")}
-    repo = os.path.dirname(TREE_PACKAGE)
-    try:
-        log_ = subprocess.run(["git", "-C", repo, "log", f"-n{depth}", "--format=%h %s"],
-                              capture_output=True, text=True, timeout=20)
-        for line in log_.stdout.splitlines():
-            commit, _, subject = line.partition(" ")
-            r = subprocess.run(["git", "-C", repo, "ls-tree", commit, "streamsvc/"],
-                               capture_output=True, text=True, timeout=20)
-            theirs = {}
-            for row in r.stdout.splitlines():
-                meta, _, path = row.partition("\t")
-                name = path.rsplit("/", 1)[-1]
-                if name.endswith(".py"):
-                    theirs[name] = meta.split()[2]
-            if theirs == mine:
-                head = " (HEAD)" if line == log_.stdout.splitlines()[0] else ""
-                return f"git commit {commit}{head}: {subject[:60]}"
-    except (OSError, subprocess.SubprocessError, IndexError):
-        pass
-    return None
-
-
-def tree_check(installed: str) -> str:
-    """Whether the streamsvc the servers import is the working tree next to this script."""
-    def digests(d: str) -> dict[str, str]:
-        out = {}
-        for n in sorted(os.listdir(d)):
-            if n.endswith(".py"):
-                with open(os.path.join(d, n), "rb") as f:
-                    out[n] = hashlib.sha256(f.read()).hexdigest()
-        return out
-    try:
-        a, b = digests(installed), digests(TREE_PACKAGE)
-    except OSError as e:
-        return f"(could not compare with the working tree: {e})"
-    if os.path.realpath(installed) == os.path.realpath(TREE_PACKAGE):
-        return "(imported from the working tree itself)"
-    diff = sorted(n for n in set(a) | set(b) if a.get(n) != b.get(n))
-    fp = hashlib.sha256("".join(a[n] for n in sorted(a)).encode()).hexdigest()[:12]
-    if not diff:
-        return f"installed copy == working tree {TREE_PACKAGE} (sources sha256 {fp})"
-    text = (f"installed copy differs from the working tree {TREE_PACKAGE} in: {', '.join(diff)} "
-            f"(installed sources sha256 {fp})")
-    # Read-only git look-ups: is it one of the recent commits, then?
-    found = find_commit(installed)
-    if found:
-        return text + f"; it is {found}"
-    return "WARNING " + text + "; `pip install .` to measure the tree"
-
-
 def report(scenarios: list[Scenario], names: tuple[str, str]) -> None:
     a, b = names
     rows = [("scenario", "metric", f"{a} (median)", f"{b} (median)", f"ratio ({a}/{b})")]
@@ -974,7 +870,7 @@ def main() -> int:
 
     started = time.monotonic()
     print("command: " + shlex.join([sys.executable] + sys.argv), flush=True)
-    load_before = other_cpu_users()
+    load_before = other_cpu_users(ours=set(_forked))
     log("before: " + load_before)
     tmp = tempfile.mkdtemp(prefix="streamsvc-lag-", dir=args.tmpdir)
     data = os.path.abspath(args.data_dir) if args.data_dir else os.path.join(tmp, "data")
@@ -1096,7 +992,7 @@ def main() -> int:
                     time.sleep(0.3)
         for s in servers:
             s.check_alive()
-        load_after = other_cpu_users()
+        load_after = other_cpu_users(ours=set(_forked))
 
         print()
         print("Machine:")

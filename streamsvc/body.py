@@ -154,6 +154,7 @@ class BodyRequest(Request):
     _refused = False
     _received = 0
     _limit = 0
+    _timeout = DEFAULT_BODY_TIMEOUT
     _consumer: IBodyConsumer | None = None
     _body_ended = False
     _stall: IDelayedCall | None = None
@@ -167,16 +168,15 @@ class BodyRequest(Request):
         self.requestHeaders.removeHeader(b"expect")
         # RFC 9110 §10.1.1: only 100-continue is defined, and only from HTTP/1.1.
         expects = (
-            True
-            if expect is not None
+            expect is not None
             and b"100-continue" in (v.strip().lower() for v in b",".join(expect).split(b","))
             and self.channel._version == b"HTTP/1.1"
-            else None
         )
         self.body_length = length
         if length == 0:
             return
         self._learn_request_line()
+        self._timeout = float(self._site_setting("body_timeout", DEFAULT_BODY_TIMEOUT))
         resource = self.site.getResourceFor(self)
         if IStreamingBodyResource.providedBy(resource):
             self._limit = int(resource.max_body_bytes)
@@ -192,15 +192,15 @@ class BodyRequest(Request):
                 log.failure("body_consumer of {resource!r} failed", resource=resource)
                 self._refuse(HTTPError(500, "internal server error"))
                 return
-            if expects is not None and not self.startedWriting and not self.finished:
+            if expects and not self.startedWriting and not self.finished:
                 self.channel.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self._watch_for_stall()
             return
-        self._limit = self._site_limit()
+        self._limit = int(self._site_setting("max_body_bytes", DEFAULT_MAX_BODY_BYTES))
         refusal = _early_error(resource, self)
-        if refusal is not None and (expects is not None or length is None or length > self._limit):
+        if refusal is not None and (expects or length is None or length > self._limit):
             self._refuse(refusal)
-        elif expects is not None or (length is not None and length > self._limit):
+        elif expects or (length is not None and length > self._limit):
             self._refuse(HTTPError(413, "request body not accepted here"))
         else:
             self._watch_for_stall()
@@ -226,7 +226,7 @@ class BodyRequest(Request):
         self._stop_watching()
         if self._refused or self._body_ended or self.finished or getattr(self, "channel", None) is None:
             return
-        self._stall = self.channel.site.reactor.callLater(self._stall_timeout(), self._stalled)
+        self._stall = self.channel.site.reactor.callLater(self._timeout, self._stalled)
 
     def _stop_watching(self) -> None:
         stall, self._stall = self._stall, None
@@ -239,9 +239,10 @@ class BodyRequest(Request):
             return  # closing already (the channel's idle timeout): connectionLost follows
         self._fail_body(HTTPError(408, "request body timed out"))
 
-    def _site_limit(self) -> int:
-        limit = getattr(self.channel.site, "max_body_bytes", None)
-        return DEFAULT_MAX_BODY_BYTES if limit is None else int(limit)
+    def _site_setting(self, name: str, default: float) -> float:
+        """A C{[limits]} value L{streamsvc.app.build_site} put on the Site, else C{default}."""
+        value = getattr(self.site, name, None)
+        return default if value is None else value
 
     # -- the body ------------------------------------------------------------
 
@@ -253,7 +254,7 @@ class BodyRequest(Request):
             self._fail_body(HTTPError(413, "request body too large"))
             return
         if self._stall is not None:
-            self._stall.reset(self._stall_timeout())
+            self._stall.reset(self._timeout)
         if self._consumer is not None:
             self._call_consumer("write", data)
 
@@ -267,10 +268,6 @@ class BodyRequest(Request):
                 self._fail_body(HTTPError(500, "internal server error"))
             elif not self.finished and getattr(self, "channel", None) is not None:
                 self.channel.transport.abortConnection()
-
-    def _stall_timeout(self) -> float:
-        timeout = getattr(self.channel.site, "body_timeout", None)
-        return DEFAULT_BODY_TIMEOUT if timeout is None else float(timeout)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         self._stop_watching()
@@ -310,13 +307,16 @@ class BodyRequest(Request):
         Stop reading the body from the socket until L{resume_body}. The body
         timeout is suspended meanwhile: the wait is ours, not the client's.
         """
-        self.pause_body_for_client(ours=True)
+        self._pause_body(ours=True)
 
-    def pause_body_for_client(self, *, ours: bool = False) -> None:
+    def pause_body_for_client(self) -> None:
         """
         Stop reading the body because the consumer is behind for the
         client's sake (the echo it does not read): the timeouts keep running.
         """
+        self._pause_body(ours=False)
+
+    def _pause_body(self, *, ours: bool) -> None:
         channel = getattr(self, "channel", None)
         if ours:
             self._stop_watching()

@@ -26,7 +26,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from streamsvc.errors import Request
-from streamsvc import files as files_module
+from streamsvc.files import paths as files_paths, resource as files_module
 from streamsvc.files import (
     DirectoryListing,
     FilesResource,
@@ -169,7 +169,7 @@ def test_head_mirrors_get_without_body(files: Files) -> None:
 
 def test_head_does_not_read_the_file(files: Files, monkeypatch: Any) -> None:
     """HEAD never builds a producer (twisted.web runs GET and throws it away, E7)."""
-    import streamsvc.files as module
+    import streamsvc.files.resource as module
 
     def boom(*a: Any, **k: Any) -> None:
         raise AssertionError("HEAD created a producer")
@@ -784,7 +784,7 @@ def logged() -> Any:
     events: list[dict[str, Any]] = []
 
     def observe(event: dict[str, Any]) -> None:
-        if event.get("log_namespace") == "streamsvc.files":
+        if event.get("log_namespace") == "streamsvc.files.paths":
             events.append(event)
 
     globalLogPublisher.addObserver(observe)
@@ -948,7 +948,7 @@ def test_socket_file_is_404(files: Files) -> None:
 
 def test_open_failed_without_errno_is_503(logged: Any) -> None:
     """An OSError that carries no errno cannot be told to be about the name: 503."""
-    error = files_module._open_failed(OSError("no errno"), "/somewhere")
+    error = files_paths.open_failed(OSError("no errno"), "/somewhere")
     assert error.code == 503
     assert error.headers[b"retry-after"] == b"1"
     assert len(logged) == 1

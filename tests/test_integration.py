@@ -28,7 +28,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-import streamsvc.files
+import streamsvc.files.resource
 from streamsvc.app import build_site
 from streamsvc.config import Config, ServerConfig
 from streamsvc.producers import BodySent, IterableProducer, Outcome, send_body
@@ -151,13 +151,13 @@ def open_paths() -> set[str]:
 def capture_producers(monkeypatch: Any) -> list[Any]:
     """Record the producer of every response /files sends."""
     seen: list[Any] = []
-    original = streamsvc.files.send_body
+    original = streamsvc.files.resource.send_body
 
     def recording(request: Any, producer: Any, **kwargs: Any) -> Any:
         seen.append((request, producer))
         return original(request, producer, **kwargs)
 
-    monkeypatch.setattr(streamsvc.files, "send_body", recording)
+    monkeypatch.setattr(streamsvc.files.resource, "send_body", recording)
     return seen
 
 

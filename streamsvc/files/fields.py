@@ -1,0 +1,89 @@
+# -*- test-case-name: tests.test_files -*-
+"""
+Reading request header fields the way RFC 9110 says (list fields joined,
+singleton fields on several lines ignored), and small response helpers the
+/files resources share.
+"""
+
+from __future__ import annotations
+
+import re
+
+from twisted.web.iweb import IRequest
+from twisted.web.server import NOT_DONE_YET
+
+def list_header(request: IRequest, name: bytes) -> str | None:
+    """
+    The value of the list-valued field C{name} (If-Match, If-None-Match,
+    Accept-Encoding), as latin-1 text, or None when absent.
+
+    Several lines of one field are, by RFC 9110 §5.3, one value joined with
+    commas; twisted.web's C{getHeader} would keep only the last line, so an
+    C{If-None-Match} on two lines would lose the tags of the first.
+    """
+    values = request.requestHeaders.getRawHeaders(name)
+    return None if values is None else b", ".join(values).decode("latin-1")
+
+
+#: What L{singleton_header} answers for a singleton field given on more than
+#: one line: an empty value, which no parser in L{streamsvc.ranges} takes for
+#: a valid one (Range, If-Modified-Since and If-Unmodified-Since are then
+#: ignored, If-Range matches nothing).
+_SEVERAL_LINES = ""
+
+
+def singleton_header(request: IRequest, name: bytes) -> str | None:
+    """
+    The value of a field that holds one value (Range, If-Range,
+    If-Modified-Since, If-Unmodified-Since), or None when absent.
+
+    Such a field on several lines has no valid value (RFC 9110 §5.3 joins
+    lines into a list, which these grammars do not allow), so it is answered
+    as L{_SEVERAL_LINES} and ignored, explicitly rather than by trusting the
+    joined text to fail to parse: C{Range: bytes=0-1} and C{Range: 5-6} join
+    into the valid C{bytes=0-1, 5-6}, and C{If-Range: Sun} with
+    C{If-Range: 06 Nov 1994 08:49:37 GMT} into a valid date. Serving either
+    line instead would be a guess: a cache that reads the first line while
+    we read the last would store the wrong bytes under the right name. The
+    whole 200 is what RFC 9110 §13.1.3-§13.1.5 and §14.2 allow a server that
+    ignores those headers, and it is always correct.
+    """
+    values = request.requestHeaders.getRawHeaders(name)
+    if values is None:
+        return None
+    if len(values) > 1:
+        return _SEVERAL_LINES
+    return values[0].decode("latin-1")
+
+
+def finish_without_body(request: IRequest) -> int:
+    """
+    End a response that has no body (HEAD, 304, redirects) ourselves, so
+    twisted.web's C{render} does not add a C{Content-Length: 0} of its own.
+    """
+    request.write(b"")
+    request.finish()
+    return NOT_DONE_YET  # type: ignore[no-any-return]
+
+
+#: A byte that may not stand as it is in a URI query (RFC 3986 §3.4: query =
+#: *( pchar / "/" / "?" ), pchar = unreserved / pct-encoded / sub-delims / ":"
+#: / "@"), or a "%" that does not start a pct-encoded triplet.
+_NOT_IN_QUERY = re.compile(rb"[^A-Za-z0-9\-._~!$&'()*+,;=:@/?%]|%(?![0-9A-Fa-f]{2})")
+
+
+def escape_query(query: bytes) -> bytes:
+    """
+    C{query} (the part of a request target after C{?}) made a valid URI
+    query: every byte RFC 3986 does not allow there is percent-encoded,
+    everything else, existing C{%XX} escapes included, is kept as it is.
+
+    The query is copied into a redirect's C{Location}; as the client sent it,
+    it could carry C{<}, quotes, spaces or control bytes into a header that
+    other software parses and may show. Keeping what is allowed byte for byte
+    keeps the query's meaning: C{a=1&b=2} or C{q=%2F} reach the folder as
+    they were sent.
+    """
+    return _NOT_IN_QUERY.sub(lambda match: b"%%%02X" % match[0][0], query)
+
+

@@ -1,0 +1,219 @@
+# -*- test-case-name: tests.test_files -*-
+"""
+Request paths below the root: checked (L{resolve}) and opened race-free
+(L{open_inside}), so that no spelling and no change on disk leads outside.
+Everything that opens or stats a request's path answers failures through
+L{open_failed}.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import BinaryIO
+
+import attrs
+from twisted.logger import Logger
+
+from streamsvc.errors import HTTPError
+
+log = Logger()
+
+#: The errors opening or stat-ing a name can give that say something about
+#: the name itself: it is not there (or not as a path can reach it: ENOTDIR,
+#: ELOOP for a symlink met with O_NOFOLLOW, ENAMETOOLONG), it may not be read
+#: (EACCES, EPERM), or it is a FIFO or socket that O_NONBLOCK cannot open
+#: (ENXIO). The client is told 404, as for any name that is not servable.
+NOT_SERVABLE_ERRNOS = frozenset(
+    {
+        errno.ENOENT,
+        errno.ENOTDIR,
+        errno.ELOOP,
+        errno.EACCES,
+        errno.EPERM,
+        errno.ENAMETOOLONG,
+        errno.ENXIO,
+    }
+)
+
+#: Seconds a client is asked to wait after a 503: running out of descriptors
+#: or memory is usually over as soon as other responses finish.
+RETRY_AFTER = 1
+
+
+@attrs.frozen
+class Target:
+    """A request path, checked and resolved inside the root."""
+
+    real: str
+    segments: tuple[str, ...]
+    slash: bool  # the URL ended with "/"
+    is_dir: bool
+    followed_link: bool = False  # a symlink on the way was resolved (to inside the root)
+
+
+def is_safe_segment(segment: str) -> bool:
+    return bool(segment) and not segment.startswith(".") and not any(
+        c in segment for c in "/\\\x00"
+    )
+
+
+def inside(real: str, root: str) -> bool:
+    """Whether C{real} (already resolved) is C{root} or below it, with no hidden component."""
+    if real == root:
+        return True
+    if not real.startswith(root.rstrip(os.sep) + os.sep):
+        return False
+    return all(is_safe_segment(part) for part in os.path.relpath(real, root).split(os.sep))
+
+
+def resolve(root: str, postpath: list[bytes]) -> Target:
+    """
+    Map the decoded URL segments below C{/files} to a real path inside C{root}.
+
+    twisted.web has already percent-decoded each segment exactly once, so
+    C{%2e%2e} arrives as C{..} and C{%2f} as a C{/} inside a segment; both are
+    refused here, as are backslashes, NUL, empty segments and dotfiles.
+    A double-encoded C{%252e%252e} stays the literal name C{%2e%2e}.
+
+    The path is then walked one C{lstat} per segment: a symlink is resolved
+    where it stands and must land inside the root (and not on a dotfile).
+    That costs one system call per segment in the common case, where
+    C{os.path.realpath} would re-walk the root's own components every time.
+
+    @raise HTTPError: 400 for a path that is not UTF-8, 404 for everything
+        that is not a servable name (no hint as to why), 503 when the system
+        fails to look (see L{open_failed}).
+    """
+    slash = bool(postpath) and postpath[-1] == b""
+    raw = postpath[:-1] if slash else postpath
+    try:
+        segments = tuple(s.decode("utf-8") for s in raw)
+    except UnicodeDecodeError:
+        raise HTTPError(400, "path is not valid UTF-8") from None
+    if not all(is_safe_segment(s) for s in segments):
+        raise HTTPError(404, "not found")
+    path = root
+    mode = stat.S_IFDIR
+    followed_link = False
+    try:
+        for segment in segments:
+            if not stat.S_ISDIR(mode):
+                raise HTTPError(404, "not found")
+            path = os.path.join(path, segment)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                followed_link = True
+                path = os.path.realpath(path)
+                if not inside(path, root):
+                    raise HTTPError(404, "not found")
+                mode = os.stat(path).st_mode
+    except OSError as error:
+        raise open_failed(error, path) from None
+    return Target(path, segments, slash, stat.S_ISDIR(mode), followed_link)
+
+
+def open_failed(error: OSError, what: str) -> HTTPError:
+    """
+    The answer to C{error}, raised opening or stat-ing C{what} (a path, for
+    the log only).
+
+    Only an error about the name (L{NOT_SERVABLE_ERRNOS}) is a 404. Anything
+    else (out of descriptors or memory, an I/O error...) says nothing about
+    whether the file exists, and a 404 would tell clients and caches that it
+    is gone: that is a 503 the client may retry soon and nobody may store,
+    logged here once, with the errno and path that the body leaves out (the
+    path is the server's business, the errno name of no use to a client).
+    Every site that opens or stats a request's path goes through here, so
+    they cannot drift apart.
+    """
+    if error.errno in NOT_SERVABLE_ERRNOS:
+        return HTTPError(404, "not found")
+    log.error(
+        "could not open {what}: {errno_name} ({strerror})",
+        what=what,
+        errno_name=errno.errorcode.get(error.errno, str(error.errno)),
+        strerror=error.strerror,
+    )
+    return HTTPError(
+        503,
+        "temporarily unable to serve this path",
+        {b"retry-after": b"%d" % (RETRY_AFTER,), b"cache-control": b"no-store"},
+    )
+
+
+FILE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW
+LIST_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY | os.O_NOFOLLOW
+#: Folders on the way are only walked through: O_PATH needs search (x)
+#: permission, not read, exactly like opening by the full path would.
+WALK_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_CLOEXEC | os.O_DIRECTORY
+HAS_DIR_FD = os.open in os.supports_dir_fd
+
+
+def open_inside(target: Target, root: str, flags: int) -> int:
+    """
+    Open what C{target} names below C{root}, so that nothing outside the root
+    can be opened whatever changes on disk meanwhile; C{OSError} otherwise.
+
+    L{resolve} checked the path, but a folder on it could be swapped for a
+    symlink before it is opened. So the usual path (no symlink in it) is
+    opened one component at a time from the root, each with C{O_NOFOLLOW}: a
+    component that has become a symlink fails to open instead of leading
+    outside. A path through a symlink (inside the root, as L{resolve}
+    checked) is opened by its resolved name and then checked once more by
+    what the kernel says was opened (Linux's C{/proc/self/fd}); that costs
+    more, and such paths are rare.
+    """
+    if target.followed_link or not HAS_DIR_FD:
+        fd = os.open(target.real, flags)
+        if not opened_inside(fd, root):
+            os.close(fd)
+            # ENOENT: to the client it is a name that is not servable (404).
+            raise FileNotFoundError(errno.ENOENT, "opened outside the root", target.real)
+        return fd
+    if not target.segments:
+        return os.open(root, flags & ~os.O_NOFOLLOW)  # the root itself may be a symlink
+    dir_fd = os.open(root, WALK_FLAGS)
+    try:
+        for segment in target.segments[:-1]:
+            next_fd = os.open(segment, WALK_FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd)
+            os.close(dir_fd)
+            dir_fd = next_fd
+        return os.open(target.segments[-1], flags, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def open_regular(target: Target, root: str) -> tuple[BinaryIO, os.stat_result]:
+    """
+    Open the regular file C{target} names (see L{open_inside}); anything
+    else is a 404, and a failure to open it is answered by L{open_failed}.
+    C{O_NONBLOCK} keeps a FIFO from blocking the reactor.
+    """
+    try:
+        fd = open_inside(target, root, FILE_FLAGS)
+    except OSError as error:
+        raise open_failed(error, target.real) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise HTTPError(404, "not found")
+        return os.fdopen(fd, "rb", buffering=0), st
+    except OSError as error:
+        os.close(fd)
+        raise open_failed(error, target.real) from None
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def opened_inside(fd: int, root: str) -> bool:
+    """Whether the open file C{fd} is below C{root}, when the OS can tell us."""
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return True  # no /proc (not Linux): resolve()'s check is all there is
+    return inside(real, root)
+
+

@@ -1,0 +1,272 @@
+# -*- test-case-name: tests.test_files -*-
+"""
+C{/files}: the resource. Downloads (GET/HEAD) are answered here, done the
+way static.File does not (see ANCHORS.md): strong ETags, every conditional
+header, If-Range, safe multi-range, HEAD that mirrors GET without reading the
+file, gzip that never touches a 206, and no way out of the root in any
+spelling. Uploads (PUT/DELETE) are L{streamsvc.files.upload}'s.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import BinaryIO
+from urllib.parse import quote
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.iweb import IRequest
+from twisted.web.server import NOT_DONE_YET
+
+from streamsvc.errors import HTTPError, JSONResource, render_error
+from streamsvc.files.fields import escape_query, finish_without_body, list_header, singleton_header
+from streamsvc.files.listing import DirectoryListing
+from streamsvc.files.media import ACTIVE_TYPES, content_disposition, last_suffixes, type_of_suffixes
+from streamsvc.files.paths import LIST_FLAGS, Target, open_failed, open_inside, open_regular, resolve
+from streamsvc.interfaces import IStreamProducer
+from streamsvc.producers import DEFAULT_CHUNK_SIZE, FileProducer, IterableProducer, send_body
+from streamsvc.ranges import (
+    ByteRange,
+    RangeNotSatisfiable,
+    body_length,
+    evaluate_preconditions,
+    http_date,
+    if_range_allows_partial,
+    make_etag,
+    multipart_byteranges,
+    plan_ranges,
+    unsatisfiable_content_range,
+    weak,
+)
+from streamsvc.stages import GzipStage, accepts_gzip, is_compressible
+
+#: Reads are capped at this size when the body is gzipped: a chunk is
+#: compressed in one go, and 16 MiB at level 6 held the reactor for about
+#: 500 ms here (256 KiB still ~7 ms: zlib does ~40 MiB/s on this kind of
+#: machine); 64 KiB is a couple of milliseconds (BENCHMARKS.md).
+GZIP_CHUNK_SIZE = 64 * 1024
+
+@attrs.frozen
+class _Body:
+    """What a file response body is to be: spans of the file, maybe gzipped."""
+
+    spans: list[bytes | ByteRange]
+    gzip: bool
+
+
+class FilesResource(JSONResource):
+    """
+    Serves the files below C{root}: GET and HEAD.
+
+    @param root: the directory to serve; it must exist.
+    @param chunk_size: bytes per read.
+    @param max_ranges: more ranges than this in one request get the full 200.
+    @param gzip: compress compressible types for clients that accept gzip.
+    @param streaming: register producers as push (True) or pull producers.
+    @param clock: the reactor, for scheduling push producers (tests pass a Clock).
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        max_ranges: int = 16,
+        gzip: bool = True,
+        gzip_level: int = 6,
+        streaming: bool = True,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        super().__init__()
+        if not 1 <= gzip_level <= 9:
+            raise ValueError(f"gzip_level must be 1-9, not {gzip_level}")
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive, not {chunk_size}")
+        self.root = os.path.realpath(root)
+        self.chunk_size = chunk_size
+        self.max_ranges = max_ranges
+        self.gzip = gzip
+        self.gzip_level = gzip_level
+        self.streaming = streaming
+        self.clock = clock
+
+    def render_GET(self, request: IRequest) -> bytes | int:
+        return self._respond(request, head=False)
+
+    def render_HEAD(self, request: IRequest) -> bytes | int:
+        return self._respond(request, head=True)
+
+    def _respond(self, request: IRequest, *, head: bool) -> bytes | int:
+        target = resolve(self.root, request.postpath)
+        if target.is_dir:
+            if not target.slash:
+                return self._redirect_to_slash(request)
+            return self._listing(request, target, head=head)
+        if target.slash:
+            raise HTTPError(404, "not found")
+        file: BinaryIO | None
+        file, st = open_regular(target, self.root)
+        try:
+            decided = self._file(request, target, st, head=head)
+            if not isinstance(decided, _Body):
+                return decided
+            producer = FileProducer(
+                file,
+                decided.spans,
+                chunk_size=min(self.chunk_size, GZIP_CHUNK_SIZE) if decided.gzip else self.chunk_size,
+                streaming=self.streaming,
+                clock=self.clock,
+            )
+            body = self._wrap(producer, decided.gzip)
+            file = None  # the producer owns it now, and closes it however the stream ends
+            send_body(request, body, clock=self.clock)
+            return NOT_DONE_YET  # type: ignore[no-any-return]
+        finally:
+            if file is not None:
+                file.close()
+
+    def _gzip_wanted(self, request: IRequest, compressible: bool) -> bool:
+        """Whether to gzip a body whose type is (or is not) C{compressible}."""
+        return (
+            self.gzip
+            and compressible
+            and accepts_gzip(list_header(request, b"accept-encoding"))
+        )
+
+    def _wrap(self, producer: IStreamProducer, gzip: bool) -> IStreamProducer:
+        return GzipStage(producer, level=self.gzip_level) if gzip else producer
+
+    def _file(
+        self,
+        request: IRequest,
+        target: Target,
+        st: os.stat_result,
+        *,
+        head: bool,
+    ) -> _Body | bytes | int:
+        """
+        Set status and headers for a file; return the finished response, or
+        what the body must be when there is one to send.
+        """
+        size = st.st_size
+        mtime = int(st.st_mtime)
+        name = target.segments[-1]
+        content_type, compressible = type_of_suffixes(last_suffixes(name))
+        strong_etag = make_etag(size, st.st_mtime_ns)
+        range_header = singleton_header(request, b"range")
+        gzip = range_header is None and self._gzip_wanted(request, compressible)
+        etag = weak(strong_etag) if gzip else strong_etag
+
+        request.setHeader(b"content-type", content_type.encode("ascii"))
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        if content_type in ACTIVE_TYPES:
+            request.setHeader(b"content-security-policy", b"sandbox")
+        request.setHeader(b"accept-ranges", b"bytes")
+        request.setHeader(b"last-modified", http_date(mtime).encode("ascii"))
+        request.setHeader(b"etag", etag.encode("ascii"))
+        if self.gzip and compressible:
+            request.setHeader(b"vary", b"Accept-Encoding")
+        if request.args.get(b"download", [b""])[0].lower() in (b"1", b"true", b"yes"):
+            request.setHeader(b"content-disposition", content_disposition(name))
+
+        verdict = evaluate_preconditions(
+            method=request.method.decode("ascii"),
+            # The file's own (strong) tag: If-Match needs a strong comparison,
+            # which the weak tag of a gzipped response could never pass, and
+            # If-None-Match compares weakly, so either spelling matches it.
+            etag=strong_etag,
+            last_modified=mtime,
+            if_match=list_header(request, b"if-match"),
+            if_none_match=list_header(request, b"if-none-match"),
+            if_modified_since=singleton_header(request, b"if-modified-since"),
+            if_unmodified_since=singleton_header(request, b"if-unmodified-since"),
+        )
+        if verdict == 304:
+            request.setResponseCode(304)
+            for name_ in (b"content-disposition", b"accept-ranges", b"content-type"):
+                request.responseHeaders.removeHeader(name_)
+            return finish_without_body(request)
+        if verdict == 412:
+            return render_error(request, HTTPError(412, "precondition failed"))
+
+        spans: list[bytes | ByteRange] = [ByteRange(0, size)] if size else []
+        if range_header is not None and if_range_allows_partial(
+            singleton_header(request, b"if-range"), strong_etag, mtime
+        ):
+            try:
+                ranges = plan_ranges(range_header, size, self.max_ranges)
+            except RangeNotSatisfiable:
+                return render_error(
+                    request,
+                    HTTPError(
+                        416,
+                        "range not satisfiable",
+                        {b"content-range": unsatisfiable_content_range(size).encode("ascii")},
+                    ),
+                )
+            if ranges is not None:
+                request.setResponseCode(206)
+                if len(ranges) == 1:
+                    spans = list(ranges)
+                    request.setHeader(
+                        b"content-range", ranges[0].content_range(size).encode("ascii")
+                    )
+                else:
+                    boundary = secrets.token_hex(16)
+                    spans = multipart_byteranges(ranges, size, content_type, boundary)
+                    request.setHeader(
+                        b"content-type",
+                        b"multipart/byteranges; boundary=" + boundary.encode("ascii"),
+                    )
+
+        if head:
+            if gzip:
+                request.setHeader(b"content-encoding", b"gzip")
+            else:
+                request.setHeader(b"content-length", b"%d" % (body_length(spans),))
+            return finish_without_body(request)
+        if gzip:
+            request.setHeader(b"content-encoding", b"gzip")
+        return _Body(spans, gzip)
+
+    def _redirect_to_slash(self, request: IRequest) -> int:
+        location = "/" + "/".join(
+            quote(s.decode("utf-8", "surrogateescape"), safe="")
+            for s in request.prepath + request.postpath
+        ) + "/"
+        query = escape_query(request.uri.partition(b"?")[2])
+        request.setResponseCode(301)
+        request.setHeader(
+            b"location", location.encode("ascii") + (b"?" + query if query else b"")
+        )
+        request.setHeader(b"content-length", b"0")
+        return finish_without_body(request)
+
+    def _listing(self, request: IRequest, target: Target, *, head: bool) -> int:
+        try:
+            fd = open_inside(target, self.root, LIST_FLAGS)
+        except OSError as error:
+            raise open_failed(error, target.real) from None
+        try:
+            listing = DirectoryListing(target.real, self.root, fd=fd)
+        except OSError as error:
+            os.close(fd)
+            raise open_failed(error, target.real) from None
+        gzip = self._gzip_wanted(request, is_compressible("application/json"))
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        if self.gzip:
+            request.setHeader(b"vary", b"Accept-Encoding")
+        if gzip:
+            request.setHeader(b"content-encoding", b"gzip")
+        if head:
+            listing.close()
+            return finish_without_body(request)
+        producer = IterableProducer(listing, streaming=self.streaming, clock=self.clock)
+        send_body(request, self._wrap(producer, gzip), clock=self.clock)
+        return NOT_DONE_YET  # type: ignore[no-any-return]
+
+

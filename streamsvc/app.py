@@ -12,6 +12,7 @@ import json
 import os
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
@@ -22,6 +23,7 @@ from streamsvc.body import BodyChannel, BodyRequest
 from streamsvc.echo import EchoResource
 from streamsvc.errors import HTTPError, JSONResource, not_found
 from streamsvc.files import FilesResource
+from streamsvc.files.upload import RunBlocking, Uploads, remove_stale_uploads
 
 
 def files_dir(config: Config) -> str:
@@ -39,7 +41,12 @@ def prepare_data_dir(config: Config) -> None:
         ) from None
     if not os.access(path, os.R_OK | os.X_OK):
         raise ConfigError(f"data_dir {config.server.data_dir!r}: {path!r} is not readable")
+    removed = remove_stale_uploads(path)
+    if removed:
+        log.info("removed {count} unfinished upload(s) left by a stopped process", count=removed)
 
+
+log = Logger()
 
 _HEALTHY = b'{"status": "ok"}\n'
 
@@ -81,9 +88,17 @@ class Root(JSONResource):
         return b""
 
 
-def build_resource(config: Config, *, clock: IReactorTime | None = None) -> Resource:
-    """The whole tree: C{/files}, C{/echo}, C{/healthz}."""
+def build_resource(
+    config: Config, *, clock: IReactorTime | None = None, run_blocking: RunBlocking | None = None
+) -> Resource:
+    """
+    The whole tree: C{/files}, C{/echo}, C{/healthz}.
+
+    @param run_blocking: runs uploads' disk work off the reactor (tests pass
+        one that runs it at once); by default C{clock}'s thread pool.
+    """
     root = Root()
+    tokens = TokenSet(config.auth.tokens)
     files: IResource = FilesResource(
         files_dir(config),
         chunk_size=config.stream.chunk_size,
@@ -91,22 +106,30 @@ def build_resource(config: Config, *, clock: IReactorTime | None = None) -> Reso
         gzip=config.stream.gzip,
         gzip_level=config.stream.gzip_level,
         clock=clock,
+        uploads=Uploads(files_dir(config), tokens, reactor=clock, run_blocking=run_blocking),
+        max_upload_bytes=config.limits.max_upload_bytes,
     )
     if config.auth.protect_downloads:
-        files = BearerGuard(files, TokenSet(config.auth.tokens))
+        files = BearerGuard(files, tokens)
     root.putChild(b"files", files)
-    root.putChild(b"echo", EchoResource(clock=clock))
+    root.putChild(
+        b"echo", EchoResource(max_body_bytes=config.limits.max_upload_bytes, clock=clock)
+    )
     root.putChild(b"healthz", Health())
     return root
 
 
-def build_site(config: Config, *, reactor: IReactorTime | None = None) -> Site:
+def build_site(
+    config: Config, *, reactor: IReactorTime | None = None, run_blocking: RunBlocking | None = None
+) -> Site:
     """
     A Site whose requests answer unexpected failures with JSON and never
     buffer or form-parse a body (see L{streamsvc.body}).
     """
     site = Site(
-        build_resource(config, clock=reactor), reactor=reactor, parsePOSTFormSubmission=False
+        build_resource(config, clock=reactor, run_blocking=run_blocking),
+        reactor=reactor,
+        parsePOSTFormSubmission=False,
     )
     site.requestFactory = BodyRequest
     site.protocol = BodyChannel

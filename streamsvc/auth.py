@@ -13,11 +13,14 @@ import hashlib
 import hmac
 import re
 from collections.abc import Iterable
+from typing import Any
 
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
+from zope.interface import alsoProvides
 
 from streamsvc.errors import ErrorPage, HTTPError, render_error
+from streamsvc.interfaces import IStreamingBodyResource
 
 #: RFC 6750 §2.1 b64token.
 _BEARER = re.compile(rb"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *")
@@ -125,6 +128,20 @@ class BearerGuard(Resource):
         self._wrapped = wrapped
         self._tokens = tokens
         self.isLeaf = getattr(wrapped, "isLeaf", False)
+        if IStreamingBodyResource.providedBy(wrapped):
+            # A leaf that takes bodies must still be seen to take them, and
+            # a body refused here before it is read (401, not a 413).
+            alsoProvides(self, IStreamingBodyResource)
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self._wrapped.max_body_bytes)  # type: ignore[attr-defined]
+
+    def body_consumer(self, request: IRequest) -> Any:
+        error = check_bearer(request, self._tokens)
+        if error is not None:
+            raise error
+        return self._wrapped.body_consumer(request)  # type: ignore[attr-defined]
 
     def getChildWithDefault(self, path: bytes, request: IRequest) -> IResource:
         error = check_bearer(request, self._tokens)

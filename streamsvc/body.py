@@ -192,10 +192,12 @@ class BodyRequest(Request):
                 log.failure("body_consumer of {resource!r} failed", resource=resource)
                 self._refuse(HTTPError(500, "internal server error"))
                 return
-            if expects and not self.startedWriting and not self.finished:
-                self.channel.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            self._watch_for_stall()
-            return
+            if self._consumer is not None:
+                if expects and not self.startedWriting and not self.finished:
+                    self.channel.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self._watch_for_stall()
+                return
+            # Declined (a method that takes no body there): as any resource.
         self._limit = int(self._site_setting("max_body_bytes", DEFAULT_MAX_BODY_BYTES))
         refusal = _early_error(resource, self)
         if refusal is not None and (expects or length is None or length > self._limit):
@@ -237,7 +239,7 @@ class BodyRequest(Request):
         self._stall = None
         if getattr(self.channel.transport, "disconnecting", False):
             return  # closing already (the channel's idle timeout): connectionLost follows
-        self._fail_body(HTTPError(408, "request body timed out"))
+        self.fail_body(HTTPError(408, "request body timed out"))
 
     def _site_setting(self, name: str, default: float) -> float:
         """A C{[limits]} value L{streamsvc.app.build_site} put on the Site, else C{default}."""
@@ -251,7 +253,7 @@ class BodyRequest(Request):
             return
         self._received += len(data)
         if self._received > self._limit:
-            self._fail_body(HTTPError(413, "request body too large"))
+            self.fail_body(HTTPError(413, "request body too large"))
             return
         if self._stall is not None:
             self._stall.reset(self._timeout)
@@ -265,7 +267,7 @@ class BodyRequest(Request):
         except Exception:
             log.failure("Body consumer {name} failed for {uri}", name=name, uri=self.uri)
             if not self._body_ended:
-                self._fail_body(HTTPError(500, "internal server error"))
+                self.fail_body(HTTPError(500, "internal server error"))
             elif not self.finished and getattr(self, "channel", None) is not None:
                 self.channel.transport.abortConnection()
 
@@ -332,11 +334,13 @@ class BodyRequest(Request):
 
     # -- refusals ------------------------------------------------------------
 
-    def _fail_body(self, error: HTTPError) -> None:
+    def fail_body(self, error: HTTPError) -> None:
         """
-        The body failed (too long, stalled): the consumer is told first (a
-        response it streams answers C{error} itself, or is aborted), then
-        whatever is still unanswered gets C{error}, or an abort.
+        The body failed (too long, stalled), or its consumer gave up on it
+        (a disk error, a digest that does not match): the consumer is told
+        first (a response it streams answers C{error} itself, or is
+        aborted), then whatever is still unanswered gets C{error}, or an
+        abort. Public for consumers: it answers and stops the reading.
         """
         self._stop_watching()
         self._end_body(Failure(error))
@@ -349,14 +353,17 @@ class BodyRequest(Request):
             self.channel.transport.abortConnection()
 
     def _refuse(self, error: HTTPError) -> None:
-        """Answer C{error} now, before the body, and close the connection after it."""
+        """
+        Answer C{error} now; while the body is still to come, close the
+        connection after it (once the body has ended, the connection is
+        as reusable as after any answer).
+        """
         self._refused = True
         self._stop_watching()
-        if not hasattr(self, "method"):
-            self._learn_request_line()
-        self.channel.persistent = False
         headers = dict(error.headers)
-        headers[b"connection"] = b"close"
+        if not self._body_ended:
+            self.channel.persistent = False
+            headers[b"connection"] = b"close"
         body = render_error(self, HTTPError(error.code, error.message, headers))
         self.write(body)
         self.finish()

@@ -104,6 +104,7 @@ class LimitsConfig:
 
     max_body_bytes: int = 1024 * 1024
     body_timeout: int = 60
+    max_upload_bytes: int = 1024**3
 
 
 @attrs.frozen
@@ -118,8 +119,8 @@ class Config:
 
 # --- values -----------------------------------------------------------------
 
-_SIZE = re.compile(r"([0-9]+)\s*(?:([km])(?:i?b)?)?", re.IGNORECASE | re.ASCII)
-_SIZE_FACTORS: Final = {"": 1, "k": 1024, "m": 1024 * 1024}
+_SIZE = re.compile(r"([0-9]+)\s*(?:([kmgt])(?:i?b)?)?", re.IGNORECASE | re.ASCII)
+_SIZE_FACTORS: Final = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
 _BOOLEANS: Final = {
     "yes": True,
@@ -142,7 +143,8 @@ _TOKEN_RULE = "a token may only contain letters, digits and -._~+/ (then = paddi
 
 def parse_size(text: str) -> int:
     """
-    Bytes from C{"65536"}, C{"64k"}, C{"64KiB"}, C{"1M"}, C{"1MiB"}...
+    Bytes from C{"65536"}, C{"64k"}, C{"64KiB"}, C{"1M"}, C{"1MiB"}, C{"1GiB"},
+    C{"2T"}...
 
     Suffixes are binary (k = 1024) whatever their spelling, because chunk
     sizes are thought of in powers of two; C{"64KB"} is therefore 65536 too.
@@ -254,6 +256,21 @@ def _parse_body_limit(value: str) -> int:
     return size
 
 
+#: The largest upload (and echo) body that may be allowed: far above any
+#: sensible limit, it only catches a typo such as a missing suffix letter.
+MAX_UPLOAD_BYTES_CAP: Final = 1024**5
+
+
+def _parse_upload_limit(value: str) -> int:
+    try:
+        size = parse_size(value)
+    except ValueError:
+        raise ValueError("expected a size such as 1073741824 or 1GiB") from None
+    if size > MAX_UPLOAD_BYTES_CAP:
+        raise ValueError(f"must be at most 1PiB ({MAX_UPLOAD_BYTES_CAP})")
+    return size
+
+
 def _integer(low: int, high: int) -> Callable[[str], int]:
     def parse(value: str) -> int:
         if _INTEGER.fullmatch(value) is None:
@@ -315,7 +332,11 @@ _SCHEMA: Final[Mapping[str, tuple[type, Mapping[str, _Key]]]] = MappingProxyType
         ),
         "limits": (
             LimitsConfig,
-            {"max_body_bytes": _Key(_parse_body_limit), "body_timeout": _Key(_integer(1, 3600))},
+            {
+                "max_body_bytes": _Key(_parse_body_limit),
+                "body_timeout": _Key(_integer(1, 3600)),
+                "max_upload_bytes": _Key(_parse_upload_limit),
+            },
         ),
     }
 )

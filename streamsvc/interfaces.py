@@ -145,4 +145,9 @@ class IStreamingBodyResource(Interface):
         raise L{streamsvc.errors.HTTPError} to refuse it (401, 404, 405,
         412, 413...). A refusal is answered at once, no C{100 Continue} is
         sent and the connection is closed without reading the body.
+
+        Return L{None} to decline: the request's method takes no body here
+        (a GET with one), and it is handled as for a resource that takes
+        none (a small body dropped and the request rendered, a longer one
+        refused).
         """

@@ -46,6 +46,7 @@ __all__ = [
     "plan_ranges",
     "unsatisfiable_content_range",
     "weak",
+    "write_allowed",
 ]
 
 
@@ -529,6 +530,39 @@ def evaluate_preconditions(
         if date is not None and last_modified <= date:
             return 304
     return None
+
+
+def write_allowed(
+    *,
+    current: tuple[str, int] | None,
+    if_match: str | None = None,
+    if_none_match: str | None = None,
+    if_unmodified_since: str | None = None,
+) -> bool:
+    """
+    Whether a write (PUT, DELETE) may go ahead given its preconditions.
+
+    C{current} is the strong ETag and last-modified second of what is there
+    now, or None when nothing is. With nothing there, If-Match (even C{*})
+    fails (§13.1.1: it needs a current representation) and If-None-Match
+    always holds; If-Unmodified-Since is ignored, as for any representation
+    without a date (§13.1.4). Otherwise it is L{evaluate_preconditions}
+    for an unsafe method: C{If-None-Match: *} (create only) then fails.
+    """
+    if current is None:
+        return if_match is None
+    etag, last_modified = current
+    return (
+        evaluate_preconditions(
+            method="PUT",
+            etag=etag,
+            last_modified=last_modified,
+            if_match=if_match,
+            if_none_match=if_none_match,
+            if_unmodified_since=if_unmodified_since,
+        )
+        is None
+    )
 
 
 def if_range_allows_partial(if_range: str | None, etag: str, last_modified: int) -> bool:

@@ -162,20 +162,23 @@ def test_known_keys_match_the_config_classes() -> None:
         ("16MiB", 16777216),
         (" 4k ", 4096),
         ("4 KiB", 4096),
+        ("1G", 1024**3),
+        ("1GiB", 1024**3),
+        ("2t", 2 * 1024**4),
     ],
 )
 def test_parse_size(text: str, size: int) -> None:
-    """Integers and binary k/m suffixes in any case, with optional iB/B."""
+    """Integers and binary k/m/g/t suffixes in any case, with optional iB/B."""
     assert parse_size(text) == size
 
 
 @pytest.mark.parametrize(
     "text",
-    ["", "abc", "k", "64x", "64KiBs", "1.5M", "-4096", "+4096", "1G", "64iB", "64 K iB",
+    ["", "abc", "k", "64x", "64KiBs", "1.5M", "-4096", "+4096", "1P", "64iB", "64 K iB",
      "0x1000", "4_096", "\u0664\u0660\u0669\u0666", "64Ki", "64B"],
 )
 def test_parse_size_rejects(text: str) -> None:
-    """Anything but digits with an optional k/m[i][B] suffix is a ValueError."""
+    """Anything but digits with an optional k/m/g/t[i][B] suffix is a ValueError."""
     with pytest.raises(ValueError):
         parse_size(text)
 

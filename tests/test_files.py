@@ -191,7 +191,7 @@ def test_method_not_allowed_is_json(files: Files) -> None:
     r = files.get("/files/hello.txt", method="POST")
     assert r.code == 405
     assert json.loads(r.body) == {"error": "method not allowed"}
-    assert r.header("allow") == "GET, HEAD"
+    assert r.header("allow") == "DELETE, GET, HEAD, PUT"
 
 
 def test_missing_file_is_json_404(files: Files) -> None:

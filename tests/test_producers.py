@@ -7,7 +7,6 @@ Everything runs on a L{Clock} and in-memory consumers: no reactor, no sleeps.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from typing import Any

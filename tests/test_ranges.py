@@ -7,6 +7,8 @@ and a value out.
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import pytest
 from hypothesis import given, settings
@@ -968,3 +970,31 @@ def test_property_no_parser_raises_on_any_header(
         method=method, etag=etag, last_modified=last_modified, if_match=value,
         if_none_match=value, if_modified_since=value, if_unmodified_since=value,
     ) in (None, 304, 412)
+
+
+# --- write_allowed (PUT/DELETE preconditions) ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "current, headers, allowed",
+    [
+        (None, {}, True),
+        (None, {"if_none_match": "*"}, True),
+        (None, {"if_match": "*"}, False),
+        (None, {"if_match": '"a"'}, False),
+        (None, {"if_unmodified_since": "Sun, 06 Nov 1994 08:49:37 GMT"}, True),
+        (('"a"', 100), {}, True),
+        (('"a"', 100), {"if_none_match": "*"}, False),
+        (('"a"', 100), {"if_none_match": '"b"'}, True),
+        (('"a"', 100), {"if_match": '"a"'}, True),
+        (('"a"', 100), {"if_match": 'W/"a"'}, False),
+        (('"a"', 100), {"if_match": '"b", "a"'}, True),
+        (('"a"', 100), {"if_match": "*"}, True),
+        (('"a"', 784111777), {"if_unmodified_since": "Sun, 06 Nov 1994 08:49:37 GMT"}, True),
+        (('"a"', 784111778), {"if_unmodified_since": "Sun, 06 Nov 1994 08:49:37 GMT"}, False),
+    ],
+)
+def test_write_allowed(current: Any, headers: dict[str, str], allowed: bool) -> None:
+    from streamsvc.ranges import write_allowed
+
+    assert write_allowed(current=current, **headers) is allowed

@@ -217,3 +217,99 @@ def opened_inside(fd: int, root: str) -> bool:
     return inside(real, root)
 
 
+
+
+# --- the write side ------------------------------------------------------------
+
+#: A folder that will hold a new file: opened for real (not O_PATH), because
+#: the folder itself is fsync'ed once the new name is in it.
+FOLDER_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY
+
+
+def write_segments(postpath: list[bytes]) -> tuple[str, ...]:
+    """
+    The path segments of a file to write (PUT) or delete, checked.
+
+    Stricter than L{resolve}, and louder: a write names a file, so a
+    trailing slash, the root itself, an empty segment, a dot-name (every
+    hidden and temporary name, C{.} and C{..} included), a backslash or NUL
+    is a 400 that says so, and nothing is touched.
+    """
+    if not postpath or postpath == [b""]:
+        raise HTTPError(409, "the root folder is not a file")
+    if postpath[-1] == b"":
+        raise HTTPError(409, "a path ending in / names a folder, not a file")
+    try:
+        segments = tuple(s.decode("utf-8") for s in postpath)
+    except UnicodeDecodeError:
+        raise HTTPError(400, "path is not valid UTF-8") from None
+    for segment in segments:
+        if not segment:
+            raise HTTPError(400, "empty path segment")
+        if segment.startswith("."):
+            raise HTTPError(400, "names starting with a dot are not allowed")
+        if not is_safe_segment(segment):
+            raise HTTPError(400, "path segments may not contain /, \\ or NUL")
+    return segments
+
+
+def open_folder(root: str, folders: tuple[str, ...], *, create: bool) -> tuple[int, list[str]]:
+    """
+    Open, race-free, the folder below C{root} that C{folders} names, creating
+    the missing ones when C{create}; return its descriptor (the caller's to
+    close) and the names of the folders created.
+
+    The walk is L{open_inside}'s: one component at a time with
+    C{O_NOFOLLOW}, so a folder swapped for a symlink meanwhile cannot lead
+    outside. A symlink met on the way is followed only to a folder inside
+    the root (checked on its resolved path and again on what was opened);
+    any other leads nowhere (C{FileNotFoundError}, a 404 to the client). A
+    file in the way is an L{HTTPError} 409.
+
+    @raise OSError: as the system says (see L{streamsvc.files.upload}'s
+        C{write_failed} for what the client is told).
+    """
+    fd = os.open(root, FOLDER_FLAGS)
+    created: list[str] = []
+    try:
+        for name in folders:
+            next_fd = _open_subfolder(fd, name, root, create, created)
+            os.close(fd)
+            fd = next_fd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, created
+
+
+def _open_subfolder(fd: int, name: str, root: str, create: bool, created: list[str]) -> int:
+    try:
+        return os.open(name, FOLDER_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+    except FileNotFoundError:
+        if not create:
+            raise
+        try:
+            os.mkdir(name, 0o755, dir_fd=fd)
+            created.append(name)
+        except FileExistsError:
+            pass  # made meanwhile (another upload): use it
+        return os.open(name, FOLDER_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+    except OSError as error:
+        if error.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+    # Not a folder: a symlink (followed only to inside the root) or a file.
+    if not stat.S_ISLNK(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+        raise HTTPError(409, "a file is in the way of this path")
+    try:
+        here = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        # Without /proc the link cannot be checked: it leads nowhere.
+        raise FileNotFoundError(errno.ENOENT, "symlink not followed", name) from None
+    real = os.path.realpath(os.path.join(here, name))
+    if not inside(real, root):
+        raise FileNotFoundError(errno.ENOENT, "symlink leads outside the root", name)
+    next_fd = os.open(real, FOLDER_FLAGS)
+    if not opened_inside(next_fd, root):
+        os.close(next_fd)
+        raise FileNotFoundError(errno.ENOENT, "opened outside the root", name)
+    return next_fd

@@ -18,13 +18,15 @@ import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
 
 from streamsvc.errors import HTTPError, JSONResource, render_error
 from streamsvc.files.fields import escape_query, finish_without_body, list_header, singleton_header
 from streamsvc.files.listing import DirectoryListing
 from streamsvc.files.media import ACTIVE_TYPES, content_disposition, last_suffixes, type_of_suffixes
 from streamsvc.files.paths import LIST_FLAGS, Target, open_failed, open_inside, open_regular, resolve
-from streamsvc.interfaces import IStreamProducer
+from streamsvc.files.upload import DEFAULT_MAX_UPLOAD_BYTES, Uploads
+from streamsvc.interfaces import IBodyConsumer, IStreamingBodyResource, IStreamProducer
 from streamsvc.producers import DEFAULT_CHUNK_SIZE, FileProducer, IterableProducer, send_body
 from streamsvc.ranges import (
     ByteRange,
@@ -55,9 +57,11 @@ class _Body:
     gzip: bool
 
 
+@implementer(IStreamingBodyResource)
 class FilesResource(JSONResource):
     """
-    Serves the files below C{root}: GET and HEAD.
+    Serves the files below C{root}: GET and HEAD; PUT and DELETE through
+    C{uploads}.
 
     @param root: the directory to serve; it must exist.
     @param chunk_size: bytes per read.
@@ -65,6 +69,10 @@ class FilesResource(JSONResource):
     @param gzip: compress compressible types for clients that accept gzip.
     @param streaming: register producers as push (True) or pull producers.
     @param clock: the reactor, for scheduling push producers (tests pass a Clock).
+    @param uploads: what takes PUT and DELETE (L{Uploads}); without it they
+        are refused (403).
+    @param max_upload_bytes: the longest PUT body (C{[limits]
+        max_upload_bytes}).
     """
 
     isLeaf = True
@@ -79,6 +87,8 @@ class FilesResource(JSONResource):
         gzip_level: int = 6,
         streaming: bool = True,
         clock: IReactorTime | None = None,
+        uploads: Uploads | None = None,
+        max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     ) -> None:
         super().__init__()
         if not 1 <= gzip_level <= 9:
@@ -92,6 +102,28 @@ class FilesResource(JSONResource):
         self.gzip_level = gzip_level
         self.streaming = streaming
         self.clock = clock
+        self.uploads = uploads
+        self.max_body_bytes = max_upload_bytes
+
+    # IStreamingBodyResource: the body of a PUT goes to disk as it arrives.
+
+    def body_consumer(self, request: IRequest) -> IBodyConsumer | None:
+        if request.method != b"PUT":
+            return None  # no other method here takes a body
+        return self._uploads().put(request)
+
+    def _uploads(self) -> Uploads:
+        if self.uploads is None:
+            raise HTTPError(403, "uploads are disabled")
+        return self.uploads
+
+    def render_PUT(self, request: IRequest) -> int:
+        """A PUT without a body (the only kind rendered): an empty file."""
+        self._uploads().put(request).body_done()
+        return NOT_DONE_YET  # type: ignore[no-any-return]
+
+    def render_DELETE(self, request: IRequest) -> int:
+        return self._uploads().delete(request)
 
     def render_GET(self, request: IRequest) -> bytes | int:
         return self._respond(request, head=False)

@@ -59,6 +59,12 @@ log = Logger()
 #: resource's own answer, not a 413). Anything longer is refused unread.
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 
+#: How long, and how many bytes, a connection answered before its body
+#: ended is still read (and dropped) after the answer, so that the client
+#: reads the answer before the close (see L{BodyChannel.loseConnection}).
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 4 * 1024 * 1024
+
 #: Seconds a body may go without a byte arriving (while we are reading it)
 #: before the request fails: 408 if nothing was answered yet, else an abort.
 DEFAULT_BODY_TIMEOUT = 60.0
@@ -75,6 +81,10 @@ class BodyChannel(http.HTTPChannel):
     """
 
     _body_abandoned = False
+    #: While lingering (see L{loseConnection}): the timer that ends it; once
+    #: ended, False (never lingers twice).
+    _linger: Any = None
+    _lingered = 0
     _body_paused = False
     _idle_timeout_saved: float | None = None
 
@@ -122,6 +132,48 @@ class BodyChannel(http.HTTPChannel):
     def rawDataReceived(self, data: bytes) -> None:
         if not self._body_abandoned:
             super().rawDataReceived(data)
+        elif self._linger is not None:
+            self._lingered += len(data)
+            if self._lingered > LINGER_BYTES:
+                self._end_linger()
+
+    def loseConnection(self) -> None:
+        """
+        Close; after an answer given before the body ended, close lingering.
+
+        Closing a socket with unread bytes in it makes the kernel send a
+        reset, and a client still sending its body may then lose the answer
+        (the 401 or 413 it should read) before it reads it. So, as nginx's
+        C{lingering_close} does, the answer is sent and our side shut
+        (C{loseWriteConnection}: the client sees the end of the answer), and
+        what still arrives is read and dropped, for at most L{LINGER_SECONDS}
+        and L{LINGER_BYTES}, before the connection is closed.
+        """
+        shut = getattr(self.transport, "loseWriteConnection", None)
+        if not self._body_abandoned or shut is None or self._linger is not None:
+            super().loseConnection()
+            return
+        self._networkProducer.unregisterProducer()
+        self.setTimeout(None)
+        try:
+            shut()
+        except NotImplementedError:  # (transports that cannot half-close)
+            self.transport.loseConnection()
+            return
+        self._networkProducer.resumeProducing()
+        self._linger = self.callLater(LINGER_SECONDS, self._end_linger)
+
+    def _end_linger(self) -> None:
+        linger, self._linger = self._linger, False
+        if linger and linger.active():
+            linger.cancel()
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        linger, self._linger = self._linger, False
+        if linger and linger.active():
+            linger.cancel()
+        super().connectionLost(reason)
 
     def allContentReceived(self) -> None:
         if self._body_abandoned:

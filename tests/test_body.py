@@ -21,7 +21,13 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from streamsvc.app import build_site
-from streamsvc.body import DEFAULT_MAX_BODY_BYTES, BodyChannel, BodyRequest
+from streamsvc.body import (
+    DEFAULT_MAX_BODY_BYTES,
+    LINGER_BYTES,
+    LINGER_SECONDS,
+    BodyChannel,
+    BodyRequest,
+)
 from streamsvc.config import Config, LimitsConfig, ServerConfig
 from streamsvc.interfaces import IStreamingBodyResource
 from streamsvc.testing import BodySender, SiteConnection, parse_response, parse_responses
@@ -328,3 +334,62 @@ def test_answer_before_the_body_ends_tells_the_consumer_and_leaves_no_timer(tmp_
     assert len(sink.failed) == 1
     assert [c for c in clock.getDelayedCalls() if "timedOut" not in c.func.__name__] == []
     assert conn.transport.disconnecting
+
+
+# -- lingering close after an early answer ---------------------------------------------
+
+
+class HalfClosingTransport:
+    """Adds what a TCP transport has and StringTransport lacks: shutting only our side."""
+
+    def __init__(self, conn: SiteConnection) -> None:
+        self.write_closed = False
+        conn.transport.loseWriteConnection = self.shut  # type: ignore[attr-defined]
+
+    def shut(self) -> None:
+        self.write_closed = True
+
+
+def test_early_answer_lingers_before_closing(tmp_path: Any) -> None:
+    """
+    A refusal while the client is still sending: the answer goes out and our
+    side is shut, the rest is read and dropped for LINGER_SECONDS (so the
+    client is not reset before it reads the answer), then the connection closes.
+    """
+    clock = Clock()
+    conn, recording = connection(tmp_path, clock)
+    half = HalfClosingTransport(conn)
+    conn.send(post("/rec", 300 * 1024 * 1024))
+    assert conn.response().code == 413
+    assert half.write_closed and not conn.transport.disconnecting
+    assert conn.transport.producerState == "producing"  # still reading, to drop
+    before = conn.transport.value()
+    conn.send(b"x" * 100_000)
+    assert conn.transport.value() == before and recording.seen == []
+    clock.advance(LINGER_SECONDS - 0.1)
+    assert not conn.transport.disconnecting
+    clock.advance(0.2)
+    assert conn.transport.disconnecting
+    assert clock.getDelayedCalls() == []
+
+
+def test_lingering_stops_after_linger_bytes(tmp_path: Any) -> None:
+    clock = Clock()
+    conn, _ = connection(tmp_path, clock)
+    HalfClosingTransport(conn)
+    conn.send(post("/rec", 300 * 1024 * 1024))
+    for _ in range(LINGER_BYTES // 65536):
+        conn.send(b"x" * 65536)
+    assert not conn.transport.disconnecting
+    conn.send(b"x" * 65536)
+    assert conn.transport.disconnecting
+    assert clock.getDelayedCalls() == []
+
+
+def test_client_leaving_while_lingering_leaves_no_timer(tmp_path: Any) -> None:
+    clock = Clock()
+    conn, _ = connection(tmp_path, clock)
+    HalfClosingTransport(conn)
+    conn.send(post("/rec", 300 * 1024 * 1024))
+    conn.disconnect()
+    assert clock.getDelayedCalls() == []

@@ -203,3 +203,39 @@ async def test_curl_upload(tmp_path: Any, chunked: bool) -> None:
         assert server.leftovers() == []
     finally:
         await server.stop()
+
+
+class SendThenRead(BodySender):
+    """Sends its whole body before reading anything, as simple clients do."""
+
+    def __init__(self, head: bytes, total: int) -> None:
+        super().__init__(head, total, read=False)
+        self.error: Any = None
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        if self.sent >= self.total and self.paused is False:
+            self.transport.resumeProducing()  # all sent: now read
+
+    def connectionLost(self, reason: Any) -> None:
+        self.error = reason.value
+        super().connectionLost(reason)
+
+
+@pytest_twisted.ensureDeferred
+async def test_refusal_reaches_a_client_that_reads_only_after_sending(tmp_path: Any) -> None:
+    """
+    The 401 is answered at the headers while 3 MiB of body are still on their
+    way; the client reads only once it has sent them all. The server lingers
+    (reads and drops the rest) instead of closing on unread bytes, which would
+    reset the connection and lose the 401.
+    """
+    server = await UploadServer(tmp_path).start()
+    try:
+        client = SendThenRead(head("/files/x", 3 * MiB, token=False), 3 * MiB)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", server.port.getHost().port)
+        await connectProtocol(endpoint, client)
+        await wait_for(lambda: client.closed, timeout=30)
+        assert client.received.startswith(b"HTTP/1.1 401 "), (client.error, bytes(client.received[:80]))
+    finally:
+        await server.stop()

@@ -1,0 +1,896 @@
+#!/usr/bin/env python3
+"""
+PUT /files: streamsvc's streamed upload vs what a twisted.web user writes
+today, and vs cp of the same file as the disk's limit.
+
+Each server runs in its own process, started by this script as
+
+    python bench/bench_upload.py --serve streamsvc --port-file F --data-dir D --log L
+    python bench/bench_upload.py --serve web       --port-file F --data-dir D --log L
+
+which builds the server in-process and listens on an ephemeral port on
+127.0.0.1.  streamsvc's Site comes from its own config parser and site builder
+(``parse_config`` of a small tap.conf text with ``[auth] tokens = benchtoken``
+and ``[limits] max_upload_bytes = 8GiB``, then ``prepare_data_dir`` and
+``build_site``: exactly what ``twistd -n streamsvc`` serves).  Its ``PUT
+/files/<path>`` streams the body to a temporary dot-file in the target folder
+from thread jobs, fsyncs it, renames it into place and fsyncs the folder
+(201 new / 204 replaced).  The peer is stock twisted.web: ``Site`` over a root
+``Resource`` with a ``files`` leaf whose ``render_PUT`` checks the same Bearer
+token, then (twisted.web has by then buffered the whole body into a
+``tempfile.TemporaryFile``) copies ``request.content`` with
+``shutil.copyfileobj`` into a temporary file in the target folder, ``os.fsync``,
+``os.rename`` onto the target and fsync of the folder: the same durability,
+written synchronously in ``render_PUT`` as a twisted.web user would (the
+reactor is blocked meanwhile; that is part of what is measured).  Both log
+access lines to a file through twisted.python.log, as twistd would.
+
+The client is curl:
+
+    curl -s -o /dev/null -w '%{http_code} %{time_total} %{size_upload}' -T SRC \\
+         -H 'Authorization: Bearer benchtoken' http://127.0.0.1:PORT/files/up/N.bin
+
+with curl's default ``Expect: 100-continue`` (both servers answer it).  MiB/s =
+size / curl's time_total.  The status is checked (201/204 streamsvc, 200/201/204
+twisted.web), curl's size_upload must equal the size, and after each run the
+stored file's size and sha256 must equal the source's (hashed once, as it is
+written); the stored file is then deleted.
+
+The source file is random bytes (os.urandom, 4 MiB blocks), fsync'ed, in the
+temporary dir that also holds both data dirs (same filesystem).  The cp peer
+copies it into the same temporary dir: ``cp SRC DST`` timed alone, and
+``cp SRC DST`` + ``os.fsync(DST)`` + fsync of its folder timed as one.  cp
+alone only reaches the page cache, while both servers fsync: "cp + fsync" is
+the like-for-like disk limit.  The destination is deleted after each run.
+
+Server memory is read from ``/proc/PID/status``: VmRSS just before a run;
+VmHWM (peak RSS), reset to the current RSS just before the run by writing
+``5`` to ``/proc/PID/clear_refs``; VmRSS again once curl has its answer.  Peak
+growth = max(VmHWM, sampled VmRSS) - before; end growth = VmRSS after - before.
+A watcher thread polls ``/proc/PID/fd`` every 50 ms for deleted regular files
+(what ``TemporaryFile`` looks like on Linux) and records the largest: the temp
+file twisted.web buffers the body in.
+
+Every run does streamsvc, twisted.web, cp, cp + fsync, in an order rotated by
+one each run; --runs runs (default 5; --quick 2) per size.  Before each
+measurement the script waits until the server holds as many fds as it did idle
+and calls sync(), so no run starts with another's dirty pages still being
+written.  --sizes gives several sizes (MiB, comma-separated): one report block
+each.  Standard library only (plus curl and cp); everything on 127.0.0.1;
+server processes are killed on exit.  Run it with the Python of the venv
+streamsvc is installed in (a regular install: ``pip install .`` first to
+measure the working tree; the output says whether the installed copy is the
+working tree or git HEAD).  The machine is shared and noisy: the output lists
+other processes that were using CPU when the run started and ended; read the
+individual runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+
+from _child import ChildServer  # bench/ is sys.path[0] when run as a script
+from _machine import other_cpu_users, tree_check
+
+HOST = "127.0.0.1"
+MiB = 1024 * 1024
+SCRIPT = os.path.abspath(__file__)
+TOKEN = "benchtoken"
+CURL = "/usr/bin/curl" if os.path.exists("/usr/bin/curl") else "curl"
+BLOCK = 4 * MiB           # source written and files hashed in blocks of this size
+RSS_TARGET_MIB = 16.0
+WEB_TARGET = 1.5
+CP_TARGET = 0.5
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def clean_env() -> dict[str, str]:
+    """Environment for children: no proxies, so nothing leaves 127.0.0.1."""
+    env = dict(os.environ)
+    for k in list(env):
+        if k.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy"):
+            del env[k]
+    env["NO_PROXY"] = "*"
+    env["no_proxy"] = "*"
+    env.pop("PYTHONPATH", None)  # the server must import the installed streamsvc
+    return env
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# =========================================================================== server side
+# (runs in the --serve subprocess; imports Twisted only there)
+
+
+def serve(args: argparse.Namespace) -> int:
+    from twisted.internet import reactor
+    from twisted.python import log as tlog
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    logfile = open(args.log, "a") if args.log else sys.stdout
+    tlog.startLogging(logfile, setStdout=False)
+
+    data_dir = os.path.abspath(args.data_dir)
+    info: dict[str, object] = {"kind": args.serve}
+
+    if args.serve == "streamsvc":
+        import streamsvc
+        from streamsvc.app import build_site, prepare_data_dir
+        from streamsvc.config import parse_config
+
+        text = (
+            "[server]\n"
+            f"listen = tcp:0:interface={HOST}\n"
+            f"data_dir = {data_dir}\n"
+            "[auth]\n"
+            f"tokens = {TOKEN}\n"
+            "[limits]\n"
+            "max_upload_bytes = 8GiB\n"
+        )
+        config = parse_config(text, "bench_upload.conf")
+        prepare_data_dir(config)
+        site = build_site(config, reactor=reactor)
+        info["streamsvc_file"] = os.path.dirname(os.path.abspath(streamsvc.__file__))
+        info["max_upload_bytes"] = config.limits.max_upload_bytes
+        info["body_timeout"] = config.limits.body_timeout
+    elif args.serve == "web":
+        files_root = os.path.join(data_dir, "files")
+        os.makedirs(files_root, exist_ok=True)
+        expected_auth = f"Bearer {TOKEN}".encode("ascii")
+
+        class Files(Resource):
+            """
+            What a twisted.web user writes today: the buffered body copied to a
+            temporary file next to the target, fsync'ed, renamed, folder fsync'ed.
+            """
+
+            isLeaf = True
+
+            def render_PUT(self, request):  # noqa: N802 (Twisted API)
+                if request.getHeader(b"authorization") != expected_auth:
+                    request.setResponseCode(401)
+                    request.setHeader(b"www-authenticate", b"Bearer")
+                    return b"unauthorized\n"
+                try:
+                    segs = [s.decode("utf-8") for s in request.postpath]
+                except UnicodeDecodeError:
+                    segs = []
+                if not segs or any(s in ("", ".", "..") or "/" in s or "\0" in s for s in segs):
+                    request.setResponseCode(400)
+                    return b"bad path\n"
+                folder = os.path.join(files_root, *segs[:-1])
+                os.makedirs(folder, exist_ok=True)
+                target = os.path.join(folder, segs[-1])
+                existed = os.path.exists(target)
+                fd, temp = tempfile.mkstemp(prefix=".upload-", suffix=".tmp", dir=folder)
+                try:
+                    with os.fdopen(fd, "wb") as out:
+                        request.content.seek(0)
+                        shutil.copyfileobj(request.content, out)
+                        out.flush()
+                        os.fsync(out.fileno())
+                    os.rename(temp, target)
+                except BaseException:
+                    try:
+                        os.unlink(temp)
+                    except OSError:
+                        pass
+                    raise
+                fsync_dir(folder)
+                request.setResponseCode(204 if existed else 201)
+                return b""
+
+        root = Resource()
+        root.putChild(b"files", Files())
+        site = Site(root)
+        info["tempdir"] = tempfile.gettempdir()
+    else:
+        raise SystemExit(f"unknown server kind {args.serve!r}")
+
+    port = reactor.listenTCP(0, site, interface=HOST)
+
+    import twisted
+
+    info.update(
+        port=port.getHost().port,
+        pid=os.getpid(),
+        python=f"{platform.python_version()} ({sys.executable})",
+        twisted=twisted.__version__,
+        reactor=f"{type(reactor).__module__}.{type(reactor).__name__}",
+    )
+    try:
+        from importlib.metadata import version
+
+        info["streamsvc_version"] = version("streamsvc")
+    except Exception:
+        info["streamsvc_version"] = "?"
+    tmp = args.port_file + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(info, f)
+    os.rename(tmp, args.port_file)
+    reactor.run()
+    return 0
+
+
+# =========================================================================== /proc
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of the process, in KiB."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                out[line.split(":")[0]] = int(line.split()[1])
+    return out
+
+
+def reset_hwm(pid: int) -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def deleted_files(pid: int) -> dict[str, int]:
+    """Deleted regular files the process holds open (a TemporaryFile): link -> size."""
+    out = {}
+    d = f"/proc/{pid}/fd"
+    try:
+        fds = os.listdir(d)
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            link = os.readlink(f"{d}/{fd}")
+            if link.startswith("/") and link.endswith("(deleted)"):
+                out[link] = os.stat(f"{d}/{fd}").st_size
+        except OSError:
+            continue
+    return out
+
+
+class Watch:
+    """Polls a process's RSS and its deleted (temporary) files every `interval` s."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.pid, self.interval = pid, interval
+        self.max_rss = 0
+        self.temp_max = 0
+        self.temp_names: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "Watch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def sample(self) -> None:
+        try:
+            self.max_rss = max(self.max_rss, proc_status(self.pid).get("VmRSS", 0))
+        except OSError:
+            pass
+        for name, size in deleted_files(self.pid).items():
+            self.temp_names.add(name)
+            self.temp_max = max(self.temp_max, size)
+
+    def _run(self) -> None:
+        while True:
+            self.sample()
+            if self._stop.wait(self.interval):
+                self.sample()
+                return
+
+
+def filesystem_of(path: str) -> str:
+    """The mount point and type the path is on (from /proc/mounts)."""
+    try:
+        path = os.path.realpath(path)
+        best = ("", "?", "?")
+        with open("/proc/mounts") as f:
+            for line in f:
+                dev, mnt, typ = line.split()[:3]
+                if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best[0]):
+                    best = (mnt, typ, dev)
+        return f"{best[1]} on {best[0]} ({best[2]})"
+    except OSError:
+        return "?"
+
+
+# =========================================================================== driver
+
+
+@dataclass
+class Server(ChildServer):
+    name: str          # shown in the table
+    kind: str          # streamsvc | web
+    tmp: str
+    data_dir: str
+    port: int = 0
+    idle_fds: int = 0
+    info: dict = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name.replace(" ", "_").replace(".", "_")
+
+    @property
+    def logfile(self) -> str:
+        return os.path.join(self.tmp, f"{self.label}.log")
+
+    @property
+    def outfile(self) -> str:
+        return os.path.join(self.tmp, f"{self.label}.out")
+
+    @property
+    def port_file(self) -> str:
+        return os.path.join(self.tmp, f"{self.label}.port")
+
+    @property
+    def argv(self) -> list[str]:
+        return [sys.executable, SCRIPT, "--serve", self.kind, "--port-file", self.port_file,
+                "--data-dir", self.data_dir, "--log", self.logfile]
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def ok_codes(self) -> tuple[int, ...]:
+        return (201, 204) if self.kind == "streamsvc" else (200, 201, 204)
+
+    def stored(self, rel: str) -> str:
+        return os.path.join(self.data_dir, "files", *rel.split("/"))
+
+    def start(self) -> None:
+        pf = self.port_file
+        if os.path.exists(pf):
+            os.unlink(pf)
+        out = open(self.outfile, "ab")
+        try:
+            # cwd = temp dir: no ./streamsvc or ./tap.conf from the repository is picked up.
+            self.proc = subprocess.Popen(self.argv, cwd=self.tmp, stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=subprocess.STDOUT, env=clean_env(),
+                                         start_new_session=True)
+        finally:
+            out.close()
+        t0 = time.monotonic()
+        while not os.path.exists(pf):
+            self.check_alive()
+            if time.monotonic() - t0 > 60:
+                raise RuntimeError(f"{self.name}: no port file after 60s\n" + self.tail())
+            time.sleep(0.05)
+        with open(pf) as f:
+            self.info = json.load(f)
+        self.port = self.info["port"]
+
+    def settle(self, max_wait: float = 10.0) -> str:
+        """Wait until the server holds its idle number of fds (the last connection is gone)."""
+        self.check_alive()
+        t0 = time.monotonic()
+        while True:
+            n = fd_count(self.pid)
+            if n <= self.idle_fds:
+                break
+            if time.monotonic() - t0 > max_wait:
+                return f"fds {n} > idle {self.idle_fds} after {max_wait:.0f}s; "
+            time.sleep(0.05)
+        time.sleep(0.2)
+        return ""
+
+    def log_problems(self) -> list[str]:
+        """Lines of the server's log and output that look like errors."""
+        out = []
+        for f in (self.logfile, self.outfile):
+            try:
+                with open(f, "rb") as fh:
+                    for line in fh.read().decode("utf-8", "replace").splitlines():
+                        low = line.lower()
+                        if any(w in low for w in ("traceback", "error", "unhandled", "critical",
+                                                  "could not", "exception")):
+                            out.append(line.strip())
+            except OSError:
+                pass
+        return out
+
+
+# --------------------------------------------------------------------------- files
+
+
+def make_source(path: str, size: int) -> tuple[str, float]:
+    """Random bytes, written in BLOCK-sized pieces and fsync'ed; (sha256, hash MiB/s)."""
+    h = hashlib.sha256()
+    hash_s = 0.0
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            block = os.urandom(min(BLOCK, left))
+            t = time.perf_counter()
+            h.update(block)
+            hash_s += time.perf_counter() - t
+            f.write(block)
+            left -= len(block)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_dir(os.path.dirname(path))
+    return h.hexdigest(), (size / MiB / hash_s if hash_s > 0 else 0.0)
+
+
+def file_digest(path: str) -> tuple[int, str]:
+    h = hashlib.sha256()
+    n = 0
+    buf = bytearray(BLOCK)
+    mv = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            k = f.readinto(buf)
+            if not k:
+                break
+            h.update(mv[:k])
+            n += k
+    return n, h.hexdigest()
+
+
+@dataclass
+class Source:
+    path: str
+    size: int
+    digest: str
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def kib_to_mib(k: float) -> float:
+    return k / 1024.0
+
+
+def curl_put(port: int, src: str, rel: str, timeout: float) -> tuple[int, float, int, str]:
+    argv = [CURL, "-s", "-S", "-o", "/dev/null", "-w", "%{http_code} %{time_total} %{size_upload}",
+            "-T", src, "-H", f"Authorization: Bearer {TOKEN}", "--max-time", f"{timeout:g}",
+            f"http://{HOST}:{port}/files/{rel}"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 30,
+                       env=clean_env(), stdin=subprocess.DEVNULL)
+    parts = r.stdout.split()
+    if r.returncode != 0 or len(parts) != 3:
+        raise RuntimeError(f"curl exited {r.returncode}: stdout {r.stdout!r} stderr {r.stderr.strip()!r}")
+    return int(parts[0]), float(parts[1]), int(float(parts[2])), shlex.join(argv)
+
+
+def m_server(srv: Server, src: Source, rel: str, timeout: float) -> tuple[dict, str]:
+    pre = srv.settle()
+    os.sync()
+    pid = srv.pid
+    before = proc_status(pid)["VmRSS"]
+    hwm_ok = reset_hwm(pid)
+    with Watch(pid) as w:
+        t0 = time.monotonic()
+        code, total, uploaded, _ = curl_put(srv.port, src.path, rel, timeout)
+        wall = time.monotonic() - t0
+        st = proc_status(pid)
+    srv.check_alive()
+    what = f"{srv.name} PUT /files/{rel} ({src.size} bytes)"
+    if code not in srv.ok_codes:
+        raise RuntimeError(f"{what}: status {code}\n" + srv.tail(10))
+    if uploaded != src.size:
+        raise RuntimeError(f"{what}: curl uploaded {uploaded} bytes")
+    stored = srv.stored(rel)
+    t = time.monotonic()
+    n, digest = file_digest(stored)
+    verify_s = time.monotonic() - t
+    if n != src.size:
+        raise RuntimeError(f"{what}: stored file has {n} bytes")
+    if digest != src.digest:
+        raise RuntimeError(f"{what}: stored sha256 {digest[:16]} != source's {src.digest[:16]}")
+    os.unlink(stored)
+    peak = max(st["VmHWM"], w.max_rss) if hwm_ok else w.max_rss
+    values = {"mib_s": src.size / MiB / total,
+              "peak_mib": kib_to_mib(peak - before),
+              "end_mib": kib_to_mib(st["VmRSS"] - before),
+              "temp_mib": w.temp_max / MiB}
+    temp = (f"temp file {', '.join(sorted(w.temp_names))} up to {w.temp_max / MiB:.1f} MiB"
+            if w.temp_names else "no deleted temp file seen")
+    note = (f"{pre}{code}; curl {total:.2f}s (wall {wall:.2f}s); RSS before {kib_to_mib(before):.1f} MiB, "
+            f"VmHWM {kib_to_mib(st['VmHWM']):.1f}"
+            f"{'' if hwm_ok else ' (not reset: clear_refs failed; peak = max sampled VmRSS)'}, "
+            f"max sampled {kib_to_mib(w.max_rss):.1f}, after {kib_to_mib(st['VmRSS']):.1f} MiB; {temp}; "
+            f"size+sha256 ok (verified in {verify_s:.1f}s)")
+    return values, note
+
+
+def m_cp(src: Source, dst: str, sync: bool) -> tuple[dict, str]:
+    os.sync()
+    t0 = time.perf_counter()
+    r = subprocess.run(["cp", src.path, dst], capture_output=True, text=True, timeout=900)
+    t1 = time.perf_counter()
+    if r.returncode != 0:
+        raise RuntimeError(f"cp exited {r.returncode}: {r.stderr.strip()}")
+    if sync:
+        fd = os.open(dst, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(os.path.dirname(dst))
+    t2 = time.perf_counter()
+    n = os.stat(dst).st_size
+    os.unlink(dst)
+    if n != src.size:
+        raise RuntimeError(f"cp: {dst} has {n} bytes, not {src.size}")
+    total = t2 - t0
+    values = {"mib_s": src.size / MiB / total}
+    note = (f"cp {t1 - t0:.2f}s" + (f" + fsync file and folder {t2 - t1:.2f}s = {total:.2f}s" if sync else "")
+            + "; size ok")
+    return values, note
+
+
+# --------------------------------------------------------------------------- report
+
+
+PEERS = ("streamsvc", "twisted.web", "cp", "cp + fsync")
+METRICS = [  # key, label, applies to
+    ("mib_s", "throughput (MiB/s) [higher is better]", PEERS),
+    ("peak_mib", "server peak RSS growth (MiB) [lower is better]", PEERS[:2]),
+    ("end_mib", "server RSS growth at the end (MiB)", PEERS[:2]),
+    ("temp_mib", "server temp file, largest (MiB)", PEERS[:2]),
+]
+
+
+@dataclass
+class Block:
+    size: int
+    results: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    notes: dict[str, list[str]] = field(default_factory=dict)
+    orders: list[str] = field(default_factory=list)
+
+    def add(self, name: str, values: dict[str, float], note: str) -> None:
+        r = self.results.setdefault(name, {})
+        for k, v in values.items():
+            r.setdefault(k, []).append(v)
+        self.notes.setdefault(name, []).append(note)
+
+    def median(self, name: str, key: str) -> float | None:
+        v = self.results.get(name, {}).get(key, [])
+        return statistics.median(v) if v else None
+
+
+def fmt(v: float | None, key: str) -> str:
+    if v is None:
+        return "-"
+    if key == "mib_s":
+        return f"{v:.0f}" if abs(v) >= 100 else f"{v:.1f}"
+    return f"{v:.2f}" if abs(v) < 100 else f"{v:.1f}"
+
+
+def table(rows: list[tuple[str, ...]], indent: str = "") -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, r in enumerate(rows):
+        print(indent + " | ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        if i == 0:
+            print(indent + "-+-".join("-" * w for w in widths))
+
+
+def report(blocks: list[Block]) -> None:
+    for b in blocks:
+        print(f"Upload {b.size // MiB} MiB (medians of {len(b.orders)} runs)")
+        rows = [("metric",) + PEERS]
+        for key, label, applies in METRICS:
+            rows.append((label,) + tuple(fmt(b.median(p, key), key) if p in applies else ""
+                                         for p in PEERS))
+        table(rows, "  ")
+        print()
+        s = b.median("streamsvc", "mib_s")
+        rows = [("ratio", "value", "target", "verdict")]
+
+        def ratio(peer: str, target: float | None, tlabel: str) -> None:
+            m = b.median(peer, "mib_s")
+            if s is None or not m:
+                rows.append((f"streamsvc / {peer} throughput", "-", tlabel, "-"))
+                return
+            r = s / m
+            verdict = "-" if target is None else ("PASS" if r >= target else "MISS")
+            rows.append((f"streamsvc / {peer} throughput", f"{r:.2f}x", tlabel, verdict))
+
+        ratio("twisted.web", WEB_TARGET, f">= {WEB_TARGET}x")
+        ratio("cp", CP_TARGET, f">= {CP_TARGET}x (the issue's target; cp alone stops at the page cache)")
+        ratio("cp + fsync", CP_TARGET, f">= {CP_TARGET}x read against the like-for-like disk limit")
+        peaks = b.results.get("streamsvc", {}).get("peak_mib", [])
+        if peaks:
+            worst = max(peaks)
+            rows.append(("streamsvc peak RSS growth, worst run",
+                         f"{worst:.2f} MiB (median {statistics.median(peaks):.2f})",
+                         f"<= {RSS_TARGET_MIB:g} MiB", "PASS" if worst <= RSS_TARGET_MIB else "MISS"))
+        wpeaks = b.results.get("twisted.web", {}).get("peak_mib", [])
+        if wpeaks:
+            rows.append(("twisted.web peak RSS growth, worst run",
+                         f"{max(wpeaks):.2f} MiB (median {statistics.median(wpeaks):.2f})", "-", "-"))
+        table(rows, "  ")
+        print()
+    print("Notes: cp alone only reaches the page cache, while both servers fsync the file and its "
+          "folder before answering; \"cp + fsync\" (cp, then fsync of the copy and of its folder, "
+          "timed as one) is the like-for-like disk limit.  twisted.web writes every byte twice "
+          "(its buffering temp file, then the copy).  RSS growth is against the server's VmRSS "
+          "just before each run (it can be slightly negative when memory is given back).  "
+          "sync() runs before every measurement, untimed.")
+    print()
+    print("Individual runs (in run order):")
+    for b in blocks:
+        print(f"  upload {b.size // MiB} MiB")
+        for j, order in enumerate(b.orders, 1):
+            print(f"    run {j} order: {order}")
+        for name in PEERS:
+            res = b.results.get(name, {})
+            for key, label, applies in METRICS:
+                if name in applies and key in res:
+                    print(f"    {name:<12} {label:<48} " + ", ".join(fmt(v, key) for v in res[key]))
+        for name in PEERS:
+            for j, n in enumerate(b.notes.get(name, []), 1):
+                print(f"    {name:<12} run {j}: {n}")
+
+
+def tool_version(argv: list[str]) -> str:
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        return (r.stdout.splitlines() or ["?"])[0].strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+def machine_info(servers: list[Server], tmp: str, hash_mib_s: float) -> list[str]:
+    lines = [f"nproc: {os.cpu_count()} (affinity {len(os.sched_getaffinity(0))})",
+             f"kernel: {platform.release()}",
+             f"driver Python: {platform.python_version()} ({sys.executable}); "
+             f"sha256 in the driver {hash_mib_s:.0f} MiB/s (one core)"]
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
+        lines.append(f"cpu: {model}")
+    except OSError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            mem = {l.split(":")[0]: l.split()[1] for l in f}
+        dirty = []
+        for k in ("dirty_ratio", "dirty_background_ratio", "dirty_bytes", "dirty_background_bytes"):
+            with open(f"/proc/sys/vm/{k}") as f:
+                dirty.append(f"{k} {f.read().strip()}")
+        lines.append(f"memory: {int(mem['MemTotal']) // 1024} MiB total, "
+                     f"{int(mem['MemAvailable']) // 1024} MiB available; vm: {', '.join(dirty)}")
+    except (OSError, KeyError, ValueError):
+        pass
+    du = shutil.disk_usage(tmp)
+    lines.append(f"data dirs, source and cp copies in {tmp}: {filesystem_of(tmp)}, "
+                 f"{du.free // (1024 ** 3)} GiB free")
+    lines.append(f"client: {tool_version([CURL, '--version'])}; {tool_version(['cp', '--version'])}")
+    seen = set()
+    for s in servers:
+        i = s.info
+        if not i:
+            continue
+        line = (f"server {s.name} (pid {s.pid}): Python {i.get('python')}; Twisted {i.get('twisted')}; "
+                f"{i.get('reactor')}")
+        if s.kind == "streamsvc":
+            line += (f"; streamsvc {i.get('streamsvc_version')} from {i.get('streamsvc_file')}; "
+                     f"max_upload_bytes {i.get('max_upload_bytes')}, body_timeout {i.get('body_timeout')}s")
+            lines.append(line)
+            pkg = i.get("streamsvc_file")
+            if pkg and pkg not in seen:
+                seen.add(pkg)
+                lines.append("  " + tree_check(pkg))
+        else:
+            line += (f"; twisted.web buffers bodies in {i.get('tempdir')} "
+                     f"({filesystem_of(str(i.get('tempdir')))})")
+            lines.append(line)
+    return lines
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description="PUT /files: streamsvc vs a stock twisted.web upload vs cp")
+    ap.add_argument("--runs", type=int, default=None, help="runs per size [5; --quick: 2]")
+    ap.add_argument("--quick", action="store_true", help="2 runs, 256 MiB")
+    ap.add_argument("--size-mib", type=int, default=None, help="upload size [1024; --quick 256]")
+    ap.add_argument("--sizes", default=None,
+                    help="comma-separated upload sizes in MiB, one report block each "
+                         "[just --size-mib]")
+    ap.add_argument("--only", default="upload", help="scenarios: upload (the only one)")
+    ap.add_argument("--timeout", type=float, default=600.0, help="curl --max-time per upload [600]")
+    ap.add_argument("--tmpdir", default=None, help="where to create the temporary dir [system default]")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary dir (logs) at the end")
+    # internal modes
+    ap.add_argument("--serve", choices=("streamsvc", "web"), help=argparse.SUPPRESS)
+    ap.add_argument("--port-file", help=argparse.SUPPRESS)
+    ap.add_argument("--data-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--log", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.serve:
+        if not args.port_file or not args.data_dir:
+            ap.error("--serve needs --port-file and --data-dir")
+        return serve(args)
+
+    if set(args.only.split(",")) != {"upload"}:
+        ap.error("--only: the one scenario is 'upload'")
+    quick = args.quick
+    runs = args.runs if args.runs is not None else (2 if quick else 5)
+    if runs < 1:
+        ap.error("--runs must be at least 1")
+    size_mib = args.size_mib if args.size_mib is not None else (256 if quick else 1024)
+    try:
+        sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else [size_mib]
+    except ValueError:
+        ap.error("--sizes: comma-separated whole numbers of MiB")
+    if any(s < 1 for s in sizes):
+        ap.error("sizes must be at least 1 MiB")
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    # Explicitly, also for SIGINT: a shell may start us with SIGINT ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+    started = time.monotonic()
+    tmp = tempfile.mkdtemp(prefix="streamsvc-upload-", dir=args.tmpdir)
+    servers: list[Server] = []
+    ok = False
+    try:
+        need = 3 * max(sizes) * MiB + 256 * MiB   # source + a stored file + twisted.web's temp file
+        free = shutil.disk_usage(tmp).free
+        if free < need:
+            raise RuntimeError(f"{tmp}: {free // MiB} MiB free, {need // MiB} MiB needed")
+        svc = Server("streamsvc", "streamsvc", tmp, os.path.join(tmp, "data-streamsvc"))
+        peer = Server("twisted.web", "web", tmp, os.path.join(tmp, "data-web"))
+        servers = [svc, peer]
+        for s in servers:
+            s.start()
+        cp_dir = os.path.join(tmp, "cp")
+        os.makedirs(cp_dir)
+
+        # Unmeasured warm-up: two 1 MiB uploads each (the thread pool, lazily opened fds).
+        warm_path = os.path.join(tmp, "warm.bin")
+        warm = Source(warm_path, MiB, make_source(warm_path, MiB)[0])
+        for s in servers:
+            s.idle_fds = fd_count(s.pid)
+            for i in range(2):
+                m_server(s, warm, f"up/warm-{i}.bin", 60)
+            s.settle(max_wait=5.0)   # fds opened lazily by the first requests: the new idle
+            s.idle_fds = fd_count(s.pid)
+            st = proc_status(s.pid)
+            log(f"{s.name} (pid {s.pid}, port {s.port}) ready; RSS {kib_to_mib(st['VmRSS']):.1f} MiB, "
+                f"{s.idle_fds} fds idle")
+        os.unlink(warm_path)
+
+        load_before = other_cpu_users(ours={s.pid for s in servers})
+        log("before: " + load_before)
+        busy_warning = ("" if load_before.endswith("CPU: none") else
+                        "WARNING: other processes were using CPU when the runs started; "
+                        "the figures may be noisy")
+        if busy_warning:
+            log(busy_warning)
+
+        blocks: list[Block] = []
+        hash_mib_s = 0.0
+        for size_m in sizes:
+            size = size_m * MiB
+            src_path = os.path.join(tmp, f"src-{size_m}.bin")
+            t = time.monotonic()
+            digest, hs = make_source(src_path, size)
+            if size >= 16 * MiB:
+                hash_mib_s = hs
+            src = Source(src_path, size, digest)
+            log(f"source {size_m} MiB written and hashed in {time.monotonic() - t:.1f}s")
+            block = Block(size)
+            blocks.append(block)
+            for run in range(1, runs + 1):
+                k = (run - 1) % len(PEERS)
+                order = list(PEERS[k:] + PEERS[:k])
+                block.orders.append(", ".join(order))
+                for name in order:
+                    t0 = time.monotonic()
+                    if name == "streamsvc":
+                        v, note = m_server(svc, src, f"up/{size_m}-{run}.bin", args.timeout)
+                    elif name == "twisted.web":
+                        v, note = m_server(peer, src, f"up/{size_m}-{run}.bin", args.timeout)
+                    else:
+                        v, note = m_cp(src, os.path.join(cp_dir, f"{size_m}-{run}.bin"),
+                                       sync=(name == "cp + fsync"))
+                    block.add(name, v, note)
+                    shown = ", ".join(f"{key}={fmt(x, key)}" for key, x in v.items())
+                    log(f"  [{size_m} MiB] run {run}/{runs} {name}: {shown} [{note}] "
+                        f"({time.monotonic() - t0:.1f}s)")
+            os.unlink(src_path)
+        for s in servers:
+            s.settle()
+        load_after = other_cpu_users(ours={s.pid for s in servers})
+
+        print(f"PUT /files: streamsvc vs stock twisted.web vs cp; sizes {','.join(map(str, sizes))} MiB; "
+              f"{runs} runs per size, order rotated each run (streamsvc, twisted.web, cp, cp + fsync); "
+              f"quick={quick}")
+        print("client: " + shlex.join([CURL, "-s", "-o", "/dev/null", "-w",
+                                       "%{http_code} %{time_total} %{size_upload}", "-T", "SRC",
+                                       "-H", "Authorization: Bearer benchtoken",
+                                       "http://127.0.0.1:PORT/files/up/N.bin"])
+              + "  (Expect: 100-continue left on; MiB/s = size / time_total)")
+        for s in servers:
+            print(f"server {s.name}: {shlex.join(s.argv)}   (cwd {tmp})")
+        print()
+        print("Machine:")
+        for line in machine_info(servers, tmp, hash_mib_s):
+            print("  " + line)
+        print(f"  at start: {load_before}")
+        print(f"  at end:   {load_after}")
+        if busy_warning:
+            print("  " + busy_warning)
+        for s in servers:
+            problems = s.log_problems()
+            print(f"  {s.name} log: " + (f"{len(problems)} error-looking lines, e.g. {problems[0][:150]!r}"
+                                          if problems else "no error-looking lines"))
+        print(f"total time {time.monotonic() - started:.0f}s")
+        print()
+        report(blocks)
+        print()
+        print("command: python bench/bench_upload.py" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else ""))
+        ok = True
+        return 0
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    except Exception as e:
+        log(f"error: {e}")
+        for s in servers:
+            if s.proc is not None:
+                log(s.tail(15))
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for s in servers:
+            s.stop()
+        if args.keep or (not ok and os.environ.get("BENCH_KEEP_ON_ERROR")):
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

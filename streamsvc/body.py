@@ -413,7 +413,10 @@ class BodyRequest(Request):
         self._refused = True
         self._stop_watching()
         headers = dict(error.headers)
-        if not self._body_ended:
+        # The channel knows whether body bytes are still to come (it drops
+        # its decoder at the body's end); _body_ended may already say so
+        # for a consumer just told of the failure.
+        if getattr(self.channel, "_transferDecoder", None) is not None:
             self.channel.persistent = False
             headers[b"connection"] = b"close"
         body = render_error(self, HTTPError(error.code, error.message, headers))

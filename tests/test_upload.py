@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -54,6 +55,10 @@ class Jobs:
         if error is not None:
             raise error
         return function(*args)
+
+    def run_one(self) -> None:
+        function, args, d = self.pending.pop(0)
+        maybeDeferred(self._run, function, *args).chainDeferred(d)
 
     def run_all(self) -> None:
         self.hold = False
@@ -138,11 +143,12 @@ def test_put_creates_a_file(server: Server) -> None:
     assert stored.read_bytes() == body
     st = stored.stat()
     assert response.header("etag") == make_etag(st.st_size, st.st_mtime_ns)
-    assert response.header("content-digest") == sha256_field(body)
+    assert response.header("repr-digest") == sha256_field(body)
     assert json.loads(response.body) == {
         "path": "new.bin",
         "size": len(body),
         "etag": response.header("etag"),
+        "digest": sha256_field(body),
     }
     assert server.leftovers() == []
     get = server.request("GET", "/files/new.bin")
@@ -155,7 +161,7 @@ def test_put_replaces_a_file(server: Server) -> None:
     response = server.put("/files/f.txt", b"new version!", AUTH)
     assert response.code == 204 and response.body == b""
     assert (server.root / "f.txt").read_bytes() == b"new version!"
-    assert response.header("content-digest") == sha256_field(b"new version!")
+    assert response.header("repr-digest") == sha256_field(b"new version!")
     assert server.leftovers() == []
 
 
@@ -536,23 +542,34 @@ def test_protected_downloads_still_take_uploads(tmp_path: Any) -> None:
 
 
 def test_stale_temporary_files_are_removed_at_start(tmp_path: Any) -> None:
+    """Leftovers nobody holds are removed; a live upload's (locked) file is not."""
     files = tmp_path / "data" / "files"
     (files / "sub").mkdir(parents=True)
-    dead = files / "sub" / f"{TEMP_PREFIX}999999999-abcd{TEMP_SUFFIX}"
-    mine = files / f"{TEMP_PREFIX}{os.getpid()}-abcd{TEMP_SUFFIX}"
-    alive_pid = os.getppid()
-    alive = files / f"{TEMP_PREFIX}{alive_pid}-abcd{TEMP_SUFFIX}"
+    stale = files / "sub" / f"{TEMP_PREFIX}abcd{TEMP_SUFFIX}"
+    live = files / f"{TEMP_PREFIX}beef{TEMP_SUFFIX}"
     kept = files / "regular.txt"
-    for path in (dead, mine, alive, kept):
+    for path in (stale, live, kept):
         path.write_bytes(b"x")
-    assert remove_stale_uploads(str(files)) == 2
-    assert not dead.exists() and not mine.exists()
-    assert alive.exists() and kept.exists()
+    holder = os.open(live, os.O_RDONLY)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        assert remove_stale_uploads(str(files)) == 1
+        assert not stale.exists() and live.exists() and kept.exists()
+    finally:
+        os.close(holder)
     # prepare_data_dir does it at start-up.
-    alive.unlink()
-    dead.write_bytes(b"x")
     prepare_data_dir(Config(server=ServerConfig(data_dir=str(tmp_path / "data"))))
-    assert not dead.exists()
+    assert not live.exists() and kept.exists()
+
+
+def test_an_upload_in_progress_survives_another_start_up(server: Server) -> None:
+    server.jobs.hold = True
+    conn = server.connect()
+    conn.send(put_head("/files/f", 1000, AUTH) + b"x" * 10)
+    assert remove_stale_uploads(str(server.root)) == 0
+    assert len(server.leftovers()) == 1
+    conn.disconnect()
+    server.jobs.run_all()
 
 
 def test_temporary_files_are_never_listed_or_served(server: Server) -> None:
@@ -565,3 +582,143 @@ def test_temporary_files_are_never_listed_or_served(server: Server) -> None:
     assert server.request("GET", f"/files/{temp}").code == 404
     conn.disconnect()
     server.jobs.run_all()
+
+
+# -- from review: partial PUTs, leftovers, races -----------------------------------------
+
+
+def test_put_with_content_range_is_a_400(server: Server) -> None:
+    """RFC 9110 §14.5: storing the fragment as the whole file would destroy it."""
+    (server.root / "f").write_bytes(b"0123456789")
+    response = server.put("/files/f", b"AB", AUTH, "Content-Range: bytes 2-3/10")
+    assert response.code == 400
+    assert (server.root / "f").read_bytes() == b"0123456789"
+
+
+def test_put_with_content_encoding_is_a_415(server: Server) -> None:
+    assert server.put("/files/f", b"x", AUTH, "Content-Encoding: gzip").code == 415
+    assert server.put("/files/g", b"x", AUTH, "Content-Encoding: identity").code == 201
+
+
+def test_refused_upload_creates_no_folders(server: Server) -> None:
+    assert server.put("/files/new/deep/x", b"x", AUTH, 'If-Match: "nope"').code == 412
+    assert not (server.root / "new").exists()
+
+
+def test_failed_upload_removes_the_folders_it_created(server: Server) -> None:
+    (server.root / "old").mkdir()
+    conn = server.connect()
+    conn.send(put_head("/files/old/new/deeper/x", 1000, AUTH) + b"x" * 10)
+    assert (server.root / "old" / "new" / "deeper").is_dir()
+    conn.disconnect()
+    assert not (server.root / "old" / "new").exists()
+    assert (server.root / "old").is_dir()
+
+
+def test_created_folders_are_fsynced(server: Server, monkeypatch: Any) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    assert server.put("/files/a/b/f", b"x", AUTH).code == 201
+    root = os.path.realpath(server.root)
+    assert {root, f"{root}/a", f"{root}/a/b"} <= set(synced)
+
+
+def test_name_too_long_is_a_400(server: Server) -> None:
+    response = server.put("/files/" + "n" * 300, b"x", AUTH)
+    assert response.code == 400
+    assert server.request("DELETE", "/files/" + "n" * 300, AUTH).code == 400
+
+
+def test_create_only_losing_a_race_is_a_412(server: Server, monkeypatch: Any) -> None:
+    """A file created by another process between the last check and link(): 412, theirs kept."""
+    import streamsvc.files.upload as upload
+
+    real_current = upload._current
+
+    def racing(folder_fd: int, name: str) -> Any:
+        found = real_current(folder_fd, name)
+        if found is None and server.leftovers():  # the check right before the install
+            (server.root / name).write_bytes(b"theirs")
+        return found
+
+    conn = server.connect()
+    conn.send(put_head("/files/f", 4, AUTH, "If-None-Match: *"))
+    monkeypatch.setattr(upload, "_current", racing)
+    conn.send(b"mine")
+    conn.read_until_quiet(server.clock)
+    assert conn.response().code == 412
+    assert (server.root / "f").read_bytes() == b"theirs"
+    assert server.leftovers() == []
+
+
+def test_conditional_delete_cannot_remove_a_newer_version(server: Server) -> None:
+    """The name is gone when DELETE's check passes, so a PUT after it makes a new file that stays."""
+    f = server.root / "f"
+    f.write_bytes(b"v1")
+    server.jobs.hold = True
+    conn = server.connect()
+    conn.send(f"DELETE /files/f HTTP/1.1\r\nHost: x\r\n{AUTH}\r\nIf-Match: {etag_of(f)}\r\n\r\n".encode())
+    assert not f.exists()
+    server.jobs.run_all()
+    assert server.put("/files/f", b"v2", AUTH).code == 201
+    conn.read_until_quiet(server.clock)
+    assert conn.response().code == 204
+    assert f.read_bytes() == b"v2"
+    assert server.leftovers() == []
+
+
+def deleted_files_open(below: Any) -> list[str]:
+    """What this process holds open below C{below} that has no name any more."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            held.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass  # the listing's own descriptor, gone already
+    prefix = os.path.realpath(below) + os.sep
+    return [name for name in held if name.startswith(prefix) and name.endswith("(deleted)")]
+
+
+def test_replaced_file_is_freed_off_the_reactor(server: Server) -> None:
+    """
+    The old version is held open through the rename and closed by a thread
+    job: its blocks are freed there, not inside rename() on the reactor.
+    """
+    f = server.root / "f"
+    f.write_bytes(b"old" * 1000)
+    conn = server.connect()
+    conn.send(put_head("/files/f", 3, AUTH))
+    server.jobs.hold = True
+    conn.send(b"new")
+    server.jobs.run_one()  # the body
+    server.jobs.run_one()  # fsync, then the rename on the reactor
+    assert f.read_bytes() == b"new"
+    assert deleted_files_open(server.root) == [f"{os.path.realpath(f)} (deleted)"]
+    server.jobs.run_one()  # fsync of the folder, and the old file closed
+    assert deleted_files_open(server.root) == []
+    conn.read_until_quiet(server.clock)
+    assert conn.response().code == 204
+
+
+def test_mid_body_refusal_says_connection_close(tmp_path: Any) -> None:
+    server = Server(tmp_path, max_upload_bytes=1000)
+    conn = server.connect()
+    conn.send(put_head("/files/x", None, AUTH) + chunk(b"y" * 2000))
+    conn.read_until_quiet(server.clock)
+    assert conn.response().code == 413
+    assert conn.response().header("connection") == "close"
+
+
+def test_digest_mismatch_of_an_empty_put_keeps_the_connection(server: Server) -> None:
+    conn = server.connect()
+    conn.send(put_head("/files/x", 0, AUTH, "Content-Digest: " + sha256_field(b"not empty")))
+    conn.read_until_quiet(server.clock)
+    assert conn.response().code == 400
+    assert conn.response().header("connection") is None
+    assert not conn.aborted and not conn.transport.disconnecting

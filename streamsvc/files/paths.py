@@ -253,11 +253,11 @@ def write_segments(postpath: list[bytes]) -> tuple[str, ...]:
     return segments
 
 
-def open_folder(root: str, folders: tuple[str, ...], *, create: bool) -> tuple[int, list[str]]:
+def open_folder(root: str, folders: tuple[str, ...], *, create: bool) -> tuple[int, list[int]]:
     """
     Open, race-free, the folder below C{root} that C{folders} names, creating
     the missing ones when C{create}; return its descriptor (the caller's to
-    close) and the names of the folders created.
+    close) and the depths (indices into C{folders}) of the folders created.
 
     The walk is L{open_inside}'s: one component at a time with
     C{O_NOFOLLOW}, so a folder swapped for a symlink meanwhile cannot lead
@@ -270,10 +270,13 @@ def open_folder(root: str, folders: tuple[str, ...], *, create: bool) -> tuple[i
         C{write_failed} for what the client is told).
     """
     fd = os.open(root, FOLDER_FLAGS)
-    created: list[str] = []
+    created: list[int] = []
     try:
-        for name in folders:
-            next_fd = _open_subfolder(fd, name, root, create, created)
+        for depth, name in enumerate(folders):
+            next_fd = _open_subfolder(fd, name, root, create)
+            if next_fd < 0:
+                created.append(depth)
+                next_fd = ~next_fd
             os.close(fd)
             fd = next_fd
     except BaseException:
@@ -282,7 +285,8 @@ def open_folder(root: str, folders: tuple[str, ...], *, create: bool) -> tuple[i
     return fd, created
 
 
-def _open_subfolder(fd: int, name: str, root: str, create: bool, created: list[str]) -> int:
+def _open_subfolder(fd: int, name: str, root: str, create: bool) -> int:
+    """The folder C{name} in C{fd}, opened; C{~fd} (negative) when created here."""
     try:
         return os.open(name, FOLDER_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
     except FileNotFoundError:
@@ -290,10 +294,10 @@ def _open_subfolder(fd: int, name: str, root: str, create: bool, created: list[s
             raise
         try:
             os.mkdir(name, 0o755, dir_fd=fd)
-            created.append(name)
         except FileExistsError:
-            pass  # made meanwhile (another upload): use it
-        return os.open(name, FOLDER_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            # made meanwhile (another upload): use it
+            return os.open(name, FOLDER_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+        return ~os.open(name, FOLDER_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
     except OSError as error:
         if error.errno not in (errno.ELOOP, errno.ENOTDIR):
             raise
@@ -313,3 +317,37 @@ def _open_subfolder(fd: int, name: str, root: str, create: bool, created: list[s
         os.close(next_fd)
         raise FileNotFoundError(errno.ENOENT, "opened outside the root", name)
     return next_fd
+
+
+def remove_empty_folders(root: str, folders: tuple[str, ...], created: list[int]) -> None:
+    """
+    Remove the folders an upload created (the depths L{open_folder} gave),
+    deepest first, those still empty; opened the same race-free way, so
+    nothing outside the root is touched. Errors are ignored: a folder
+    another upload put a file in meanwhile simply stays.
+    """
+    for depth in sorted(created, reverse=True):
+        try:
+            fd, _ = open_folder(root, folders[:depth], create=False)
+        except (OSError, HTTPError):
+            continue
+        try:
+            os.rmdir(folders[depth], dir_fd=fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def fsync_folders(root: str, folders: tuple[str, ...], depths: list[int]) -> None:
+    """
+    C{fsync} the folders holding the folders an upload created (so their
+    names survive a power loss as well as the file's does), opened as
+    L{open_folder} opens them. Blocking: run it in a thread.
+    """
+    for depth in sorted(set(depths)):
+        fd, _ = open_folder(root, folders[:depth], create=False)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

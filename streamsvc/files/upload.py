@@ -24,6 +24,7 @@ caught up: a client faster than the disk costs one buffer, not its body.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import secrets
@@ -33,9 +34,9 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
@@ -52,7 +53,13 @@ from streamsvc.digests import (
 )
 from streamsvc.errors import HTTPError, render_error
 from streamsvc.files.fields import list_header, singleton_header
-from streamsvc.files.paths import RETRY_AFTER, open_folder, write_segments
+from streamsvc.files.paths import (
+    RETRY_AFTER,
+    fsync_folders,
+    open_folder,
+    remove_empty_folders,
+    write_segments,
+)
 from streamsvc.interfaces import IBodyConsumer
 from streamsvc.ranges import http_date, make_etag, write_allowed
 
@@ -77,12 +84,16 @@ JOB_SIZE = 256 * 1024
 #: L{Upload._start_writeback}).
 WRITEBACK_STEP = 8 * 1024 * 1024
 
+#: Threads writing uploads: more would only queue in the disk.
+DISK_THREADS = 4
+
 #: The default longest upload (C{[limits] max_upload_bytes}).
 DEFAULT_MAX_UPLOAD_BYTES = 1024**3
 
 #: Temporary names: a dot-name (never listed, served nor writable through
-#: the API), with the pid of the process writing it so start-up can tell a
-#: crashed process's leftovers from a live sibling's (L{remove_stale_uploads}).
+#: the API). Start-up removes those no live upload holds locked
+#: (L{remove_stale_uploads}); a DELETE renames its file to one before
+#: unlinking it.
 TEMP_PREFIX = ".streamsvc-upload-"
 TEMP_SUFFIX = ".tmp"
 
@@ -129,7 +140,7 @@ def write_failed(error: OSError, what: str) -> HTTPError:
     return HTTPError(500, "could not store the file")
 
 
-def _current(folder_fd: int, name: str) -> tuple[str, int, os.stat_result] | None:
+def _current(folder_fd: int, name: str) -> tuple[str, int] | None:
     """
     The strong ETag and last-modified second of the regular file C{name}
     in the folder, None when there is none; 409 for anything else there (a
@@ -139,10 +150,12 @@ def _current(folder_fd: int, name: str) -> tuple[str, int, os.stat_result] | Non
         st = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
     except FileNotFoundError:
         return None
+    except OSError as error:
+        raise write_failed(error, name) from None  # a name too long: 400
     if not stat.S_ISREG(st.st_mode):
         kind = "folder" if stat.S_ISDIR(st.st_mode) else "special file or symlink"
         raise HTTPError(409, f"a {kind} is at this path")
-    return make_etag(st.st_size, st.st_mtime_ns), int(st.st_mtime), st
+    return make_etag(st.st_size, st.st_mtime_ns), int(st.st_mtime)
 
 
 class _Preconditions:
@@ -157,15 +170,29 @@ class _Preconditions:
     def create_only(self) -> bool:
         return self.if_none_match is not None and self.if_none_match.strip() == "*"
 
-    def check(self, current: tuple[str, int, os.stat_result] | None) -> None:
+    def check(self, current: tuple[str, int] | None) -> None:
         allowed = write_allowed(
-            current=None if current is None else current[:2],
+            current=current,
             if_match=self.if_match,
             if_none_match=self.if_none_match,
             if_unmodified_since=self.if_unmodified_since,
         )
         if not allowed:
             raise HTTPError(412, "precondition failed")
+
+
+def _refuse_partial_or_encoded(request: IRequest) -> None:
+    """
+    A PUT with C{Content-Range} is a 400 (RFC 9110 §14.5: storing the
+    fragment as the whole file would destroy it), and one with a
+    C{Content-Encoding} a 415 (we would store the encoded bytes under a
+    name that is served as the decoded type).
+    """
+    if request.requestHeaders.hasHeader(b"content-range"):
+        raise HTTPError(400, "PUT with Content-Range (partial update) is not supported")
+    encoding = list_header(request, b"content-encoding")
+    if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+        raise HTTPError(415, "Content-Encoding is not supported for uploads")
 
 
 class Uploads:
@@ -175,8 +202,10 @@ class Uploads:
     Every request needs a Bearer token from C{tokens}; with none configured
     uploads are disabled (403, whatever the credentials).
 
-    @param run_blocking: runs a blocking call off the reactor, as
-        C{deferToThreadPool} does (the default, on C{reactor}'s pool).
+    @param run_blocking: runs a blocking call off the reactor and returns a
+        Deferred of its result. By default a thread pool of the uploads' own
+        (started with C{reactor}, stopped at its shutdown), so a slow disk
+        cannot starve DNS lookups and whatever else uses the reactor's pool.
     """
 
     def __init__(
@@ -196,7 +225,7 @@ class Uploads:
                 from twisted.internet import reactor as default_reactor
 
                 reactor = default_reactor
-            run_blocking = _in_thread_pool(reactor)
+            run_blocking = DiskThreadPool(reactor)
         self._run_blocking = run_blocking
 
     def authorize(self, request: IRequest) -> None:
@@ -214,6 +243,7 @@ class Uploads:
         """
         self.authorize(request)
         segments = write_segments(request.postpath)
+        _refuse_partial_or_encoded(request)
         try:
             expected = expected_digests(
                 list_header(request, b"content-digest"), list_header(request, b"digest")
@@ -221,27 +251,40 @@ class Uploads:
         except DigestError as error:
             raise HTTPError(400, str(error)) from None
         preconditions = _Preconditions(request)
+        folders, name = segments[:-1], segments[-1]
+        path = os.path.join(self.root, *segments)
         try:
-            folder_fd, _created = open_folder(self.root, segments[:-1], create=True)
+            try:
+                folder_fd, created = open_folder(self.root, folders, create=False)
+            except FileNotFoundError:
+                # No folder, so no file: decided before anything is created.
+                preconditions.check(None)
+                folder_fd, created = open_folder(self.root, folders, create=True)
         except OSError as error:
-            raise write_failed(error, os.path.join(self.root, *segments[:-1])) from None
+            raise write_failed(error, path) from None
         try:
-            name = segments[-1]
             preconditions.check(_current(folder_fd, name))
-            temp = f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}{TEMP_SUFFIX}"
+            temp = _temp_name()
             try:
                 fd = os.open(temp, _TEMP_FLAGS, 0o644, dir_fd=folder_fd)
             except OSError as error:
-                raise write_failed(error, os.path.join(self.root, *segments)) from None
+                raise write_failed(error, path) from None
+            # Held while the upload lives: start-up cleaning (of another
+            # process sharing the folder) leaves a locked temporary file alone.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BaseException:
             os.close(folder_fd)
+            if created:
+                remove_empty_folders(self.root, folders, created)
             raise
         return Upload(
             request,
+            root=self.root,
             folder_fd=folder_fd,
             fd=fd,
             temp=temp,
             segments=segments,
+            created=created,
             expected=expected,
             preconditions=preconditions,
             run_blocking=self._run_blocking,
@@ -249,7 +292,15 @@ class Uploads:
         )
 
     def delete(self, request: IRequest) -> int:
-        """C{DELETE}: 204 once the name is gone from the folder (on disk)."""
+        """
+        C{DELETE}: 204 once the name is gone from the folder (on disk).
+
+        The check and the removal of the name happen together on the
+        reactor: the file is renamed to a temporary name right after its
+        preconditions held (so no upload can be installed in between and
+        then deleted), and unlinked, which frees its blocks and can take
+        long for a big file, in a thread.
+        """
         self.authorize(request)
         segments = write_segments(request.postpath)
         preconditions = _Preconditions(request)
@@ -258,18 +309,23 @@ class Uploads:
             folder_fd, _ = open_folder(self.root, segments[:-1], create=False)
         except OSError as error:
             raise write_failed(error, path) from None
+        temp = _temp_name()
         try:
             current = _current(folder_fd, segments[-1])
             if current is None:
                 raise HTTPError(404, "not found")
             preconditions.check(current)
+            try:
+                os.rename(segments[-1], temp, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+            except OSError as error:
+                raise write_failed(error, path) from None
         except BaseException:
             os.close(folder_fd)
             raise
 
         def remove() -> None:
             try:
-                os.unlink(segments[-1], dir_fd=folder_fd)
+                os.unlink(temp, dir_fd=folder_fd)
                 os.fsync(folder_fd)
             finally:
                 os.close(folder_fd)
@@ -281,25 +337,42 @@ class Uploads:
                 request.finish()
 
         def failed(reason: Failure) -> None:
+            # The name is gone already; what failed is freeing or syncing.
+            log.failure("DELETE {path}: could not finish removing it", failure=reason, path=path)
             error = reason.value
-            answer = (
+            _answer_error(
+                request,
                 write_failed(error, path)
                 if isinstance(error, OSError)
-                else HTTPError(500, "could not delete the file")
+                else HTTPError(500, "could not delete the file"),
             )
-            if not isinstance(error, OSError):
-                log.failure("DELETE {path} failed", failure=reason, path=path)
-            _answer_error(request, answer)
 
         self._run_blocking(remove).addCallbacks(done, failed)
         return NOT_DONE_YET  # type: ignore[no-any-return]
 
 
-def _in_thread_pool(reactor: IReactorThreads) -> RunBlocking:
-    def run(function: Callable[..., T], *args: Any) -> Deferred[T]:
-        return deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
+def _temp_name() -> str:
+    return f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
 
-    return run
+
+class DiskThreadPool:
+    """
+    A L{RunBlocking} on a thread pool of its own, made when first used (so
+    nothing starts threads at import or configuration time) and stopped,
+    after the jobs in hand, at C{reactor}'s shutdown.
+    """
+
+    def __init__(self, reactor: Any, *, threads: int = DISK_THREADS) -> None:
+        self._reactor = reactor
+        self._threads = threads
+        self._pool: ThreadPool | None = None
+
+    def __call__(self, function: Callable[..., T], *args: Any) -> Deferred[T]:
+        if self._pool is None:
+            self._pool = ThreadPool(minthreads=0, maxthreads=self._threads, name="streamsvc-disk")
+            self._pool.start()
+            self._reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
+        return deferToThreadPool(self._reactor, self._pool, function, *args)
 
 
 def _gone(request: IRequest) -> bool:
@@ -329,29 +402,35 @@ class Upload:
 
     States: receiving (bytes written by one thread job at a time), then
     either installing (body done: digests checked, fsync, rename, fsync of
-    the folder, answer) or discarding (any failure: the temporary file is
-    removed once no job uses it). It owns C{fd} and C{folder_fd} and closes
-    both exactly once, whichever way it ends.
+    the folders, answer) or discarding (any failure: the temporary file, and
+    the folders this upload created, are removed once no job uses them). It
+    owns C{fd} and C{folder_fd} and closes both exactly once, whichever way
+    it ends.
     """
 
     def __init__(
         self,
         request: IRequest,
         *,
+        root: str,
         folder_fd: int,
         fd: int,
         temp: str,
         segments: tuple[str, ...],
+        created: list[int],
         expected: dict[str, bytes],
         preconditions: _Preconditions,
         run_blocking: RunBlocking,
         high_water: int,
     ) -> None:
         self._request = request
+        self._root = root
         self._folder_fd: int | None = folder_fd
         self._fd: int | None = fd
         self._temp = temp
         self._segments = segments
+        self._created = created  # folders to remove if this upload fails
+        self._created_installed: list[int] = []  # ... or to fsync once it is in place
         self._expected = expected
         self._preconditions = preconditions
         self._run_blocking = run_blocking
@@ -419,28 +498,8 @@ class Upload:
         self._hashes.update(data)
         self._written_bytes += len(data)
         if self._written_bytes - self._flushed_to >= 2 * WRITEBACK_STEP:
-            self._start_writeback(fd, self._flushed_to, WRITEBACK_STEP)
+            _start_writeback(fd, self._flushed_to, WRITEBACK_STEP)
             self._flushed_to += WRITEBACK_STEP
-
-    @staticmethod
-    def _start_writeback(fd: int, offset: int, length: int) -> None:
-        """
-        Start writing C{length} bytes at C{offset} to disk, without waiting.
-
-        Without it every byte waits in the page cache for the final fsync,
-        which then takes as long as the whole disk write (the upload's time
-        is network plus disk, instead of the larger of the two), and an
-        upload fills the page cache, pushing out the files being served.
-        On Linux, C{POSIX_FADV_DONTNEED} starts the writeback of dirty pages
-        (and drops the pages already written): the C{sync_file_range} trick
-        for Python, which lacks it. Elsewhere it is a hint, or nothing.
-        """
-        advise = getattr(os, "posix_fadvise", None)
-        if advise is not None:
-            try:
-                advise(fd, offset, length, os.POSIX_FADV_DONTNEED)
-            except OSError:
-                pass  # a hint: the final fsync is what makes it durable
 
     def _written(self, _: None) -> None:
         self._busy = False
@@ -468,30 +527,60 @@ class Upload:
         )
 
     def _synced(self, _: None) -> None:
+        """
+        The bytes are on disk: put them in place. On the reactor, so no
+        other upload of this process comes between the last check of the
+        preconditions and the rename.
+        """
         self._busy = False
         if self._ended:
             self._release()
             return
         assert self._fd is not None and self._folder_fd is not None
-        name = self._segments[-1]
+        folder_fd, name = self._folder_fd, self._segments[-1]
         st = os.fstat(self._fd)
-        # Checked again, on the reactor and right before the rename, so no
-        # other upload in this process can come between check and rename.
-        current = _current(self._folder_fd, name)
+        current = _current(folder_fd, name)
         self._preconditions.check(current)
-        if self._preconditions.create_only:
-            # Create only: link() fails if a file appeared in the meantime
-            # (another process), where rename() would replace it.
-            os.link(self._temp, name, src_dir_fd=self._folder_fd, dst_dir_fd=self._folder_fd)
-            os.unlink(self._temp, dir_fd=self._folder_fd)
-        else:
-            os.rename(self._temp, name, src_dir_fd=self._folder_fd, dst_dir_fd=self._folder_fd)
+        # Replacing a big file frees its blocks when its last name and
+        # descriptor go; held open here, that happens in a thread (below),
+        # not inside rename() on the reactor (seconds, for gigabytes).
+        old = _open_quietly(name, folder_fd) if current is not None else None
+        try:
+            if self._preconditions.create_only:
+                # link() cannot replace: a file that another process created
+                # since the check stays, and this upload is refused.
+                try:
+                    os.link(self._temp, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+                except FileExistsError:
+                    raise HTTPError(412, "precondition failed") from None
+                try:
+                    os.unlink(self._temp, dir_fd=folder_fd)
+                except OSError as error:  # installed all the same: say so, not fail
+                    log.warn("could not remove {temp}: {error}", temp=self._temp, error=error)
+            else:
+                os.rename(self._temp, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+        except BaseException:
+            if old is not None:
+                os.close(old)
+            raise
         self._temp = ""  # installed: nothing to remove any more
+        self._created_installed = self._created
+        self._created = []  # they hold the file now
         self._busy = True
-        created = current is None
-        self._run_blocking(os.fsync, self._folder_fd).addCallback(
-            self._installed, st, created
+        self._run_blocking(self._make_durable, old).addCallback(
+            self._installed, st, current is None
         ).addErrback(self._disk_failed)
+
+    def _make_durable(self, old: int | None) -> None:
+        """In a thread: the new names on disk (the folder, and new folders'), the old file freed."""
+        try:
+            assert self._folder_fd is not None
+            os.fsync(self._folder_fd)
+            if self._created_installed:
+                fsync_folders(self._root, self._segments[:-1], self._created_installed)
+        finally:
+            if old is not None:
+                os.close(old)
 
     def _installed(self, _: None, st: os.stat_result, created: bool) -> None:
         self._busy = False
@@ -501,12 +590,13 @@ class Upload:
         if _gone(request):
             return
         etag = make_etag(st.st_size, st.st_mtime_ns)
-        digests = self._hashes.digests()
+        digest = field({STORED_ALGORITHM: self._hashes.digests()[STORED_ALGORITHM]})
         request.setHeader(b"etag", etag.encode("ascii"))
         request.setHeader(b"last-modified", http_date(int(st.st_mtime)).encode("ascii"))
-        request.setHeader(
-            b"content-digest", field({STORED_ALGORITHM: digests[STORED_ALGORITHM]})
-        )
+        # Repr-Digest, not Content-Digest: it describes the stored file (the
+        # representation), where Content-Digest would have to describe this
+        # answer's own body (RFC 9530 §2, §3).
+        request.setHeader(b"repr-digest", digest)
         if not created:
             request.setResponseCode(204)
             request.write(b"")
@@ -516,7 +606,9 @@ class Upload:
             quote(s.decode("utf-8", "surrogateescape"), safe="") for s in request.prepath
         )
         location += "/" + "/".join(quote(s, safe="") for s in self._segments)
-        body = json.dumps({"path": self.path, "size": st.st_size, "etag": etag}).encode() + b"\n"
+        body = json.dumps(
+            {"path": self.path, "size": st.st_size, "etag": etag, "digest": digest.decode()}
+        ).encode() + b"\n"
         request.setResponseCode(201)
         request.setHeader(b"location", location.encode("ascii"))
         request.setHeader(b"content-type", b"application/json")
@@ -544,26 +636,34 @@ class Upload:
     def _discard(self) -> None:
         self._ended = True
         self._buffer = bytearray()
-        if self._paused:
-            self._paused = False
+        self._paused = False
         if not self._busy:
             self._release()
 
     def _release(self) -> None:
-        """Close both descriptors and remove the temporary file, once."""
+        """
+        Close both descriptors and remove the temporary file (and the
+        folders this upload created, if still empty), once.
+        """
         fd, self._fd = self._fd, None
         folder_fd, self._folder_fd = self._folder_fd, None
         temp, self._temp = self._temp, ""
+        created, self._created = self._created, []
         if fd is None or folder_fd is None:
             return
+        root, folders = self._root, self._segments[:-1]
 
         def release() -> None:
             try:
-                os.close(fd)
-                if temp:
+                if temp:  # before closing: a close that fails (NFS) must not keep it
                     os.unlink(temp, dir_fd=folder_fd)
             finally:
-                os.close(folder_fd)
+                try:
+                    os.close(fd)
+                finally:
+                    os.close(folder_fd)
+            if created:
+                remove_empty_folders(root, folders, created)
 
         def failed(reason: Failure) -> None:
             log.failure("could not remove the temporary file {temp}", failure=reason, temp=temp)
@@ -572,36 +672,66 @@ class Upload:
         self._run_blocking(release).addErrback(failed)
 
 
+_QUIET_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _open_quietly(name: str, folder_fd: int) -> int | None:
+    """A descriptor on the file being replaced (see L{Upload._synced}), or None."""
+    try:
+        return os.open(name, _QUIET_FLAGS, dir_fd=folder_fd)
+    except OSError:
+        return None
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """
+    Start writing C{length} bytes at C{offset} to disk, without waiting.
+
+    Without it every byte waits in the page cache for the final fsync,
+    which then takes as long as the whole disk write (the upload's time is
+    network plus disk, instead of the larger of the two), and an upload
+    fills the page cache, pushing out the files being served. On Linux,
+    C{POSIX_FADV_DONTNEED} starts the writeback of dirty pages (and drops
+    the pages already written): the C{sync_file_range} trick for Python,
+    which lacks it. Elsewhere it is a hint, or nothing.
+    """
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is not None:
+        try:
+            advise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass  # a hint: the final fsync is what makes it durable
+
+
 def remove_stale_uploads(root: str) -> int:
     """
-    Remove the temporary files of uploads whose process is gone (a crash,
-    a kill), anywhere below C{root}; return how many. Run at start-up,
-    before anything listens. A live process's (a sibling worker sharing
-    the folder) are left alone.
+    Remove the temporary files of uploads nobody is writing any more (a
+    crash, a kill), anywhere below C{root}; return how many. Run at start-up,
+    before anything listens. A live upload holds an exclusive C{flock} on
+    its file, so one of another process sharing the folder is left alone.
     """
     removed = 0
     for folder, _dirs, names in os.walk(root):
         for name in names:
-            if name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX) and _stale(name):
-                try:
-                    os.unlink(os.path.join(folder, name))
-                    removed += 1
-                except FileNotFoundError:
-                    pass
+            if name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX):
+                removed += _remove_if_unlocked(os.path.join(folder, name))
     return removed
 
 
-def _stale(name: str) -> bool:
-    pid_text = name[len(TEMP_PREFIX) :].partition("-")[0]
-    if not pid_text.isdigit():
-        return True
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return True  # we are only starting: none of these is ours
+def _remove_if_unlocked(path: str) -> int:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # alive, someone else's
-    return False
+        fd = os.open(path, _QUIET_FLAGS)
+    except OSError:
+        return 0
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return 0  # an upload in progress
+    try:
+        os.unlink(path)
+        return 1
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)

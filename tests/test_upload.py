@@ -688,7 +688,8 @@ def deleted_files_open(below: Any) -> list[str]:
 def test_replaced_file_is_freed_off_the_reactor(server: Server) -> None:
     """
     The old version is held open through the rename and closed by a thread
-    job: its blocks are freed there, not inside rename() on the reactor.
+    job after the answer: its blocks are freed there, not inside rename()
+    on the reactor, and the client does not wait for it.
     """
     f = server.root / "f"
     f.write_bytes(b"old" * 1000)
@@ -700,10 +701,12 @@ def test_replaced_file_is_freed_off_the_reactor(server: Server) -> None:
     server.jobs.run_one()  # fsync, then the rename on the reactor
     assert f.read_bytes() == b"new"
     assert deleted_files_open(server.root) == [f"{os.path.realpath(f)} (deleted)"]
-    server.jobs.run_one()  # fsync of the folder, and the old file closed
-    assert deleted_files_open(server.root) == []
+    server.jobs.run_one()  # fsync of the folder: answered, the old file still open
     conn.read_until_quiet(server.clock)
     assert conn.response().code == 204
+    assert len(deleted_files_open(server.root)) == 1
+    server.jobs.run_one()  # the release: the old file closed (freed) in the thread
+    assert deleted_files_open(server.root) == []
 
 
 def test_mid_body_refusal_says_connection_close(tmp_path: Any) -> None:

@@ -431,6 +431,7 @@ class Upload:
         self._segments = segments
         self._created = created  # folders to remove if this upload fails
         self._created_installed: list[int] = []  # ... or to fsync once it is in place
+        self._old: int | None = None  # the replaced version, open until released
         self._expected = expected
         self._preconditions = preconditions
         self._run_blocking = run_blocking
@@ -542,9 +543,10 @@ class Upload:
         current = _current(folder_fd, name)
         self._preconditions.check(current)
         # Replacing a big file frees its blocks when its last name and
-        # descriptor go; held open here, that happens in a thread (below),
-        # not inside rename() on the reactor (seconds, for gigabytes).
-        old = _open_quietly(name, folder_fd) if current is not None else None
+        # descriptor go; held open here, that happens in a thread (once
+        # answered: see _release), not inside rename() on the reactor
+        # (a second or more, for gigabytes).
+        self._old = old = _open_quietly(name, folder_fd) if current is not None else None
         try:
             if self._preconditions.create_only:
                 # link() cannot replace: a file that another process created
@@ -560,6 +562,7 @@ class Upload:
             else:
                 os.rename(self._temp, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
         except BaseException:
+            self._old = None
             if old is not None:
                 os.close(old)
             raise
@@ -567,25 +570,25 @@ class Upload:
         self._created_installed = self._created
         self._created = []  # they hold the file now
         self._busy = True
-        self._run_blocking(self._make_durable, old).addCallback(
+        self._run_blocking(self._make_durable, folder_fd).addCallback(
             self._installed, st, current is None
         ).addErrback(self._disk_failed)
 
-    def _make_durable(self, old: int | None) -> None:
-        """In a thread: the new names on disk (the folder, and new folders'), the old file freed."""
-        try:
-            assert self._folder_fd is not None
-            os.fsync(self._folder_fd)
-            if self._created_installed:
-                fsync_folders(self._root, self._segments[:-1], self._created_installed)
-        finally:
-            if old is not None:
-                os.close(old)
+    def _make_durable(self, folder_fd: int) -> None:
+        """In a thread: the new names on disk (the folder's, and new folders')."""
+        os.fsync(folder_fd)
+        if self._created_installed:
+            fsync_folders(self._root, self._segments[:-1], self._created_installed)
 
     def _installed(self, _: None, st: os.stat_result, created: bool) -> None:
         self._busy = False
         self._ended = True
-        self._release()
+        try:
+            self._answer(st, created)
+        finally:
+            self._release()  # after the answer: freeing a replaced file takes a while
+
+    def _answer(self, st: os.stat_result, created: bool) -> None:
         request = self._request
         if _gone(request):
             return
@@ -647,6 +650,7 @@ class Upload:
         """
         fd, self._fd = self._fd, None
         folder_fd, self._folder_fd = self._folder_fd, None
+        old, self._old = self._old, None
         temp, self._temp = self._temp, ""
         created, self._created = self._created, []
         if fd is None or folder_fd is None:
@@ -662,6 +666,8 @@ class Upload:
                     os.close(fd)
                 finally:
                     os.close(folder_fd)
+                    if old is not None:
+                        os.close(old)  # the replaced version: its blocks freed here
             if created:
                 remove_empty_folders(root, folders, created)
 

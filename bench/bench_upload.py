@@ -22,8 +22,10 @@ token, then (twisted.web has by then buffered the whole body into a
 ``shutil.copyfileobj`` into a temporary file in the target folder, ``os.fsync``,
 ``os.rename`` onto the target and fsync of the folder: the same durability,
 written synchronously in ``render_PUT`` as a twisted.web user would (the
-reactor is blocked meanwhile; that is part of what is measured).  Both log
-access lines to a file through twisted.python.log, as twistd would.
+reactor is blocked meanwhile; that is part of what is measured), and a
+``healthz`` leaf answering ``GET`` with ``{"status": "ok"}`` as streamsvc's
+``/healthz`` does.  Both log access lines to a file through twisted.python.log,
+as twistd would.
 
 The client is curl:
 
@@ -51,6 +53,15 @@ A watcher thread polls ``/proc/PID/fd`` every 50 ms for deleted regular files
 (what ``TemporaryFile`` looks like on Linux) and records the largest: the temp
 file twisted.web buffers the body in.
 
+The server's event-loop responsiveness during the upload: a driver thread
+sends ``GET /healthz`` back to back over one keep-alive connection
+(http.client, 2 s socket timeout each) from just before curl starts (once a
+first probe is answered) until curl exits, the probe then in flight being
+finished.  Reported: probes answered and failed (timeouts, resets: counted,
+the connection reopened), median and max latency of the answered ones, and
+the longest gap between two consecutive answers: a reactor held by
+synchronous work (twisted.web's render_PUT) shows there.
+
 Every run does streamsvc, twisted.web, cp, cp + fsync, in an order rotated by
 one each run; --runs runs (default 5; --quick 2) per size.  Before each
 measurement the script waits until the server holds as many fds as it did idle
@@ -69,12 +80,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
 import json
 import os
 import platform
 import shlex
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -95,6 +108,7 @@ BLOCK = 4 * MiB           # source written and files hashed in blocks of this si
 RSS_TARGET_MIB = 16.0
 WEB_TARGET = 1.5
 CP_TARGET = 0.5
+PROBE_TIMEOUT = 2.0      # socket timeout of each GET /healthz probe (s)
 
 
 def log(msg: str) -> None:
@@ -204,8 +218,18 @@ def serve(args: argparse.Namespace) -> int:
                 request.setResponseCode(204 if existed else 201)
                 return b""
 
+        class Health(Resource):
+            """GET /healthz, as streamsvc has it: what the responsiveness probe asks."""
+
+            isLeaf = True
+
+            def render_GET(self, request):  # noqa: N802 (Twisted API)
+                request.setHeader(b"content-type", b"application/json")
+                return b'{"status": "ok"}\n'
+
         root = Resource()
         root.putChild(b"files", Files())
+        root.putChild(b"healthz", Health())
         site = Site(root)
         info["tempdir"] = tempfile.gettempdir()
     else:
@@ -315,6 +339,118 @@ class Watch:
             if self._stop.wait(self.interval):
                 self.sample()
                 return
+
+
+class Probe:
+    """
+    The server's event-loop responsiveness while an upload runs: a thread
+    sends ``GET /healthz`` back to back over one keep-alive connection
+    (http.client, PROBE_TIMEOUT s socket timeout) and records each answer's
+    latency and time.  A failed probe (timeout, reset, other status) is
+    counted by kind, the connection is dropped and a new one opened.  After
+    stop() the probe in flight is finished (answered or failed), no new one
+    is sent; leaving the with block stops and joins the thread.
+    """
+
+    def __init__(self, port: int, timeout: float = PROBE_TIMEOUT) -> None:
+        self.port, self.timeout = port, timeout
+        self.latencies: list[float] = []   # s, answered probes
+        self.answers: list[float] = []     # perf_counter when each answer was complete
+        self.failures: dict[str, int] = {}
+        self.connections = 0
+        self.t_start = self.t_stop = 0.0
+        self._stop = threading.Event()
+        self._first = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="healthz-probe", daemon=True)
+
+    def __enter__(self) -> "Probe":
+        self.t_start = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+        self._thread.join(2 * self.timeout + 5)
+        if self._thread.is_alive():
+            self.failures["probe thread not joined"] = 1
+
+    def wait_first(self, timeout: float) -> bool:
+        """Wait for the first answer (the probe is under way before the upload starts)."""
+        return self._first.wait(timeout)
+
+    def stop(self) -> None:
+        if not self._stop.is_set():
+            self.t_stop = time.perf_counter()
+            self._stop.set()
+
+    def _fail(self, kind: str) -> None:
+        self.failures[kind] = self.failures.get(kind, 0) + 1
+
+    def _run(self) -> None:
+        conn: http.client.HTTPConnection | None = None
+        try:
+            while not self._stop.is_set():
+                if conn is None:
+                    conn = http.client.HTTPConnection(HOST, self.port, timeout=self.timeout)
+                    self.connections += 1
+                t = time.perf_counter()
+                try:
+                    conn.request("GET", "/healthz")
+                    r = conn.getresponse()
+                    r.read()
+                    done = time.perf_counter()
+                    if r.status != 200:
+                        raise http.client.HTTPException(f"status {r.status}")
+                    if r.will_close:
+                        conn.close()
+                        conn = None
+                except (OSError, http.client.HTTPException) as e:
+                    done = time.perf_counter()
+                    if isinstance(e, (socket.timeout, TimeoutError)):
+                        self._fail("timeout")
+                    elif isinstance(e, (ConnectionResetError, BrokenPipeError,
+                                        http.client.RemoteDisconnected)):
+                        self._fail("reset")
+                    else:
+                        self._fail(str(e) if str(e).startswith("status ") else type(e).__name__)
+                    if conn is not None:
+                        conn.close()
+                        conn = None
+                    if done - t < 0.01:       # refused or reset at once: do not spin
+                        self._stop.wait(0.05)
+                    continue
+                self.latencies.append(done - t)
+                self.answers.append(done)
+                self._first.set()
+        except BaseException as e:  # never let the probe take the run down
+            self._fail(f"probe crashed: {type(e).__name__}: {e}")
+        finally:
+            if conn is not None:
+                conn.close()
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
+
+    def values(self) -> dict[str, float]:
+        lat = self.latencies
+        a = self.answers
+        gap = max((y - x for x, y in zip(a, a[1:])), default=float("nan"))
+        return {"probe_n": float(len(lat)),
+                "probe_fail": float(self.failed),
+                "probe_med_ms": statistics.median(lat) * 1e3 if lat else float("nan"),
+                "probe_max_ms": max(lat) * 1e3 if lat else float("nan"),
+                "probe_gap_ms": gap * 1e3}
+
+    def note(self) -> str:
+        fails = (", ".join(f"{k} {v}" for k, v in sorted(self.failures.items()))
+                 if self.failures else "none")
+        span = self.t_stop - self.t_start
+        head = (f"first answer {(self.answers[0] - self.t_start) * 1e3:.0f} ms after the probe started, "
+                f"last {(self.answers[-1] - self.t_stop) * 1e3:+.0f} ms from curl's exit"
+                if self.answers else "no probe answered")
+        return (f"/healthz probes over {span:.2f}s: {len(self.latencies)} answered, failed: {fails}; "
+                f"{self.connections} connection(s); {head}")
 
 
 def filesystem_of(path: str) -> str:
@@ -500,9 +636,13 @@ def m_server(srv: Server, src: Source, rel: str, timeout: float) -> tuple[dict, 
     pid = srv.pid
     before = proc_status(pid)["VmRSS"]
     hwm_ok = reset_hwm(pid)
-    with Watch(pid) as w:
+    with Watch(pid) as w, Probe(srv.port) as probe:
+        probe.wait_first(PROBE_TIMEOUT + 0.5)   # the probe is answering before curl starts
         t0 = time.monotonic()
-        code, total, uploaded, _ = curl_put(srv.port, src.path, rel, timeout)
+        try:
+            code, total, uploaded, _ = curl_put(srv.port, src.path, rel, timeout)
+        finally:
+            probe.stop()                       # no new probe once curl has exited
         wall = time.monotonic() - t0
         st = proc_status(pid)
     srv.check_alive()
@@ -524,14 +664,15 @@ def m_server(srv: Server, src: Source, rel: str, timeout: float) -> tuple[dict, 
     values = {"mib_s": src.size / MiB / total,
               "peak_mib": kib_to_mib(peak - before),
               "end_mib": kib_to_mib(st["VmRSS"] - before),
-              "temp_mib": w.temp_max / MiB}
+              "temp_mib": w.temp_max / MiB,
+              **probe.values()}
     temp = (f"temp file {', '.join(sorted(w.temp_names))} up to {w.temp_max / MiB:.1f} MiB"
             if w.temp_names else "no deleted temp file seen")
     note = (f"{pre}{code}; curl {total:.2f}s (wall {wall:.2f}s); RSS before {kib_to_mib(before):.1f} MiB, "
             f"VmHWM {kib_to_mib(st['VmHWM']):.1f}"
             f"{'' if hwm_ok else ' (not reset: clear_refs failed; peak = max sampled VmRSS)'}, "
             f"max sampled {kib_to_mib(w.max_rss):.1f}, after {kib_to_mib(st['VmRSS']):.1f} MiB; {temp}; "
-            f"size+sha256 ok (verified in {verify_s:.1f}s)")
+            f"size+sha256 ok (verified in {verify_s:.1f}s); {probe.note()}")
     return values, note
 
 
@@ -570,7 +711,13 @@ METRICS = [  # key, label, applies to
     ("peak_mib", "server peak RSS growth (MiB) [lower is better]", PEERS[:2]),
     ("end_mib", "server RSS growth at the end (MiB)", PEERS[:2]),
     ("temp_mib", "server temp file, largest (MiB)", PEERS[:2]),
+    ("probe_n", "/healthz probes answered during the upload", PEERS[:2]),
+    ("probe_fail", "/healthz probes failed (timeouts, resets) [lower is better]", PEERS[:2]),
+    ("probe_med_ms", "/healthz latency, median (ms) [lower is better]", PEERS[:2]),
+    ("probe_max_ms", "/healthz latency, max (ms) [lower is better]", PEERS[:2]),
+    ("probe_gap_ms", "/healthz longest gap between answers (ms) [lower is better]", PEERS[:2]),
 ]
+COUNT_KEYS = ("probe_n", "probe_fail")
 
 
 @dataclass
@@ -587,13 +734,15 @@ class Block:
         self.notes.setdefault(name, []).append(note)
 
     def median(self, name: str, key: str) -> float | None:
-        v = self.results.get(name, {}).get(key, [])
+        v = [x for x in self.results.get(name, {}).get(key, []) if x == x]   # NaN: none answered
         return statistics.median(v) if v else None
 
 
 def fmt(v: float | None, key: str) -> str:
-    if v is None:
+    if v is None or v != v:   # None or NaN
         return "-"
+    if key in COUNT_KEYS:
+        return f"{v:.0f}"
     if key == "mib_s":
         return f"{v:.0f}" if abs(v) >= 100 else f"{v:.1f}"
     return f"{v:.2f}" if abs(v) < 100 else f"{v:.1f}"
@@ -637,6 +786,10 @@ def report(blocks: list[Block]) -> None:
             rows.append(("streamsvc peak RSS growth, worst run",
                          f"{worst:.2f} MiB (median {statistics.median(peaks):.2f})",
                          f"<= {RSS_TARGET_MIB:g} MiB", "PASS" if worst <= RSS_TARGET_MIB else "MISS"))
+        sm, wm = b.median("streamsvc", "probe_max_ms"), b.median("twisted.web", "probe_max_ms")
+        rows.append(("twisted.web / streamsvc max /healthz latency",
+                     f"{wm / sm:.1f}x ({fmt(wm, 'probe_max_ms')} / {fmt(sm, 'probe_max_ms')} ms)"
+                     if sm and wm is not None else "-", "-", "-"))
         wpeaks = b.results.get("twisted.web", {}).get("peak_mib", [])
         if wpeaks:
             rows.append(("twisted.web peak RSS growth, worst run",
@@ -648,7 +801,13 @@ def report(blocks: list[Block]) -> None:
           "timed as one) is the like-for-like disk limit.  twisted.web writes every byte twice "
           "(its buffering temp file, then the copy).  RSS growth is against the server's VmRSS "
           "just before each run (it can be slightly negative when memory is given back).  "
-          "sync() runs before every measurement, untimed.")
+          "sync() runs before every measurement, untimed.  /healthz: while curl uploads, one "
+          "driver thread sends GET /healthz back to back over one keep-alive connection "
+          f"({PROBE_TIMEOUT:g}s socket timeout; a timed-out or reset probe is counted as failed and "
+          "the connection reopened), from just before curl starts until it exits (the probe then in "
+          "flight is finished); latencies are of answered probes only, so a held reactor shows "
+          "as failures and as the longest gap between two answers rather than as a latency above "
+          f"{PROBE_TIMEOUT:g}s.")
     print()
     print("Individual runs (in run order):")
     for b in blocks:

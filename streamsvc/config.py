@@ -246,29 +246,27 @@ def _parse_chunk_size(value: str) -> int:
 MAX_BODY_BYTES_CAP: Final = 64 * 1024 * 1024
 
 
-def _parse_body_limit(value: str) -> int:
-    try:
-        size = parse_size(value)
-    except ValueError:
-        raise ValueError("expected a size such as 1048576 or 1MiB") from None
-    if size > MAX_BODY_BYTES_CAP:
-        raise ValueError(f"must be at most 64MiB ({MAX_BODY_BYTES_CAP})")
-    return size
+def _size_at_most(cap: int, cap_text: str, example: str) -> Callable[[str], int]:
+    """A parser of sizes from 0 to C{cap} (spelt C{cap_text} in errors)."""
+
+    def parse(value: str) -> int:
+        try:
+            size = parse_size(value)
+        except ValueError:
+            raise ValueError(f"expected a size such as {example}") from None
+        if size > cap:
+            raise ValueError(f"must be at most {cap_text} ({cap})")
+        return size
+
+    return parse
 
 
 #: The largest upload (and echo) body that may be allowed: far above any
 #: sensible limit, it only catches a typo such as a missing suffix letter.
 MAX_UPLOAD_BYTES_CAP: Final = 1024**5
 
-
-def _parse_upload_limit(value: str) -> int:
-    try:
-        size = parse_size(value)
-    except ValueError:
-        raise ValueError("expected a size such as 1073741824 or 1GiB") from None
-    if size > MAX_UPLOAD_BYTES_CAP:
-        raise ValueError(f"must be at most 1PiB ({MAX_UPLOAD_BYTES_CAP})")
-    return size
+_parse_body_limit = _size_at_most(MAX_BODY_BYTES_CAP, "64MiB", "1048576 or 1MiB")
+_parse_upload_limit = _size_at_most(MAX_UPLOAD_BYTES_CAP, "1PiB", "1073741824 or 1GiB")
 
 
 def _integer(low: int, high: int) -> Callable[[str], int]:

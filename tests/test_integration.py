@@ -29,7 +29,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 import streamsvc.files.resource
-from streamsvc.app import build_site
+from streamsvc.app import build_site, prepare_data_dir
 from streamsvc.config import Config, ServerConfig
 from streamsvc.producers import BodySent, IterableProducer, Outcome, send_body
 from streamsvc.testing import parse_response, parse_responses, record_resumes
@@ -41,11 +41,15 @@ class Server:
     """A real Site listening on an ephemeral loopback port."""
 
     def __init__(
-        self, data_dir: Any, streaming: bool = True, extra: dict[bytes, Resource] | None = None
+        self,
+        data_dir: Any,
+        streaming: bool = True,
+        extra: dict[bytes, Resource] | None = None,
+        **sections: Any,
     ) -> None:
-        self.config = Config(server=ServerConfig(data_dir=str(data_dir)))
+        self.config = Config(server=ServerConfig(data_dir=str(data_dir)), **sections)
         self.files = data_dir / "files"
-        self.files.mkdir(parents=True, exist_ok=True)
+        prepare_data_dir(self.config)
         self.site = build_site(self.config, reactor=reactor)
         self.site.resource.children[b"files"].streaming = streaming
         for name, resource in (extra or {}).items():

@@ -17,42 +17,29 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.utils import getProcessOutputAndValue
 
-from streamsvc.app import build_site, prepare_data_dir
-from streamsvc.config import AuthConfig, Config, LimitsConfig, ServerConfig
+from streamsvc.config import AuthConfig, LimitsConfig
 from streamsvc.files.upload import TEMP_PREFIX
 from streamsvc.testing import BodySender, parse_response
 
-from test_integration import RawClient, wait_for
+from test_integration import RawClient, Server, wait_for
 
 TOKEN = "socket-secret"
 MiB = 1024 * 1024
 
 
-class UploadServer:
+class UploadServer(Server):
+    """The integration tests' Site, with uploads on (one token, a 2 GiB limit)."""
+
     def __init__(self, tmp_path: Any) -> None:
-        config = Config(
-            server=ServerConfig(data_dir=str(tmp_path / "data")),
+        super().__init__(
+            tmp_path / "data",
             auth=AuthConfig(tokens=(TOKEN,)),
             limits=LimitsConfig(max_upload_bytes=2048 * MiB),
         )
-        prepare_data_dir(config)
-        self.root = tmp_path / "data" / "files"
-        self.site = build_site(config, reactor=reactor)
-        self.port: Any = None
-
-    async def start(self) -> UploadServer:
-        self.port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(self.site)
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port.getHost().port}"
-
-    async def stop(self) -> None:
-        await self.port.stopListening()
+        self.root = self.files
 
     def leftovers(self) -> list[str]:
         return [n for _, _, names in os.walk(self.root) for n in names if n.startswith(TEMP_PREFIX)]

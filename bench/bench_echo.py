@@ -103,6 +103,7 @@ from typing import Callable
 
 from _child import ChildServer  # bench/ is sys.path[0] when run as a script
 from _machine import other_cpu_users, tree_check
+from _proc import deleted_files, fd_count, kib_to_mib, proc_status, reset_hwm
 
 HOST = "127.0.0.1"
 MiB = 1024 * 1024
@@ -399,48 +400,6 @@ def exchange(port: int, body: Body, size: int, *, read: bool, stall_s: float = 2
 # --------------------------------------------------------------------------- /proc
 
 
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of the process, in KiB."""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                out[line.split(":")[0]] = int(line.split()[1])
-    return out
-
-
-def reset_hwm(pid: int) -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0)."""
-    try:
-        with open(f"/proc/{pid}/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def deleted_files(pid: int) -> dict[str, int]:
-    """Deleted regular files the process holds open (a TemporaryFile): link -> size."""
-    out = {}
-    d = f"/proc/{pid}/fd"
-    try:
-        fds = os.listdir(d)
-    except OSError:
-        return out
-    for fd in fds:
-        try:
-            link = os.readlink(f"{d}/{fd}")
-            if link.startswith("/") and link.endswith("(deleted)"):
-                out[link] = os.stat(f"{d}/{fd}").st_size
-        except OSError:
-            continue
-    return out
-
-
 class Watch:
     """Polls a process's RSS and its deleted (temporary) files every `interval` s."""
 
@@ -570,10 +529,6 @@ class Scenario:
         for k, v in values.items():
             r.setdefault(k, []).append(v)
         self.notes.setdefault(server, []).append(note)
-
-
-def kib_to_mib(k: float) -> float:
-    return k / 1024.0
 
 
 def verify(srv: Server, res: dict, body: Body, size: int) -> None:

@@ -54,7 +54,7 @@ A watcher thread polls ``/proc/PID/fd`` every 50 ms for deleted regular files
 file twisted.web buffers the body in.
 
 The server's event-loop responsiveness during the upload: a driver thread
-sends ``GET /healthz`` back to back over one keep-alive connection
+sends ``GET /healthz`` every PROBE_INTERVAL s over one keep-alive connection
 (http.client, 2 s socket timeout each) from just before curl starts (once a
 first probe is answered) until curl exits, the probe then in flight being
 finished.  Reported: probes answered and failed (timeouts, resets: counted,
@@ -98,6 +98,7 @@ from dataclasses import dataclass, field
 
 from _child import ChildServer  # bench/ is sys.path[0] when run as a script
 from _machine import other_cpu_users, tree_check
+from _proc import deleted_files, fd_count, kib_to_mib, proc_status, reset_hwm
 
 HOST = "127.0.0.1"
 MiB = 1024 * 1024
@@ -109,6 +110,7 @@ RSS_TARGET_MIB = 16.0
 WEB_TARGET = 1.5
 CP_TARGET = 0.5
 PROBE_TIMEOUT = 2.0      # socket timeout of each GET /healthz probe (s)
+PROBE_INTERVAL = 0.01  # s between answered probes
 
 
 def log(msg: str) -> None:
@@ -263,48 +265,6 @@ def serve(args: argparse.Namespace) -> int:
 # =========================================================================== /proc
 
 
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of the process, in KiB."""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                out[line.split(":")[0]] = int(line.split()[1])
-    return out
-
-
-def reset_hwm(pid: int) -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0)."""
-    try:
-        with open(f"/proc/{pid}/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def deleted_files(pid: int) -> dict[str, int]:
-    """Deleted regular files the process holds open (a TemporaryFile): link -> size."""
-    out = {}
-    d = f"/proc/{pid}/fd"
-    try:
-        fds = os.listdir(d)
-    except OSError:
-        return out
-    for fd in fds:
-        try:
-            link = os.readlink(f"{d}/{fd}")
-            if link.startswith("/") and link.endswith("(deleted)"):
-                out[link] = os.stat(f"{d}/{fd}").st_size
-        except OSError:
-            continue
-    return out
-
-
 class Watch:
     """Polls a process's RSS and its deleted (temporary) files every `interval` s."""
 
@@ -344,7 +304,7 @@ class Watch:
 class Probe:
     """
     The server's event-loop responsiveness while an upload runs: a thread
-    sends ``GET /healthz`` back to back over one keep-alive connection
+    sends ``GET /healthz`` every PROBE_INTERVAL s over one keep-alive connection
     (http.client, PROBE_TIMEOUT s socket timeout) and records each answer's
     latency and time.  A failed probe (timeout, reset, other status) is
     counted by kind, the connection is dropped and a new one opened.  After
@@ -422,6 +382,11 @@ class Probe:
                 self.latencies.append(done - t)
                 self.answers.append(done)
                 self._first.set()
+                # Not back to back: a thousand probes a second competed with
+                # the upload for the server's loop and the machine's two cores
+                # (streamsvc's uploads ran 20-30 % slower); a stall of more
+                # than PROBE_INTERVAL still shows as a gap.
+                self._stop.wait(PROBE_INTERVAL)
         except BaseException as e:  # never let the probe take the run down
             self._fail(f"probe crashed: {type(e).__name__}: {e}")
         finally:
@@ -614,10 +579,6 @@ class Source:
 # --------------------------------------------------------------------------- measurements
 
 
-def kib_to_mib(k: float) -> float:
-    return k / 1024.0
-
-
 def curl_put(port: int, src: str, rel: str, timeout: float) -> tuple[int, float, int, str]:
     argv = [CURL, "-s", "-S", "-o", "/dev/null", "-w", "%{http_code} %{time_total} %{size_upload}",
             "-T", src, "-H", f"Authorization: Bearer {TOKEN}", "--max-time", f"{timeout:g}",
@@ -802,7 +763,7 @@ def report(blocks: list[Block]) -> None:
           "(its buffering temp file, then the copy).  RSS growth is against the server's VmRSS "
           "just before each run (it can be slightly negative when memory is given back).  "
           "sync() runs before every measurement, untimed.  /healthz: while curl uploads, one "
-          "driver thread sends GET /healthz back to back over one keep-alive connection "
+          f"driver thread sends GET /healthz every {PROBE_INTERVAL * 1e3:g} ms over one keep-alive connection "
           f"({PROBE_TIMEOUT:g}s socket timeout; a timed-out or reset probe is counted as failed and "
           "the connection reopened), from just before curl starts until it exits (the probe then in "
           "flight is finished); latencies are of answered probes only, so a held reactor shows "
@@ -810,6 +771,7 @@ def report(blocks: list[Block]) -> None:
           f"{PROBE_TIMEOUT:g}s.")
     print()
     print("Individual runs (in run order):")
+    lw = max(len(label) for _, label, _ in METRICS)
     for b in blocks:
         print(f"  upload {b.size // MiB} MiB")
         for j, order in enumerate(b.orders, 1):
@@ -818,7 +780,7 @@ def report(blocks: list[Block]) -> None:
             res = b.results.get(name, {})
             for key, label, applies in METRICS:
                 if name in applies and key in res:
-                    print(f"    {name:<12} {label:<48} " + ", ".join(fmt(v, key) for v in res[key]))
+                    print(f"    {name:<12} {label:<{lw}} " + ", ".join(fmt(v, key) for v in res[key]))
         for name in PEERS:
             for j, n in enumerate(b.notes.get(name, []), 1):
                 print(f"    {name:<12} run {j}: {n}")

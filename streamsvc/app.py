@@ -23,6 +23,8 @@ from streamsvc.body import BodyChannel, BodyRequest
 from streamsvc.echo import EchoResource
 from streamsvc.errors import HTTPError, JSONResource, not_found
 from streamsvc.files import FilesResource
+from streamsvc.generate import GenerateResource
+from streamsvc.stages import ClientBuckets
 from streamsvc.files.upload import RunBlocking, Uploads, remove_stale_uploads
 
 
@@ -115,6 +117,9 @@ def build_resource(
     root.putChild(
         b"echo", EchoResource(max_body_bytes=config.limits.max_upload_bytes, clock=clock)
     )
+    root.putChild(
+        b"generate", GenerateResource(max_bytes=config.limits.generate_max_bytes, clock=clock)
+    )
     root.putChild(b"healthz", Health())
     return root
 
@@ -135,5 +140,13 @@ def build_site(
     site.protocol = BodyChannel
     site.max_body_bytes = config.limits.max_body_bytes  # type: ignore[attr-defined]
     site.body_timeout = config.limits.body_timeout  # type: ignore[attr-defined]
+    # Read by streamsvc.producers.start_body for every streamed response.
+    site.rate_limit = config.limits.rate_limit  # type: ignore[attr-defined]
+    site.rate_limit_after = config.limits.rate_limit_after  # type: ignore[attr-defined]
+    site.client_buckets = (  # type: ignore[attr-defined]
+        ClientBuckets(config.limits.client_rate_limit, site.reactor)
+        if config.limits.client_rate_limit
+        else None
+    )
     site.displayTracebacks = False
     return site

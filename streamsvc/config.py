@@ -105,6 +105,10 @@ class LimitsConfig:
     max_body_bytes: int = 1024 * 1024
     body_timeout: int = 60
     max_upload_bytes: int = 1024**3
+    generate_max_bytes: int = 16 * 1024**3
+    rate_limit: int = 0
+    rate_limit_after: int = 0
+    client_rate_limit: int = 0
 
 
 @attrs.frozen
@@ -267,6 +271,8 @@ MAX_UPLOAD_BYTES_CAP: Final = 1024**5
 
 _parse_body_limit = _size_at_most(MAX_BODY_BYTES_CAP, "64MiB", "1048576 or 1MiB")
 _parse_upload_limit = _size_at_most(MAX_UPLOAD_BYTES_CAP, "1PiB", "1073741824 or 1GiB")
+#: Bytes per second (0 = no limit).
+_parse_rate = _size_at_most(MAX_UPLOAD_BYTES_CAP, "1PiB", "1048576 or 1MiB (bytes per second)")
 
 
 def _integer(low: int, high: int) -> Callable[[str], int]:
@@ -334,6 +340,10 @@ _SCHEMA: Final[Mapping[str, tuple[type, Mapping[str, _Key]]]] = MappingProxyType
                 "max_body_bytes": _Key(_parse_body_limit),
                 "body_timeout": _Key(_integer(1, 3600)),
                 "max_upload_bytes": _Key(_parse_upload_limit),
+                "generate_max_bytes": _Key(_parse_upload_limit),
+                "rate_limit": _Key(_parse_rate),
+                "rate_limit_after": _Key(_parse_upload_limit),
+                "client_rate_limit": _Key(_parse_rate),
             },
         ),
     }

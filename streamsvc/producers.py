@@ -34,6 +34,7 @@ from streamsvc.errors import HTTPError, render_error
 from streamsvc.interfaces import IStreamProducer
 from streamsvc.pull import DEFAULT_BURST, DEFAULT_TURN_BUDGET, PullDriver
 from streamsvc.ranges import ByteRange
+from streamsvc.stages import ClientBuckets, ThrottleStage, TokenBucket
 
 log = Logger()
 
@@ -765,7 +766,11 @@ def _site_clock(request: IRequest) -> IReactorTime:
 
 
 def start_body(
-    request: IRequest, producer: IStreamProducer, *, clock: IReactorTime | None = None
+    request: IRequest,
+    producer: IStreamProducer,
+    *,
+    clock: IReactorTime | None = None,
+    rate: int | None = None,
 ) -> BodyStream:
     """
     Send C{producer} as the body of C{request}, and own the ending; return
@@ -788,18 +793,49 @@ def start_body(
 
     A pull producer (C{producer.streaming} false) is driven by a
     L{PullDriver} on C{clock} (by default the reactor of the request's Site).
+
+    Throttling: the Site's C{rate_limit} (bytes/s per response; C{rate}, when
+    given, may lower it, never raise it, and applies on a Site without one),
+    after its C{rate_limit_after} bytes, and its per-client C{client_buckets}
+    (see L{streamsvc.app.build_site}) put a L{ThrottleStage} outermost, so
+    what is throttled is what goes on the wire.
     """
+    producer = _throttled(request, producer, clock, rate)
     stream = BodyStream(request, producer, clock)
     stream._start()
     return stream
 
 
 def send_body(
-    request: IRequest, producer: IStreamProducer, *, clock: IReactorTime | None = None
+    request: IRequest,
+    producer: IStreamProducer,
+    *,
+    clock: IReactorTime | None = None,
+    rate: int | None = None,
 ) -> Deferred[BodySent]:
     """
     L{start_body}, for callers that only need to know how it ended: the
     returned Deferred always succeeds, with a L{BodySent}; cancelling it
     stops the body from the server side (L{Outcome.CANCELLED}).
     """
-    return start_body(request, producer, clock=clock).done
+    return start_body(request, producer, clock=clock, rate=rate).done
+
+
+def _throttled(
+    request: IRequest, producer: IStreamProducer, clock: IReactorTime | None, rate: int | None
+) -> IStreamProducer:
+    """C{producer} behind the throttles that apply to C{request}, if any."""
+    site = getattr(request, "site", None)
+    limit = getattr(site, "rate_limit", 0) or 0
+    if rate is not None and rate > 0:
+        limit = min(limit, rate) if limit else rate
+    clients: ClientBuckets | None = getattr(site, "client_buckets", None)
+    if not limit and clients is None:
+        return producer
+    clock = clock or _site_clock(request)
+    buckets = [TokenBucket(limit, clock)] if limit else []
+    if clients is not None:
+        address = request.getClientAddress()
+        buckets.append(clients.bucket(getattr(address, "host", None) or str(address)))
+    after = int(getattr(site, "rate_limit_after", 0) or 0)
+    return ThrottleStage(producer, buckets, clock=clock, after=after)

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_stages -*-
 """
 Stages: producer-to-producer transforms that sit between a source and the
-response (gzip now; throttles and record encoders later).
+response: gzip, and throttling on token buckets (record encoders later).
 
 A stage is a consumer to the producer before it and a producer to the
 consumer after it. Pause, resume and stop pass straight through to the
@@ -12,9 +12,16 @@ disconnect still closes the file or generator at the far end.
 from __future__ import annotations
 
 import zlib
+from collections import OrderedDict
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IConsumer, IProducer, IPullProducer
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IProducer,
+    IPullProducer,
+    IReactorTime,
+)
 from zope.interface import implementer
 
 from streamsvc.interfaces import IStreamProducer
@@ -152,5 +159,216 @@ class GzipStage:
         self._upstream.stopProducing()
 
     def when_ready(self) -> Deferred[None] | None:
+        when_ready = getattr(self._upstream, "when_ready", None)
+        return when_ready() if when_ready is not None else None
+
+
+# --- throttling ------------------------------------------------------------------
+
+
+#: The shortest wait a throttle schedules: shorter ones would cost a timer
+#: per few bytes at high rates and buy nothing.
+MIN_WAIT = 0.001
+
+
+class TokenBucket:
+    """
+    C{rate} bytes a second, on C{clock}. Bytes are taken after they are
+    sent and may run the bucket into debt; L{wait} says how long until it
+    is out of it. At most C{burst} bytes of unused time are saved up (a
+    tenth of a second's worth by default), so an idle spell does not buy a
+    burst that would break the rate.
+    """
+
+    def __init__(self, rate: float, clock: IReactorTime, *, burst: float | None = None) -> None:
+        if rate <= 0:
+            raise ValueError(f"rate must be positive, not {rate}")
+        self.rate = float(rate)
+        self.capacity = float(burst if burst is not None else rate / 10)
+        self._clock = clock
+        self._tokens = 0.0
+        self._stamp = clock.seconds()
+
+    def _refill(self) -> None:
+        now = self._clock.seconds()
+        self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    def take(self, amount: int) -> None:
+        self._refill()
+        self._tokens -= amount
+
+    def wait(self) -> float:
+        """
+        Seconds until the bucket is out of debt: 0 when it is (a debt under
+        one byte is none: rounding must not schedule a wait of 1e-17 s, which
+        a clock would run at once, forever), else at least L{MIN_WAIT}.
+        """
+        self._refill()
+        if self._tokens > -1:
+            return 0.0
+        return max(MIN_WAIT, -self._tokens / self.rate)
+
+
+class ClientBuckets:
+    """
+    One L{TokenBucket} per client address, shared by all its responses (a
+    per-client rate, which nginx has no way to express without modules).
+
+    Holds at most C{max_clients} addresses: past that the longest unused is
+    forgotten (its client starts a fresh bucket), so the table's memory is
+    bounded whatever the number of addresses.
+    """
+
+    def __init__(self, rate: float, clock: IReactorTime, *, max_clients: int = 10_000) -> None:
+        self.rate = rate
+        self._clock = clock
+        self._max = max_clients
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def bucket(self, address: str) -> TokenBucket:
+        found = self._buckets.get(address)
+        if found is None:
+            found = self._buckets[address] = TokenBucket(self.rate, self._clock)
+            while len(self._buckets) > self._max:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(address)
+        return found
+
+
+@implementer(IStreamProducer, IPullProducer, IConsumer)
+class ThrottleStage:
+    """
+    Holds what an upstream producer sends to the rate of one or more
+    L{TokenBucket}s (the response's, the client's), without buffering:
+    every chunk passes at once, and when a bucket is in debt the upstream
+    is paused until it is out of it, on the clock. So a throttled file is
+    read at the rate, not read fast and queued.
+
+    The first C{after} bytes go at full speed (nginx's C{limit_rate_after}).
+    Downstream pause and resume pass through as for any stage; a resume
+    while throttled waits for the bucket. In pull mode L{when_ready} says
+    when the bucket allows the next chunk.
+
+    @ivar delayed: how many seconds the stream has spent throttled.
+    """
+
+    def __init__(
+        self,
+        upstream: IStreamProducer,
+        buckets: list[TokenBucket],
+        *,
+        clock: IReactorTime,
+        after: int = 0,
+    ) -> None:
+        self._upstream = upstream
+        self._buckets = buckets
+        self._clock = clock
+        self._after = after
+        self._consumer: IConsumer | None = None
+        self._paused = False  # by the consumer downstream
+        self._timer: IDelayedCall | None = None
+        self._throttled_since: float | None = None
+        self._waiters: list[Deferred[None]] = []
+        self.bytes_written = 0
+        self.delayed = 0.0
+
+    @property
+    def length(self) -> int | None:
+        return self._upstream.length  # type: ignore[no-any-return]
+
+    @property
+    def streaming(self) -> bool:
+        return bool(self._upstream.streaming)
+
+    @property
+    def throttled(self) -> bool:
+        return self._timer is not None
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        self._consumer = consumer
+        done: Deferred[None] = self._upstream.startProducing(self)
+        return done.addBoth(self._ended)
+
+    def _ended(self, result: object) -> object:
+        self._consumer = None
+        self._unthrottle()
+        return result
+
+    # IConsumer, for the upstream producer
+
+    def write(self, data: bytes) -> None:
+        if self._consumer is None:
+            return
+        before = self.bytes_written
+        self.bytes_written += len(data)
+        self._consumer.write(data)
+        counted = self.bytes_written - max(before, self._after)
+        if counted <= 0:
+            return
+        for bucket in self._buckets:
+            bucket.take(counted)
+        if self._timer is None:
+            self._throttle()
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        """Not used: the outermost producer is the one registered with the request."""
+
+    def unregisterProducer(self) -> None:
+        """Not used, see L{registerProducer}."""
+
+    def _throttle(self) -> None:
+        wait = max(bucket.wait() for bucket in self._buckets)
+        if wait <= 0 or self._consumer is None:
+            return
+        if self._throttled_since is None:
+            self._throttled_since = self._clock.seconds()
+        self._timer = self._clock.callLater(wait, self._refilled)
+        self._upstream.pauseProducing()
+
+    def _refilled(self) -> None:
+        self._timer = None
+        self._throttle()
+        if self._timer is None:
+            self._unthrottle()  # a pull driver waiting on when_ready() goes on from here
+            if self.streaming and not self._paused and self._consumer is not None:
+                self._upstream.resumeProducing()
+
+    def _unthrottle(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        if self._throttled_since is not None:
+            self.delayed += self._clock.seconds() - self._throttled_since
+            self._throttled_since = None
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    # IPushProducer / IPullProducer, for the downstream consumer
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        self._upstream.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._timer is None:
+            self._upstream.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._consumer = None
+        self._unthrottle()
+        self._upstream.stopProducing()
+
+    def when_ready(self) -> Deferred[None] | None:
+        if self._timer is not None:
+            waiter: Deferred[None] = Deferred()
+            self._waiters.append(waiter)
+            return waiter
         when_ready = getattr(self._upstream, "when_ready", None)
         return when_ready() if when_ready is not None else None

@@ -19,7 +19,8 @@ from twisted.web.server import Site
 
 from streamsvc.auth import BearerGuard, TokenSet
 from streamsvc.config import Config, ConfigError
-from streamsvc.body import BodyChannel, BodyRequest
+from streamsvc.body import BodyRequest
+from streamsvc.limits import ConnectionLimits, GuardedChannel
 from streamsvc.echo import EchoResource
 from streamsvc.errors import HTTPError, JSONResource, not_found
 from streamsvc.files import FilesResource
@@ -137,7 +138,14 @@ def build_site(
         parsePOSTFormSubmission=False,
     )
     site.requestFactory = BodyRequest
-    site.protocol = BodyChannel
+    site.protocol = GuardedChannel
+    limits = config.limits
+    site.header_timeout = limits.header_timeout  # type: ignore[attr-defined]
+    site.idle_timeout = limits.idle_timeout  # type: ignore[attr-defined]
+    site.send_timeout = limits.send_timeout  # type: ignore[attr-defined]
+    site.connection_limits = ConnectionLimits(  # type: ignore[attr-defined]
+        limits.max_connections, limits.max_connections_per_client
+    )
     site.max_body_bytes = config.limits.max_body_bytes  # type: ignore[attr-defined]
     site.body_timeout = config.limits.body_timeout  # type: ignore[attr-defined]
     # Read by streamsvc.producers.start_body for every streamed response.

@@ -132,7 +132,12 @@ class BodyChannel(http.HTTPChannel):
     def rawDataReceived(self, data: bytes) -> None:
         if not self._body_abandoned:
             super().rawDataReceived(data)
-        elif self._linger is not None:
+        else:
+            self._drop_lingering(data)
+
+    def _drop_lingering(self, data: bytes) -> None:
+        """Bytes after an early answer: dropped, and counted while lingering."""
+        if self._linger:
             self._lingered += len(data)
             if self._lingered > LINGER_BYTES:
                 self._end_linger()
@@ -259,6 +264,16 @@ class BodyRequest(Request):
         else:
             self._watch_for_stall()
 
+    def refuse_at_headers(self, code: int, message: str) -> None:
+        """
+        Answer C{code} at the end of the headers, before C{gotLength} (a
+        message L{streamsvc.limits.GuardedChannel} finds malformed), and
+        close the connection once answered.
+        """
+        self._learn_request_line()
+        self.channel.persistent = False
+        self._refuse(HTTPError(code, message, {b"connection": b"close"}))
+
     def _learn_request_line(self) -> None:
         """
         What C{requestReceived} and C{process} would set, set now: the
@@ -280,6 +295,8 @@ class BodyRequest(Request):
         self._stop_watching()
         if self._refused or self._body_ended or self.finished or getattr(self, "channel", None) is None:
             return
+        if self._timeout <= 0:
+            return  # body_timeout = 0: off
         self._stall = self.channel.site.reactor.callLater(self._timeout, self._stalled)
 
     def _stop_watching(self) -> None:

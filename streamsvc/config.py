@@ -109,6 +109,11 @@ class LimitsConfig:
     rate_limit: int = 0
     rate_limit_after: int = 0
     client_rate_limit: int = 0
+    header_timeout: int = 15
+    idle_timeout: int = 60
+    send_timeout: int = 60
+    max_connections: int = 1024
+    max_connections_per_client: int = 0
 
 
 @attrs.frozen
@@ -338,12 +343,17 @@ _SCHEMA: Final[Mapping[str, tuple[type, Mapping[str, _Key]]]] = MappingProxyType
             LimitsConfig,
             {
                 "max_body_bytes": _Key(_parse_body_limit),
-                "body_timeout": _Key(_integer(1, 3600)),
+                "body_timeout": _Key(_integer(0, 3600)),
                 "max_upload_bytes": _Key(_parse_upload_limit),
                 "generate_max_bytes": _Key(_parse_upload_limit),
                 "rate_limit": _Key(_parse_rate),
                 "rate_limit_after": _Key(_parse_upload_limit),
                 "client_rate_limit": _Key(_parse_rate),
+                "header_timeout": _Key(_integer(0, 3600)),
+                "idle_timeout": _Key(_integer(0, 3600)),
+                "send_timeout": _Key(_integer(0, 3600)),
+                "max_connections": _Key(_integer(1, 1_000_000)),
+                "max_connections_per_client": _Key(_integer(0, 1_000_000)),
             },
         ),
     }

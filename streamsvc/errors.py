@@ -67,6 +67,10 @@ def render_error(request: IRequest, error: HTTPError) -> bytes:
     for name, value in error.headers.items():
         request.setHeader(name, value)
     body = error_body(error.message)
+    if not request.responseHeaders.hasHeader(b"cache-control"):
+        # An error is about this moment (a 404 may be a file not uploaded
+        # yet, a 503 a shortage): no cache in front may keep it.
+        request.setHeader(b"cache-control", b"no-store")
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"x-content-type-options", b"nosniff")
     request.setHeader(b"content-length", b"%d" % (len(body),))

@@ -35,6 +35,7 @@ from streamsvc.interfaces import IStreamProducer
 from streamsvc.pull import DEFAULT_BURST, DEFAULT_TURN_BUDGET, PullDriver
 from streamsvc.ranges import ByteRange
 from streamsvc.stages import ClientBuckets, ThrottleStage, TokenBucket
+from streamsvc._transport import unsent_bytes
 
 log = Logger()
 
@@ -556,6 +557,9 @@ class Outcome(enum.Enum):
     CANCELLED = "cancelled"
     #: The server is shutting down (L{BodyStream.stop} with this outcome).
     SHUTDOWN = "shutdown"
+    #: The client took no bytes for the Site's C{send_timeout} while the
+    #: body had more to send (L{BodyStream} stops it itself).
+    TIMEOUT = "timeout"
 
 
 #: What a client is told when the server stops its response before the
@@ -563,6 +567,7 @@ class Outcome(enum.Enum):
 _SERVER_STOP_ERRORS = {
     Outcome.CANCELLED: HTTPError(503, "the response was cancelled", {b"retry-after": b"1"}),
     Outcome.SHUTDOWN: HTTPError(503, "the server is shutting down", {b"retry-after": b"1"}),
+    Outcome.TIMEOUT: HTTPError(504, "the response timed out"),
 }
 
 
@@ -572,6 +577,9 @@ class BodySent:
 
     outcome: Outcome
     bytes_sent: int
+    #: Seconds the body spent paused by its consumer (the client's
+    #: backpressure): a measurement, left out of comparisons.
+    paused: float = attrs.field(default=0.0, eq=False)
 
 
 @implementer(IPushProducer)
@@ -609,6 +617,11 @@ class BodyStream:
         self._stopped_by: Outcome | None = None
         self._client_gone = False
         self._result: BodySent | None = None  # decided, about to be reported
+        self._send_timeout = 0.0
+        self._paused_at: float | None = None
+        self._paused_for = 0.0
+        self._send_timer: IDelayedCall | None = None
+        self._unsent_mark: int | None = None
 
     def __repr__(self) -> str:
         return f"<BodyStream {self.request.uri!r} {self.producer!r}>"
@@ -640,10 +653,53 @@ class BodyStream:
     # IPushProducer, for the request's channel
 
     def pauseProducing(self) -> None:
+        if self._paused_at is None and self._result is None:
+            self._paused_at = self._get_clock().seconds()
+            self._arm_send_timeout()
         (self.driver or self.producer).pauseProducing()
 
     def resumeProducing(self) -> None:
+        self._resumed()
         (self.driver or self.producer).resumeProducing()
+
+    def _resumed(self) -> None:
+        if self._paused_at is not None:
+            self._paused_for += self._get_clock().seconds() - self._paused_at
+            self._paused_at = None
+        timer, self._send_timer = self._send_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _get_clock(self) -> IReactorTime:
+        if self._clock is None:
+            self._clock = _site_clock(self.request)
+        return self._clock
+
+    # send_timeout: a client that takes nothing while we have more to send
+
+    def _arm_send_timeout(self) -> None:
+        if self._send_timeout > 0:
+            self._unsent_mark = unsent_bytes(getattr(self.request.channel, "transport", None))
+            self._send_timer = self._get_clock().callLater(self._send_timeout, self._send_stalled)
+
+    def _send_stalled(self) -> None:
+        """
+        Paused for C{send_timeout}: unless the client took some of what the
+        transport holds meanwhile (progress, however slow: wait again), the
+        body is stopped as L{Outcome.TIMEOUT}, its source released and the
+        connection aborted.
+        """
+        self._send_timer = None
+        unsent = unsent_bytes(getattr(self.request.channel, "transport", None))
+        if unsent is not None and self._unsent_mark is not None and unsent < self._unsent_mark:
+            self._arm_send_timeout()
+            return
+        log.info(
+            "Client of {uri} took nothing for {seconds} s: response aborted",
+            uri=self.request.uri,
+            seconds=self._send_timeout,
+        )
+        self.stop(Outcome.TIMEOUT)
 
     def stopProducing(self) -> None:
         self._client_gone = True
@@ -663,6 +719,7 @@ class BodyStream:
             request.responseHeaders.removeHeader(b"content-length")
         else:
             request.setHeader(b"content-length", b"%d" % (producer.length,))
+        self._send_timeout = float(getattr(getattr(request, "site", None), "send_timeout", 0) or 0)
         if not producer.streaming:
             # Never Twisted's own pull adapter: it stalls (see streamsvc.pull).
             self.driver = PullDriver(producer, clock=self._clock or _site_clock(request))
@@ -675,6 +732,7 @@ class BodyStream:
         ended.addCallback(self._report)
 
     def _unregister(self) -> None:
+        self._resumed()
         if self.driver is not None:
             self.driver.stop()
         request = self.request
@@ -722,7 +780,8 @@ class BodyStream:
         return sent
 
     def _decided(self, outcome: Outcome) -> BodySent:
-        self._result = BodySent(outcome, self.bytes_sent)
+        self._resumed()
+        self._result = BodySent(outcome, self.bytes_sent, self._paused_for)
         return self._result
 
     def _answer_server_stop(self, outcome: Outcome) -> None:

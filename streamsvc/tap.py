@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from streamsvc.app import build_site, prepare_data_dir
+from streamsvc.limits import raise_fd_limit
 from streamsvc.config import (
     DEFAULT_CONFIG_NAME,
     Config,
@@ -76,6 +77,10 @@ class Options(usage.Options):
             config, listen=self["listen"] or None, data_dir=self["data-dir"]
         )
         prepare_data_dir(config)
+        try:
+            raise_fd_limit(config.limits.max_connections)
+        except ValueError as error:
+            raise ConfigError(f"[limits] {error}") from None
         return config
 
     def postOptions(self) -> None:

@@ -63,7 +63,7 @@ def post(path: str, length: int | None, *headers: str, body: bytes = b"") -> byt
 def test_site_uses_the_body_machinery(tmp_path: Any) -> None:
     """build_site: our request and channel, form parsing off."""
     site = build_site(Config(server=ServerConfig(data_dir=str(tmp_path))), reactor=Clock())
-    assert site.requestFactory is BodyRequest and site.protocol is BodyChannel
+    assert site.requestFactory is BodyRequest and issubclass(site.protocol, BodyChannel)
     assert site._parsePOSTFormSubmission is False
 
 
@@ -219,7 +219,9 @@ def test_complete_body_leaves_no_timer(tmp_path: Any) -> None:
     conn, _ = connection(tmp_path, clock)
     conn.send(post("/rec", 3, body=b"abc"))
     assert parse_response(conn.transport.value()).code == 200
-    assert [c for c in clock.getDelayedCalls() if "timedOut" not in c.func.__name__] == []
+    # Only the connection's own idle timer (the keep-alive) is left.
+    assert [c.func.__name__ for c in clock.getDelayedCalls()] == ["_expired"]
+    assert conn.protocol._timer_kind == "idle"
 
 
 @implementer(IStreamingBodyResource)
@@ -332,7 +334,7 @@ def test_answer_before_the_body_ends_tells_the_consumer_and_leaves_no_timer(tmp_
     sink.request.resume_body()
     conn.send(b"y" * 90)
     assert len(sink.failed) == 1
-    assert [c for c in clock.getDelayedCalls() if "timedOut" not in c.func.__name__] == []
+    assert clock.getDelayedCalls() == []  # closing: no body timer, no keep-alive timer
     assert conn.transport.disconnecting
 
 

@@ -1,0 +1,332 @@
+# -*- test-case-name: tests.test_limits -*-
+"""
+Connections protected from slow and hostile clients: timeouts that a
+trickle of bytes cannot defeat, connection limits, request size limits
+answered with a status instead of a silent close, and HTTP/1.1's message
+rules where twisted.web's parser is lenient.
+
+twisted.web has one idle timer, restarted by every byte (so a header sent a
+byte every ten seconds is never cut) and switched off while a request is
+handled (so a client that stops reading holds its connection forever:
+ANCHORS E9). L{GuardedChannel} replaces it with:
+
+  - C{header_timeout}: a deadline, not an inactivity timer: from the
+    connection's start, or from the first byte of a later request on a
+    kept-alive connection, to the end of its headers. Past it: 408 and close.
+  - C{idle_timeout}: a kept-alive connection with no request in flight.
+  - C{send_timeout} (in L{streamsvc.producers.BodyStream}): a response whose
+    client takes nothing for that long while there is more to send is
+    aborted, and its source released.
+  - C{body_timeout} (in L{streamsvc.body.BodyRequest}): a request body that
+    stops arriving.
+
+and L{ConnectionLimits}: C{max_connections} over the whole server and
+C{max_connections_per_client} per address; a connection past them gets a
+JSON 503 with C{Retry-After} and is closed.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from streamsvc.body import BodyChannel
+
+log = Logger()
+
+#: The defaults of C{[limits]}.
+DEFAULT_HEADER_TIMEOUT = 15.0
+DEFAULT_IDLE_TIMEOUT = 60.0
+DEFAULT_SEND_TIMEOUT = 60.0
+DEFAULT_MAX_CONNECTIONS = 1024
+
+#: Descriptors kept for everything but connections: files being served
+#: (one per stream, counted within the connections), logs, the listening
+#: sockets, the disk threads, the reactor's own.
+FD_RESERVE = 64
+
+#: Longest request line, longest header line, all of the head, and header count.
+MAX_LINE = 8 * 1024
+MAX_HEAD = 16 * 1024
+MAX_HEADERS = 100
+
+_REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
+
+
+def raw_error(code: int, message: str, *, retry_after: int | None = None) -> bytes:
+    """A whole JSON error response, for answers given before any request exists."""
+    body = json.dumps({"error": message}).encode("utf-8") + b"\n"
+    head = [
+        b"HTTP/1.1 %d %s" % (code, _REASONS[code]),
+        b"Content-Type: application/json",
+        b"X-Content-Type-Options: nosniff",
+        b"Cache-Control: no-store",
+        b"Content-Length: %d" % (len(body),),
+        b"Connection: close",
+    ]
+    if retry_after is not None:
+        head.append(b"Retry-After: %d" % (retry_after,))
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+class ConnectionLimits:
+    """
+    Counts open connections, in all and per client address, and says which
+    new ones are admitted. Memory: one counter per address with a
+    connection open (an address's entry goes with its last connection).
+    """
+
+    def __init__(self, max_connections: int, max_per_client: int = 0) -> None:
+        self.max_connections = max_connections
+        self.max_per_client = max_per_client
+        self.open = 0
+        self.rejected = 0
+        self._per_client: dict[str, int] = {}
+
+    def admit(self, address: str) -> bool:
+        if self.max_connections and self.open >= self.max_connections:
+            self.rejected += 1
+            return False
+        count = self._per_client.get(address, 0)
+        if self.max_per_client and count >= self.max_per_client:
+            self.rejected += 1
+            return False
+        self.open += 1
+        self._per_client[address] = count + 1
+        return True
+
+    def release(self, address: str) -> None:
+        self.open -= 1
+        count = self._per_client.get(address, 0) - 1
+        if count > 0:
+            self._per_client[address] = count
+        else:
+            self._per_client.pop(address, None)
+
+
+def raise_fd_limit(max_connections: int) -> int:
+    """
+    Raise this process's soft C{RLIMIT_NOFILE} toward its hard limit, as far
+    as C{max_connections} needs (two descriptors a connection: its socket
+    and the file it may be serving, plus L{FD_RESERVE}); return the soft
+    limit now in force.
+
+    @raise ValueError: when even the hard limit cannot hold that many, with
+        a message for the one-line start-up error.
+    """
+    needed = 2 * max_connections + FD_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return soft
+    target = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    if soft < needed:
+        raise ValueError(
+            f"max_connections = {max_connections} needs {needed} file descriptors "
+            f"(2 a connection + {FD_RESERVE}), but the hard limit (ulimit -Hn) is {hard}"
+        )
+    return soft
+
+
+def _site_setting(site: Any, name: str, default: float) -> float:
+    value = getattr(site, name, None)
+    return default if value is None else float(value)
+
+
+class GuardedChannel(BodyChannel):
+    """
+    L{BodyChannel} with the timeouts, limits and message rules above. Its
+    settings are the Site's (set by L{streamsvc.app.build_site}); a Site
+    without them gets the defaults.
+    """
+
+    #: twisted.web's own idle timer is replaced by the timers below.
+    timeOut = None
+    MAX_LENGTH = MAX_LINE
+    totalHeadersSize = MAX_HEAD
+    maxHeaders = MAX_HEADERS
+
+    _timer: IDelayedCall | None = None
+    _timer_kind = ""
+    _admitted_as: str | None = None
+    _rejected = False
+
+    # -- connection ------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.timeOut = None  # (the Site sets its own on every channel it builds)
+        super().connectionMade()
+        site = self.site
+        limits: ConnectionLimits | None = getattr(site, "connection_limits", None)
+        if limits is not None:
+            address = _address(self.transport)
+            if not limits.admit(address):
+                self._rejected = True
+                log.info("Connection from {address} refused: over the limit", address=address)
+                self.transport.write(
+                    raw_error(503, "too many connections, try again soon", retry_after=1)
+                )
+                self.transport.loseConnection()
+                return
+            self._admitted_as = address
+        self._arm("header", _site_setting(site, "header_timeout", DEFAULT_HEADER_TIMEOUT))
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._disarm()
+        address, self._admitted_as = self._admitted_as, None
+        limits = getattr(self.site, "connection_limits", None)
+        if address is not None and limits is not None:
+            limits.release(address)
+        super().connectionLost(reason)
+
+    # -- timers ---------------------------------------------------------------------
+
+    def _arm(self, kind: str, seconds: float) -> None:
+        self._disarm()
+        if seconds > 0:
+            self._timer_kind = kind
+            self._timer = self.callLater(seconds, self._expired)
+
+    def _disarm(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _expired(self) -> None:
+        self._timer = None
+        if self._timer_kind == "header":
+            log.info("Headers not complete in time from {peer}", peer=_address(self.transport))
+            self._refuse_raw(408, "request headers not complete in time")
+        else:
+            self.transport.loseConnection()  # idle keep-alive: nothing to say
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._rejected:
+            self._drop_lingering(data)
+            return
+        if self._timer_kind == "idle" and self._timer is not None:
+            # The first byte of the next request: its headers have a deadline.
+            self._arm("header", _site_setting(self.site, "header_timeout", DEFAULT_HEADER_TIMEOUT))
+        if self.line_mode and self._bare_lf(data):
+            self._refuse_raw(400, "bare LF line ending in the request head")
+            return
+        super().dataReceived(data)
+
+    def _bare_lf(self, data: bytes) -> bool:
+        """
+        Whether the head (up to its blank line) ends a line with LF alone.
+        twisted.web waits for CRLF, so such a request would hang until a
+        timeout; RFC 9112 §2.2 allows refusing it, which is unambiguous.
+        """
+        pending = self._buffer + data
+        end = pending.find(b"\r\n\r\n")
+        head = pending if end < 0 else pending[:end]
+        return b"\n" in head.replace(b"\r\n", b"")
+
+    def allHeadersReceived(self) -> None:
+        self._disarm()
+        request = self.requests[-1]
+        error = _message_error(request, self._path)
+        if error is not None:
+            self._rejected = True
+            request.refuse_at_headers(*error)
+            return
+        self._path = _origin_form(self._path)
+        super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        if self._rejected:  # answered at the headers: no request to hand it to
+            self._transferDecoder = None
+            return
+        super().allContentReceived()
+
+    def requestDone(self, request: Any) -> None:
+        super().requestDone(request)
+        if getattr(self.transport, "disconnecting", True):
+            return
+        # super() went on with what was buffered (pipelining): a request may
+        # be in hand (handled, or its body arriving: not ours to time).
+        if not self.persistent or self._handlingRequest or not self.line_mode:
+            return
+        if self.requests or self._buffer:
+            kind, default = "header", DEFAULT_HEADER_TIMEOUT  # part of the next head is here
+        else:
+            kind, default = "idle", DEFAULT_IDLE_TIMEOUT
+        self._arm(kind, _site_setting(self.site, f"{kind}_timeout", default))
+
+    # -- size limits: a status, not a silent close ------------------------------------
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self._refuse_raw(431, "request head too large")
+            return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if getattr(self, "_HTTPChannel__first_line", 1):
+            self._refuse_raw(414, "request line too long")
+        else:
+            self._refuse_raw(431, "request header line too long")
+
+    def headerReceived(self, line: bytes) -> bool:
+        if self._receivedHeaderCount >= self.maxHeaders:
+            self._refuse_raw(431, "too many request headers")
+            return False
+        return bool(super().headerReceived(line))
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        """twisted.web's bare C{400 Bad Request}, as our JSON one."""
+        self._refuse_raw(400, "malformed request")
+
+    def _refuse_raw(self, code: int, message: str) -> None:
+        """Answer before any request is being answered, and close."""
+        self._disarm()
+        self._rejected = True
+        self.persistent = False
+        self.transport.write(raw_error(code, message))
+        self._body_abandoned = True  # closed lingering (see BodyChannel.loseConnection)
+        self.loseConnection()
+
+
+def _address(transport: Any) -> str:
+    peer = transport.getPeer()
+    return str(getattr(peer, "host", None) or peer)
+
+
+def _message_error(request: Any, target: bytes) -> tuple[int, str] | None:
+    """
+    What RFC 9112 §3.2 makes a 400 that twisted.web lets through: an
+    HTTP/1.1 request without C{Host}, or with more than one.
+    """
+    hosts = request.requestHeaders.getRawHeaders(b"host")
+    if hosts is not None and len(hosts) > 1:
+        return 400, "more than one Host header"
+    if hosts is None and request.channel._version == b"HTTP/1.1":
+        return 400, "Host header required"
+    return None
+
+
+def _origin_form(target: bytes) -> bytes:
+    """
+    The path and query of an absolute-form target (C{GET http://host/x}),
+    which a server must accept (RFC 9112 §3.2.2); any other form as it is.
+    """
+    if not target[:1] == b"/" and b"://" in target[:16]:
+        parts = urlsplit(target)
+        path = parts.path or b"/"
+        return path + (b"?" + parts.query if parts.query else b"")
+    return target

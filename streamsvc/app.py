@@ -146,6 +146,10 @@ def build_site(
     site.connection_limits = ConnectionLimits(  # type: ignore[attr-defined]
         limits.max_connections, limits.max_connections_per_client
     )
+    # What a graceful stop drains (streamsvc.limits.Drain).
+    site.open_channels = set()  # type: ignore[attr-defined]
+    site.open_streams = set()  # type: ignore[attr-defined]
+    site.draining = False  # type: ignore[attr-defined]
     site.max_body_bytes = config.limits.max_body_bytes  # type: ignore[attr-defined]
     site.body_timeout = config.limits.body_timeout  # type: ignore[attr-defined]
     # Read by streamsvc.producers.start_body for every streamed response.

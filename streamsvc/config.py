@@ -72,6 +72,7 @@ class ServerConfig:
 
     listen: tuple[str, ...] = ("tcp:8080:interface=127.0.0.1",)
     data_dir: str = "./data"
+    shutdown_timeout: int = 30
 
 
 @attrs.frozen
@@ -320,7 +321,11 @@ _SCHEMA: Final[Mapping[str, tuple[type, Mapping[str, _Key]]]] = MappingProxyType
     {
         "server": (
             ServerConfig,
-            {"listen": _Key(_parse_listen), "data_dir": _Key(_parse_path)},
+            {
+                "listen": _Key(_parse_listen),
+                "data_dir": _Key(_parse_path),
+                "shutdown_timeout": _Key(_integer(0, 3600)),
+            },
         ),
         "stream": (
             StreamConfig,

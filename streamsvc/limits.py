@@ -32,6 +32,7 @@ import resource
 from typing import Any
 from urllib.parse import urlsplit
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -183,9 +184,23 @@ class GuardedChannel(BodyChannel):
                 self.transport.loseConnection()
                 return
             self._admitted_as = address
+        channels = getattr(site, "open_channels", None)
+        if channels is not None:
+            if getattr(site, "draining", False):
+                self._refuse_raw(503, "the server is shutting down")
+                return
+            channels.add(self)
         self._arm("header", _site_setting(site, "header_timeout", DEFAULT_HEADER_TIMEOUT))
 
+    @property
+    def busy(self) -> bool:
+        """Whether a request is in hand (its head, body or answer), not idle between them."""
+        return bool(self.requests) or not self.line_mode or bool(self._buffer)
+
     def connectionLost(self, reason: Failure) -> None:
+        channels = getattr(self.site, "open_channels", None)
+        if channels is not None:
+            channels.discard(self)
         self._disarm()
         address, self._admitted_as = self._admitted_as, None
         limits = getattr(self.site, "connection_limits", None)
@@ -330,3 +345,70 @@ def _origin_form(target: bytes) -> bytes:
         path = parts.path or b"/"
         return path + (b"?" + parts.query if parts.query else b"")
     return target
+
+
+class Drain:
+    """
+    A graceful stop of a Site: no new connection is served, idle kept-alive
+    connections are closed, the requests in hand may finish (their
+    connections then close) for up to C{timeout} seconds; then every
+    response still streaming is stopped as L{Outcome.SHUTDOWN} (its source
+    released, its connection aborted) and every connection left is aborted.
+
+    The Site's C{open_channels} and C{open_streams} (sets that
+    L{streamsvc.app.build_site} puts on it) are what it drains.
+    """
+
+    def __init__(self, site: Any, clock: Any, timeout: float) -> None:
+        self._site = site
+        self._clock = clock
+        self._timeout = timeout
+        self._timer: IDelayedCall | None = None
+        self._poll: IDelayedCall | None = None
+        self.done: Deferred[None] = Deferred()
+
+    def start(self) -> Deferred[None]:
+        site = self._site
+        site.draining = True
+        for channel in list(site.open_channels):
+            channel.persistent = False  # answer what is in hand, then close
+            if not channel.busy:
+                channel.transport.loseConnection()
+        if self._timeout > 0:
+            self._timer = self._clock.callLater(self._timeout, self.abort)
+        self._check()
+        return self.done
+
+    def _check(self) -> None:
+        self._poll = None
+        if self.done.called:
+            return
+        if not self._site.open_channels:
+            self._finish()
+        elif self._timeout == 0:
+            self.abort()
+        else:
+            self._poll = self._clock.callLater(0.05, self._check)
+
+    def abort(self) -> None:
+        """Stop what is left, now (the timeout passed, or a second signal)."""
+        from streamsvc.producers import Outcome
+
+        if self.done.called:
+            return
+        streams = list(self._site.open_streams)
+        if streams:
+            log.warn("Shutting down: stopping {n} response(s) still streaming", n=len(streams))
+        for stream in streams:
+            stream.stop(Outcome.SHUTDOWN)
+        for channel in list(self._site.open_channels):
+            channel.transport.abortConnection()
+        self._finish()
+
+    def _finish(self) -> None:
+        for call in (self._timer, self._poll):
+            if call is not None and call.active():
+                call.cancel()
+        self._timer = self._poll = None
+        if not self.done.called:
+            self.done.callback(None)

@@ -719,7 +719,11 @@ class BodyStream:
             request.responseHeaders.removeHeader(b"content-length")
         else:
             request.setHeader(b"content-length", b"%d" % (producer.length,))
-        self._send_timeout = float(getattr(getattr(request, "site", None), "send_timeout", 0) or 0)
+        site = getattr(request, "site", None)
+        self._send_timeout = float(getattr(site, "send_timeout", 0) or 0)
+        streams = getattr(site, "open_streams", None)
+        if streams is not None:
+            streams.add(self)  # so that a shutdown can stop it (streamsvc.limits.Drain)
         if not producer.streaming:
             # Never Twisted's own pull adapter: it stalls (see streamsvc.pull).
             self.driver = PullDriver(producer, clock=self._clock or _site_clock(request))
@@ -813,6 +817,9 @@ class BodyStream:
         return BodySent(Outcome.ERROR, self.bytes_sent)
 
     def _report(self, sent: BodySent) -> None:
+        streams = getattr(getattr(self.request, "site", None), "open_streams", None)
+        if streams is not None:
+            streams.discard(self)
         if not self.done.called:
             self.done.callback(sent)
 

@@ -8,18 +8,19 @@ non-zero exit — never a traceback, and not buried under the usage text.
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
 from streamsvc.app import build_site, prepare_data_dir
-from streamsvc.limits import raise_fd_limit
+from streamsvc.limits import Drain, raise_fd_limit
 from streamsvc.config import (
     DEFAULT_CONFIG_NAME,
     Config,
@@ -98,9 +99,52 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     config = options.config if options.config is not None else options.resolve()
     site = build_site(config, reactor=reactor)
     top = MultiService()
+    _Draining(site, reactor, config.server.shutdown_timeout).setServiceParent(top)
     for description in config.server.listen:
         _Listener(description, serverFromString(reactor, description), site).setServiceParent(top)
     return top
+
+
+class _Draining(Service):
+    """
+    At stop, drains the Site (L{Drain}): the listeners stop at the same
+    time (their services are siblings), the requests in hand get up to
+    C{shutdown_timeout} seconds, and a second SIGTERM or SIGINT meanwhile
+    stops everything at once.
+    """
+
+    def __init__(self, site: Any, reactor: Any, timeout: float) -> None:
+        self._site = site
+        self._reactor = reactor
+        self._timeout = timeout
+
+    def stopService(self) -> Any:
+        super().stopService()
+        drain = Drain(self._site, self._reactor, self._timeout)
+        _on_second_signal(lambda: self._reactor.callFromThread(drain.abort))
+        log.info(
+            "Stopping: finishing {n} connection(s), for up to {timeout} s",
+            n=len(self._site.open_channels),
+            timeout=self._timeout,
+        )
+        return drain.start().addCallback(self._stopped_cleanly)
+
+    def _stopped_cleanly(self, _: None) -> None:
+        """
+        twistd ends a process stopped by a signal by re-raising it (exit
+        status 143 for SIGTERM); a stop that drained is a clean exit, 0.
+        """
+        if getattr(self._reactor, "_exitSignal", None) is not None:
+            self._reactor._exitSignal = None
+
+
+def _on_second_signal(abort: Any) -> None:
+    """Have SIGTERM and SIGINT call C{abort} (twistd's handlers only stop the reactor, once)."""
+    for number in (signal.SIGTERM, signal.SIGINT):
+        try:
+            signal.signal(number, lambda *_: abort())
+        except ValueError:  # not the main thread (tests): no signals to take
+            return
 
 
 class ListenError(Exception):

@@ -233,7 +233,7 @@ def test_partial_drain_counts_as_progress(tmp_path: Any) -> None:
 
 def test_connections_past_the_limit_get_a_503_and_the_server_recovers(tmp_path: Any) -> None:
     site = Site(tmp_path, max_connections=2)
-    first, second = site.connect(), site.connect()
+    first, _second = site.connect(), site.connect()
     third = site.connect()
     code, message = error_of(third)
     assert code == 503 and "too many connections" in message
@@ -400,3 +400,78 @@ async def test_connection_limit_over_sockets(tmp_path: Any) -> None:
         for client in held[1:]:
             client.transport.loseConnection()
         await server.stop()
+
+
+# -- graceful shutdown (Drain) ------------------------------------------------------------
+
+from streamsvc.limits import Drain  # noqa: E402
+
+
+def test_drain_closes_idle_connections_and_waits_for_busy_ones(tmp_path: Any) -> None:
+    site = Site(tmp_path)
+    (site.files / "big").write_bytes(os.urandom(1024 * 1024))
+    idle = site.connect()
+    idle.send(GET)
+    busy = site.connect()
+    busy.send(b"GET /files/big HTTP/1.1\r\nHost: x\r\n\r\n")
+    site.clock.advance(0)
+    done = Drain(site.site, site.clock, 30).start()
+    assert idle.transport.disconnecting
+    assert not busy.transport.disconnecting and not done.called
+    late = site.connect()
+    assert error_of(late)[0] == 503  # no new connection is served
+    late.disconnect()
+    for _ in range(200):
+        busy.read()
+        site.clock.advance(0.05)
+        if busy.transport.disconnecting:
+            break
+    response = busy.response()
+    assert response.complete and len(response.body) == 1024 * 1024  # finished, then closed
+    assert busy.transport.disconnecting
+    busy.disconnect()
+    idle.disconnect()
+    site.clock.advance(0.1)
+    assert done.called
+    assert site.clock.getDelayedCalls() == [] or all(
+        c.func.__name__ == "_expired" for c in site.clock.getDelayedCalls()
+    )
+
+
+def test_drain_timeout_stops_streams_and_aborts(tmp_path: Any, monkeypatch: Any) -> None:
+    site = Site(tmp_path)
+    (site.files / "big").write_bytes(os.urandom(4 * 1024 * 1024))
+    results: list[Any] = []
+    import streamsvc.files.resource as resource
+
+    real = resource.send_body
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        return real(*args, **kwargs).addCallback(results.append)
+
+    monkeypatch.setattr(resource, "send_body", recording)
+    stalled = site.connect()
+    stalled.send(b"GET /files/big HTTP/1.1\r\nHost: x\r\n\r\n")
+    site.clock.advance(0)
+    done = Drain(site.site, site.clock, 30).start()
+    site.clock.advance(29)
+    assert not done.called and not stalled.aborted
+    site.clock.advance(1.1)
+    assert done.called and stalled.aborted
+    from streamsvc.producers import Outcome
+
+    assert [r.outcome for r in results] == [Outcome.SHUTDOWN]
+    assert site.site.open_streams == set()
+
+
+def test_second_signal_aborts_at_once(tmp_path: Any) -> None:
+    site = Site(tmp_path)
+    (site.files / "big").write_bytes(os.urandom(4 * 1024 * 1024))
+    stalled = site.connect()
+    stalled.send(b"GET /files/big HTTP/1.1\r\nHost: x\r\n\r\n")
+    site.clock.advance(0)
+    drain = Drain(site.site, site.clock, 30)
+    done = drain.start()
+    drain.abort()  # what the second SIGTERM calls
+    assert done.called and stalled.aborted
+    assert [c for c in site.clock.getDelayedCalls() if c.func.__name__ in ("abort", "_check")] == []

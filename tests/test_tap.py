@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceMaker
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactorClock
 from twisted.internet.defer import fail
 from twisted.internet.error import CannotListenError
 from twisted.plugin import getPlugins
@@ -136,15 +137,16 @@ def test_config_errors_are_one_line(
 def test_make_service_one_endpoint_service_per_listen(tmp_path: Path) -> None:
     """makeService builds one endpoint service per listen entry, on the given reactor."""
     options = parse("--listen", "tcp:0:interface=127.0.0.1", "--listen", "tcp:0", "-d", str(tmp_path), cwd=tmp_path)
-    reactor = MemoryReactor()
+    reactor = MemoryReactorClock()
     service = makeService(options, reactor=reactor)
-    children = list(service)
+    children = [c for c in service if isinstance(c, StreamServerEndpointService)]
     assert len(children) == 2
-    assert all(isinstance(c, StreamServerEndpointService) for c in children)
+    assert len(list(service)) == 3  # and the one that drains the Site at stop
     service.privilegedStartService()
     service.startService()
     assert len(reactor.tcpServers) == 2
-    service.stopService()
+    stopped = service.stopService()
+    assert stopped.called  # nothing to drain
 
 
 class RefusingEndpoint:
@@ -257,3 +259,100 @@ def test_twistd_help_and_bad_config() -> None:
     assert "Traceback" not in out.stdout + out.stderr
     assert out.stderr.strip().count("\n") == 0
     assert "/nonexistent/tap.conf" in out.stderr
+
+
+def start_twistd(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [TWISTD, "-n", "--pidfile=", "--logfile=-", "streamsvc",
+         "--listen", f"tcp:{port}:interface=127.0.0.1", *extra],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, port
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(proc.communicate()[0].decode())
+            time.sleep(0.1)  # waiting for a child process to bind, not for logic
+
+
+def throttled_config(tmp_path: Path, shutdown_timeout: int) -> str:
+    (tmp_path / "data" / "files").mkdir(parents=True)
+    (tmp_path / "data" / "files" / "big.bin").write_bytes(os.urandom(2 * 1024 * 1024))
+    conf = tmp_path / "tap.conf"
+    conf.write_text(
+        f"[server]\nshutdown_timeout = {shutdown_timeout}\n[limits]\nrate_limit = 1MiB\n"
+    )
+    return str(conf)
+
+
+def download(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(b"GET /files/big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert s.recv(1024).startswith(b"HTTP/1.1 200")
+    return s
+
+
+def read_all(s: socket.socket) -> bytes:
+    data = b""
+    try:
+        while chunk := s.recv(65536):
+            data += chunk
+    except OSError:
+        pass
+    return data
+
+
+def test_sigterm_lets_a_download_finish_then_exits_0(tmp_path: Path) -> None:
+    """SIGTERM mid-download (2 MiB at 1 MiB/s): no new connections, the download completes, exit 0."""
+    proc, port = start_twistd(tmp_path, "--config", throttled_config(tmp_path, 30))
+    try:
+        s = download(port)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)  # let the stop begin (a child process, not our logic)
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        rest = read_all(s)
+        s.close()
+        assert len(rest) > 1024 * 1024  # the body went on after the signal, to its end
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def test_sigterm_aborts_what_outlives_shutdown_timeout_and_a_second_one_at_once(tmp_path: Path) -> None:
+    proc, port = start_twistd(tmp_path, "--config", throttled_config(tmp_path, 1))
+    try:
+        s = download(port)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert time.monotonic() - started < 1.9  # 2 s of body left: cut at ~1 s
+        s.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    tmp2 = tmp_path / "second"
+    tmp2.mkdir()
+    proc, port = start_twistd(tmp2, "--config", throttled_config(tmp2, 60))
+    try:
+        s = download(port)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)  # the first stop has begun (a child process)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert time.monotonic() - started < 1.0
+        s.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()

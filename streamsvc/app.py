@@ -17,7 +17,9 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
+from streamsvc.accesslog import AccessLog
 from streamsvc.auth import BearerGuard, TokenSet
+from streamsvc.metrics import Metrics, MetricsResource
 from streamsvc.config import Config, ConfigError
 from streamsvc.body import BodyRequest
 from streamsvc.limits import ConnectionLimits, GuardedChannel
@@ -92,10 +94,14 @@ class Root(JSONResource):
 
 
 def build_resource(
-    config: Config, *, clock: IReactorTime | None = None, run_blocking: RunBlocking | None = None
+    config: Config,
+    *,
+    clock: IReactorTime | None = None,
+    run_blocking: RunBlocking | None = None,
+    metrics: Metrics | None = None,
 ) -> Resource:
     """
-    The whole tree: C{/files}, C{/echo}, C{/healthz}.
+    The whole tree: C{/files}, C{/echo}, C{/generate}, C{/healthz}, C{/metrics}.
 
     @param run_blocking: runs uploads' disk work off the reactor (tests pass
         one that runs it at once); by default C{clock}'s thread pool.
@@ -122,6 +128,11 @@ def build_resource(
         b"generate", GenerateResource(max_bytes=config.limits.generate_max_bytes, clock=clock)
     )
     root.putChild(b"healthz", Health())
+    if metrics is not None:
+        page: IResource = MetricsResource(metrics)
+        if config.auth.protect_metrics:
+            page = BearerGuard(page, tokens)
+        root.putChild(b"metrics", page)
     return root
 
 
@@ -130,10 +141,13 @@ def build_site(
 ) -> Site:
     """
     A Site whose requests answer unexpected failures with JSON and never
-    buffer or form-parse a body (see L{streamsvc.body}).
+    buffer or form-parse a body (see L{streamsvc.body}), with its metrics
+    (C{/metrics}), access log and limits (the attributes set below, read by
+    the requests, channels and streams of the Site).
     """
+    metrics = Metrics() if config.server.metrics else None
     site = Site(
-        build_resource(config, clock=reactor, run_blocking=run_blocking),
+        build_resource(config, clock=reactor, run_blocking=run_blocking, metrics=metrics),
         reactor=reactor,
         parsePOSTFormSubmission=False,
     )
@@ -161,4 +175,9 @@ def build_site(
         else None
     )
     site.displayTracebacks = False
+    site.metrics = metrics  # type: ignore[attr-defined]
+    # Every response logged once, those cut short too (streamsvc.accesslog);
+    # twisted.web's own line (Site.log, called from finish) is replaced.
+    site.access_log = AccessLog(config.server.access_log, clock=site.reactor)  # type: ignore[attr-defined]
+    site.log = site.access_log  # type: ignore[method-assign]
     return site

@@ -221,6 +221,9 @@ class BodyRequest(Request):
     def gotLength(self, length: int | None) -> None:
         # Never written to: no buffering, and nothing for form parsing.
         self.content = BytesIO()
+        reactor = getattr(getattr(self.channel, "site", None), "reactor", None)
+        if reactor is not None:
+            self.started_at = reactor.seconds()  # for the access log's duration
         expect = self.requestHeaders.getRawHeaders(b"expect")
         self.requestHeaders.removeHeader(b"expect")
         # RFC 9110 §10.1.1: only 100-continue is defined, and only from HTTP/1.1.
@@ -308,6 +311,9 @@ class BodyRequest(Request):
         self._stall = None
         if getattr(self.channel.transport, "disconnecting", False):
             return  # closing already (the channel's idle timeout): connectionLost follows
+        metrics = getattr(self.site, "metrics", None)
+        if metrics is not None:
+            metrics.timeout("body")
         self.fail_body(HTTPError(408, "request body timed out"))
 
     def _site_setting(self, name: str, default: float) -> float:
@@ -356,6 +362,11 @@ class BodyRequest(Request):
         self._stop_watching()
         super().connectionLost(reason)
         self._end_body(reason)
+        # A response that never finished is logged all the same (twisted.web
+        # logs only in finish()), once its stream, if any, has ended.
+        access = getattr(getattr(self, "site", None), "access_log", None)
+        if access is not None and not self.finished and hasattr(self, "method"):
+            access.log(self, gone=True)
 
     def finish(self) -> None:
         super().finish()

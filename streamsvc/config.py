@@ -73,6 +73,8 @@ class ServerConfig:
     listen: tuple[str, ...] = ("tcp:8080:interface=127.0.0.1",)
     data_dir: str = "./data"
     shutdown_timeout: int = 30
+    metrics: bool = True
+    access_log: str = "combined"
 
 
 @attrs.frozen
@@ -97,6 +99,7 @@ class AuthConfig:
     tokens: tuple[str, ...] = attrs.field(default=(), repr=False)
     tokens_file: str | None = None
     protect_downloads: bool = False
+    protect_metrics: bool = False
 
 
 @attrs.frozen
@@ -300,6 +303,13 @@ def _parse_boolean(value: str) -> bool:
         raise ValueError("expected yes/no, true/false, on/off or 1/0") from None
 
 
+def _parse_access_log(value: str) -> str:
+    style = value.strip().lower()
+    if style not in ("combined", "json", "off"):
+        raise ValueError("expected combined, json or off")
+    return style
+
+
 def _parse_token_list(value: str) -> tuple[str, ...]:
     tokens = [t for t in _TOKEN_SEPARATORS.split(value) if t]
     if any(_TOKEN.fullmatch(t) is None for t in tokens):
@@ -325,6 +335,8 @@ _SCHEMA: Final[Mapping[str, tuple[type, Mapping[str, _Key]]]] = MappingProxyType
                 "listen": _Key(_parse_listen),
                 "data_dir": _Key(_parse_path),
                 "shutdown_timeout": _Key(_integer(0, 3600)),
+                "metrics": _Key(_parse_boolean),
+                "access_log": _Key(_parse_access_log),
             },
         ),
         "stream": (
@@ -342,6 +354,7 @@ _SCHEMA: Final[Mapping[str, tuple[type, Mapping[str, _Key]]]] = MappingProxyType
                 "tokens": _Key(_parse_token_list, secret=True),
                 "tokens_file": _Key(_parse_path),
                 "protect_downloads": _Key(_parse_boolean),
+                "protect_metrics": _Key(_parse_boolean),
             },
         ),
         "limits": (
@@ -502,13 +515,12 @@ def load_config(path: str | None, *, required: bool) -> Config:
         except ConfigError as e:
             raise ConfigError(f"{source}: [auth] tokens_file = {auth.tokens_file!r}: {e}") from None
 
-    if auth.protect_downloads and not (auth.tokens or file_tokens):
-        where = "[auth] tokens is empty" + (
-            f" and tokens_file {tokens_file!r} has none" if tokens_file is not None else ""
-        )
-        raise ConfigError(
-            f"{source}: [auth] protect_downloads = yes needs at least one token ({where})"
-        )
+    for key in ("protect_downloads", "protect_metrics"):
+        if getattr(auth, key) and not (auth.tokens or file_tokens):
+            where = "[auth] tokens is empty" + (
+                f" and tokens_file {tokens_file!r} has none" if tokens_file is not None else ""
+            )
+            raise ConfigError(f"{source}: [auth] {key} = yes needs at least one token ({where})")
     return attrs.evolve(
         config,
         auth=attrs.evolve(

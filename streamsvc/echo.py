@@ -43,7 +43,7 @@ class EchoResource(JSONResource):
             raise HTTPError(405, "method not allowed", {b"allow": b"POST"})
         self._headers(request)
         pipe = BodyPipe(request, length=request.body_length, clock=self.clock)
-        send_body(request, pipe, clock=self.clock)
+        send_body(request, pipe, clock=self.clock, kind="echo")
         return pipe
 
     def render_POST(self, request: IRequest) -> bytes:

@@ -146,7 +146,7 @@ class GenerateResource(JSONResource):
             clock = self.clock if self.clock is not None else _reactor()
             source = _slowly(source, delay / 1000, clock)
         producer = IterableProducer(source, length=total, clock=self.clock)
-        send_body(request, producer, clock=self.clock, rate=rate)
+        send_body(request, producer, clock=self.clock, rate=rate, kind="generate")
         return NOT_DONE_YET  # type: ignore[no-any-return]
 
 

@@ -38,6 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from streamsvc.body import BodyChannel
+from streamsvc.metrics import metrics_of
 
 log = Logger()
 
@@ -165,6 +166,7 @@ class GuardedChannel(BodyChannel):
     _timer_kind = ""
     _admitted_as: str | None = None
     _rejected = False
+    _counted = False
 
     # -- connection ------------------------------------------------------------
 
@@ -172,11 +174,14 @@ class GuardedChannel(BodyChannel):
         self.timeOut = None  # (the Site sets its own on every channel it builds)
         super().connectionMade()
         site = self.site
+        metrics = metrics_of(site)
         limits: ConnectionLimits | None = getattr(site, "connection_limits", None)
         if limits is not None:
             address = _address(self.transport)
             if not limits.admit(address):
                 self._rejected = True
+                if metrics is not None:
+                    metrics.connections_rejected.inc()
                 log.info("Connection from {address} refused: over the limit", address=address)
                 self.transport.write(
                     raw_error(503, "too many connections, try again soon", retry_after=1)
@@ -184,6 +189,9 @@ class GuardedChannel(BodyChannel):
                 self.transport.loseConnection()
                 return
             self._admitted_as = address
+        if metrics is not None:
+            metrics.connections_open.inc()
+            self._counted = True
         channels = getattr(site, "open_channels", None)
         if channels is not None:
             if getattr(site, "draining", False):
@@ -202,6 +210,9 @@ class GuardedChannel(BodyChannel):
         if channels is not None:
             channels.discard(self)
         self._disarm()
+        if self._counted:
+            self._counted = False
+            metrics_of(self.site).connections_open.dec()  # type: ignore[union-attr]
         address, self._admitted_as = self._admitted_as, None
         limits = getattr(self.site, "connection_limits", None)
         if address is not None and limits is not None:
@@ -223,6 +234,9 @@ class GuardedChannel(BodyChannel):
 
     def _expired(self) -> None:
         self._timer = None
+        metrics = metrics_of(self.site)
+        if metrics is not None:
+            metrics.timeout(self._timer_kind)
         if self._timer_kind == "header":
             log.info("Headers not complete in time from {peer}", peer=_address(self.transport))
             self._refuse_raw(408, "request headers not complete in time")

@@ -607,10 +607,17 @@ class BodyStream:
     """
 
     def __init__(
-        self, request: IRequest, producer: IStreamProducer, clock: IReactorTime | None
+        self,
+        request: IRequest,
+        producer: IStreamProducer,
+        clock: IReactorTime | None,
+        kind: str = "other",
     ) -> None:
         self.request = request
         self.producer = producer
+        self.kind = kind
+        self._pauses = 0
+        self._metrics: Any = None
         self.done: Deferred[BodySent] = Deferred(self._cancelled)
         self.driver: PullDriver | None = None
         self._clock = clock
@@ -655,6 +662,7 @@ class BodyStream:
     def pauseProducing(self) -> None:
         if self._paused_at is None and self._result is None:
             self._paused_at = self._get_clock().seconds()
+            self._pauses += 1
             self._arm_send_timeout()
         (self.driver or self.producer).pauseProducing()
 
@@ -699,6 +707,8 @@ class BodyStream:
             uri=self.request.uri,
             seconds=self._send_timeout,
         )
+        if self._metrics is not None:
+            self._metrics.timeout("send")
         self.stop(Outcome.TIMEOUT)
 
     def stopProducing(self) -> None:
@@ -724,6 +734,10 @@ class BodyStream:
         streams = getattr(site, "open_streams", None)
         if streams is not None:
             streams.add(self)  # so that a shutdown can stop it (streamsvc.limits.Drain)
+        request.body_stream = self  # type: ignore[attr-defined]  # for the access log
+        self._metrics = getattr(site, "metrics", None)
+        if self._metrics is not None:
+            self._metrics.stream_started(self.kind)
         if not producer.streaming:
             # Never Twisted's own pull adapter: it stalls (see streamsvc.pull).
             self.driver = PullDriver(producer, clock=self._clock or _site_clock(request))
@@ -820,6 +834,16 @@ class BodyStream:
         streams = getattr(getattr(self.request, "site", None), "open_streams", None)
         if streams is not None:
             streams.discard(self)
+        metrics, self._metrics = self._metrics, None
+        if metrics is not None:
+            metrics.stream_ended(
+                self.kind,
+                sent.outcome.value,
+                sent.bytes_sent,
+                pauses=self._pauses,
+                paused=sent.paused,
+                throttled=getattr(self.producer, "delayed", 0.0),
+            )
         if not self.done.called:
             self.done.callback(sent)
 
@@ -837,6 +861,7 @@ def start_body(
     *,
     clock: IReactorTime | None = None,
     rate: int | None = None,
+    kind: str = "other",
 ) -> BodyStream:
     """
     Send C{producer} as the body of C{request}, and own the ending; return
@@ -865,9 +890,11 @@ def start_body(
     after its C{rate_limit_after} bytes, and its per-client C{client_buckets}
     (see L{streamsvc.app.build_site}) put a L{ThrottleStage} outermost, so
     what is throttled is what goes on the wire.
+
+    C{kind} names the stream for the metrics (L{streamsvc.metrics.KINDS}).
     """
     producer = _throttled(request, producer, clock, rate)
-    stream = BodyStream(request, producer, clock)
+    stream = BodyStream(request, producer, clock, kind)
     stream._start()
     return stream
 
@@ -878,13 +905,14 @@ def send_body(
     *,
     clock: IReactorTime | None = None,
     rate: int | None = None,
+    kind: str = "other",
 ) -> Deferred[BodySent]:
     """
     L{start_body}, for callers that only need to know how it ended: the
     returned Deferred always succeeds, with a L{BodySent}; cancelling it
     stops the body from the server side (L{Outcome.CANCELLED}).
     """
-    return start_body(request, producer, clock=clock, rate=rate).done
+    return start_body(request, producer, clock=clock, rate=rate, kind=kind).done
 
 
 def _throttled(

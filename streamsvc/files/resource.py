@@ -154,7 +154,7 @@ class FilesResource(JSONResource):
             )
             body = self._wrap(producer, decided.gzip)
             file = None  # the producer owns it now, and closes it however the stream ends
-            send_body(request, body, clock=self.clock)
+            send_body(request, body, clock=self.clock, kind="file")
             return NOT_DONE_YET  # type: ignore[no-any-return]
         finally:
             if file is not None:
@@ -298,7 +298,7 @@ class FilesResource(JSONResource):
             listing.close()
             return finish_without_body(request)
         producer = IterableProducer(listing, streaming=self.streaming, clock=self.clock)
-        send_body(request, self._wrap(producer, gzip), clock=self.clock)
+        send_body(request, self._wrap(producer, gzip), clock=self.clock, kind="listing")
         return NOT_DONE_YET  # type: ignore[no-any-return]
 
 

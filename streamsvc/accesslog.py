@@ -1,0 +1,143 @@
+# -*- test-case-name: tests.test_accesslog -*-
+"""
+One access-log line per response, every response: including those whose
+client went away mid-body, which twisted.web never logs (it logs in
+C{Request.finish}, which a lost connection never reaches: a browser seeking
+in a video made 21 requests and the log showed 2).
+
+A line says: client address, method, path (the query's keys only: values
+may be secrets, such as a signed URL's), status (499, as nginx, when the
+client left before any answer), the Range asked, bytes sent, duration,
+outcome (complete, client_gone, error, timeout, shutdown...), and seconds
+paused by the client's backpressure. Tokens and other headers never appear.
+
+Lines go through C{twisted.logger} (namespace C{streamsvc.access}) to
+wherever twistd logs, formatted only when an observer writes them:
+C{[server] access_log = combined} (Apache's combined format, then the
+extra fields as C{key=value}), C{json} (one JSON object per line), or
+C{off}.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+
+from streamsvc.metrics import metrics_of
+
+log = Logger(namespace="streamsvc.access")
+
+FORMATS = ("combined", "json", "off")
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def redact_query(uri: bytes) -> str:
+    """C{/x?token=abc&n=1} → C{/x?token=&n=}: the keys kept, every value dropped."""
+    path, question, query = uri.partition(b"?")
+    text = path.decode("latin-1")
+    if not question:
+        return text
+    keys = [part.partition(b"=")[0].decode("latin-1") for part in query.split(b"&") if part]
+    return text + "?" + "&".join(f"{key}=" for key in keys)
+
+
+def _quoted(text: str) -> str:
+    """For the combined format: no quote or control character can break the line."""
+    return "".join(c if " " <= c < "\x7f" and c not in '"\\' else f"\\x{ord(c):02x}" for c in text)
+
+
+class _Line:
+    """An access line, formatted only if an observer asks for it (C{str})."""
+
+    __slots__ = ("fields", "style")
+
+    def __init__(self, fields: dict[str, Any], style: str) -> None:
+        self.fields = fields
+        self.style = style
+
+    def __str__(self) -> str:
+        f = self.fields
+        if self.style == "json":
+            return json.dumps(f, separators=(",", ":"))
+        t = time.gmtime(f["time"])
+        stamp = (
+            f"{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year}:"
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000"
+        )
+        return (
+            f'{f["client"]} - - [{stamp}] "{_quoted(f["method"])} {_quoted(f["path"])} '
+            f'{f["protocol"]}" {f["status"]} {f["bytes"]} "{_quoted(f["referer"])}" '
+            f'"{_quoted(f["user_agent"])}" range="{_quoted(f["range"])}" '
+            f'duration={f["duration"]:.3f} outcome={f["outcome"]} paused={f["paused"]:.3f}'
+        )
+
+
+class AccessLog:
+    """
+    The Site's C{log} (called by twisted.web from C{Request.finish}) and the
+    one L{streamsvc.body.BodyRequest} calls for a response that never
+    finished; each request is logged once.
+    """
+
+    def __init__(self, style: str = "combined", *, clock: Any = None) -> None:
+        if style not in FORMATS:
+            raise ValueError(f"access_log must be one of {', '.join(FORMATS)}, not {style!r}")
+        self.style = style
+        self._clock = clock
+
+    def __call__(self, request: IRequest) -> None:
+        self.log(request)
+
+    def log(self, request: IRequest, *, gone: bool = False) -> None:
+        if getattr(request, "_access_logged", False):
+            return
+        request._access_logged = True  # type: ignore[attr-defined]
+        stream = getattr(request, "body_stream", None)
+        result = getattr(stream, "_result", None)
+        if result is not None:
+            outcome, sent, paused = result.outcome.value, result.bytes_sent, result.paused
+        else:
+            outcome = "client_gone" if gone else "complete"
+            sent, paused = request.sentLength, 0.0
+        answered = request.startedWriting
+        status = request.code if answered else (499 if gone else request.code)
+        metrics = metrics_of(getattr(request, "site", None))
+        if metrics is not None:
+            metrics.response(status)
+        if self.style == "off":
+            return
+        now = self._clock.seconds() if self._clock is not None else time.time()
+        started = getattr(request, "started_at", None)
+        if started is None:
+            started = now
+        headers = request.requestHeaders
+        fields = {
+            "time": now,
+            "client": _client(request),
+            "method": (request.method or b"-").decode("latin-1"),
+            "path": redact_query(request.uri or b"-"),
+            "protocol": (request.clientproto or b"-").decode("latin-1"),
+            "status": status,
+            "bytes": sent,
+            "range": _first(headers.getRawHeaders(b"range")),
+            "referer": _first(headers.getRawHeaders(b"referer")),
+            "user_agent": _first(headers.getRawHeaders(b"user-agent")),
+            "duration": max(0.0, now - started),
+            "outcome": outcome,
+            "paused": paused,
+        }
+        log.info("{line}", line=_Line(fields, self.style))
+
+
+def _first(values: list[bytes] | None) -> str:
+    return "-" if not values else values[0].decode("latin-1")[:512]
+
+
+def _client(request: IRequest) -> str:
+    address = request.getClientAddress()
+    return str(getattr(address, "host", None) or address)

@@ -1,0 +1,144 @@
+# -*- test-case-name: tests.test_metrics -*-
+"""
+What the server is doing, for Prometheus: C{GET /metrics}.
+
+Every figure comes from one of three places, so that none is counted twice
+and a later zero-copy path stays counted: a stream's start and its
+L{streamsvc.producers.BodySent} (bytes, outcome, seconds paused), the
+connection guard (L{streamsvc.limits.GuardedChannel}: open, rejected,
+timeouts), and the access log's one call per response (status classes).
+
+Labels are bounded: a stream's kind (a fixed set), an outcome (an enum),
+a status class, a timeout kind. No path, no client address.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from twisted.web.iweb import IRequest
+
+from streamsvc.errors import HTTPError, JSONResource
+
+#: The kinds of stream a response can be; anything else counts as "other".
+KINDS = ("file", "listing", "generate", "echo", "other")
+#: Kinds whose stream holds an open file (or folder) descriptor.
+FILE_KINDS = frozenset({"file", "listing"})
+
+
+def kind_of(kind: str) -> str:
+    return kind if kind in KINDS else "other"
+
+
+class Metrics:
+    """The server's metrics, in a registry of their own (tests get a fresh one each)."""
+
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        p = "streamsvc_"
+        self.streams_active = Gauge(
+            p + "streams_active", "Response bodies streaming now", ["kind"], registry=registry
+        )
+        self.open_files = Gauge(
+            p + "open_files", "Files and folders held open by streams now", registry=registry
+        )
+        self.bytes_sent = Counter(
+            p + "bytes_sent", "Body bytes sent by streams", ["kind"], registry=registry
+        )
+        self.streams = Counter(
+            p + "streams", "Streamed responses ended, by how", ["kind", "outcome"], registry=registry
+        )
+        self.pauses = Counter(
+            p + "producer_pauses", "Times a stream was paused by its client", ["kind"], registry=registry
+        )
+        self.paused_seconds = Counter(
+            p + "paused_seconds", "Seconds streams spent paused by their clients", ["kind"],
+            registry=registry,
+        )
+        self.throttled_seconds = Counter(
+            p + "throttled_seconds", "Seconds streams spent held by rate limits", ["kind"],
+            registry=registry,
+        )
+        self.responses = Counter(
+            p + "responses", "Responses, by status class", ["status"], registry=registry
+        )
+        self.connections_open = Gauge(
+            p + "connections_open", "Connections open now", registry=registry
+        )
+        self.connections_rejected = Counter(
+            p + "connections_rejected", "Connections refused (503) past the limits",
+            registry=registry,
+        )
+        self.timeouts = Counter(
+            p + "timeouts", "Timeouts, by kind (header, idle, send, body)", ["kind"],
+            registry=registry,
+        )
+        for kind in KINDS:  # present from the start, at 0
+            self.streams_active.labels(kind)
+            self.bytes_sent.labels(kind)
+
+    # streams
+
+    def stream_started(self, kind: str) -> None:
+        kind = kind_of(kind)
+        self.streams_active.labels(kind).inc()
+        if kind in FILE_KINDS:
+            self.open_files.inc()
+
+    def stream_ended(
+        self, kind: str, outcome: str, sent: int, *, pauses: int, paused: float, throttled: float
+    ) -> None:
+        kind = kind_of(kind)
+        self.streams_active.labels(kind).dec()
+        if kind in FILE_KINDS:
+            self.open_files.dec()
+        self.streams.labels(kind, outcome).inc()
+        self.bytes_sent.labels(kind).inc(sent)
+        if pauses:
+            self.pauses.labels(kind).inc(pauses)
+            self.paused_seconds.labels(kind).inc(paused)
+        if throttled:
+            self.throttled_seconds.labels(kind).inc(throttled)
+
+    # responses and connections
+
+    def response(self, code: int) -> None:
+        self.responses.labels(f"{code // 100}xx" if 100 <= code < 600 else "other").inc()
+
+    def timeout(self, kind: str) -> None:
+        self.timeouts.labels(kind).inc()
+
+
+def metrics_of(site: Any) -> Metrics | None:
+    return getattr(site, "metrics", None)  # type: ignore[no-any-return]
+
+
+class MetricsResource(JSONResource):
+    """
+    C{GET /metrics}: the Prometheus text format.
+
+    Rendered on the reactor rather than through prometheus_client's own
+    Twisted resource (a WSGI app on the reactor's thread pool): the
+    registry is small and bounded, so rendering it takes well under a
+    millisecond, and errors stay this service's JSON ones.
+    """
+
+    isLeaf = True
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self._metrics = metrics
+
+    def render_GET(self, request: IRequest) -> bytes:
+        if request.postpath not in ([], [b""]):
+            raise HTTPError(404, "not found")
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        request.setHeader(b"cache-control", b"no-store")
+        return generate_latest(self._metrics.registry)
+
+    def render_HEAD(self, request: IRequest) -> bytes:
+        body = self.render_GET(request)
+        request.setHeader(b"content-length", b"%d" % (len(body),))
+        return b""

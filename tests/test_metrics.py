@@ -176,3 +176,25 @@ def test_combined_line_cannot_be_broken_by_the_client(tmp_path: Any) -> None:
     (line,) = access_lines(events)
     assert '"evil\\x22 injected\\x01"' in line
     assert parse_response  # (the response parser is used by the helpers above)
+
+
+# -- over a real socket -----------------------------------------------------------------
+
+import pytest_twisted  # noqa: E402
+import treq  # noqa: E402
+from twisted.internet import reactor  # noqa: E402
+
+from test_integration import Server  # noqa: E402
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_move_when_streams_run(tmp_path: Any) -> None:
+    server = await Server(tmp_path / "data").start()
+    try:
+        response = await treq.get(f"{server.url}/generate?bytes=300000", reactor=reactor)
+        assert len(await response.content()) == 300_000
+        page = await (await treq.get(f"{server.url}/metrics", reactor=reactor)).text()
+        assert 'streamsvc_bytes_sent_total{kind="generate"} 300000.0' in page
+        assert 'streamsvc_streams_total{kind="generate",outcome="complete"} 1.0' in page
+    finally:
+        await server.stop()

@@ -121,30 +121,42 @@ class _Draining(Service):
     def stopService(self) -> Any:
         super().stopService()
         drain = Drain(self._site, self._reactor, self._timeout)
-        _on_second_signal(lambda: self._reactor.callFromThread(drain.abort))
+        restore = _on_second_signal(lambda: self._reactor.callFromThread(drain.abort))
         log.info(
             "Stopping: finishing {n} connection(s), for up to {timeout} s",
             n=len(self._site.open_channels),
             timeout=self._timeout,
         )
-        return drain.start().addCallback(self._stopped_cleanly)
+        return drain.start().addCallback(self._stopped_cleanly, restore)
 
-    def _stopped_cleanly(self, _: None) -> None:
+    def _stopped_cleanly(self, _: None, restore: Any) -> None:
         """
         twistd ends a process stopped by a signal by re-raising it (exit
         status 143 for SIGTERM); a stop that drained is a clean exit, 0.
         """
+        restore()
         if getattr(self._reactor, "_exitSignal", None) is not None:
             self._reactor._exitSignal = None
 
 
-def _on_second_signal(abort: Any) -> None:
-    """Have SIGTERM and SIGINT call C{abort} (twistd's handlers only stop the reactor, once)."""
+def _on_second_signal(abort: Any) -> Any:
+    """
+    Have SIGTERM and SIGINT call C{abort} while a stop drains (twistd's
+    handlers only stop the reactor, once); return what puts the previous
+    handlers back.
+    """
+    previous: dict[int, Any] = {}
     for number in (signal.SIGTERM, signal.SIGINT):
         try:
-            signal.signal(number, lambda *_: abort())
-        except ValueError:  # not the main thread (tests): no signals to take
-            return
+            previous[number] = signal.signal(number, lambda *_: abort())
+        except ValueError:  # not the main thread: no signals to take
+            break
+
+    def restore() -> None:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+    return restore
 
 
 class ListenError(Exception):

@@ -20,6 +20,7 @@ C{off}.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from typing import Any
@@ -48,7 +49,19 @@ def redact_query(uri: bytes) -> str:
 
 def _quoted(text: str) -> str:
     """For the combined format: no quote or control character can break the line."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return text  # the usual case, without a look at each character
     return "".join(c if " " <= c < "\x7f" and c not in '"\\' else f"\\x{ord(c):02x}" for c in text)
+
+
+@functools.lru_cache(maxsize=4)
+def _stamp(second: int) -> str:
+    """The combined format's time, made once a second rather than once a line."""
+    t = time.gmtime(second)
+    return (
+        f"{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year}:"
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000"
+    )
 
 
 class _Line:
@@ -64,11 +77,7 @@ class _Line:
         f = self.fields
         if self.style == "json":
             return json.dumps(f, separators=(",", ":"))
-        t = time.gmtime(f["time"])
-        stamp = (
-            f"{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year}:"
-            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000"
-        )
+        stamp = _stamp(int(f["time"]))
         return (
             f'{f["client"]} - - [{stamp}] "{_quoted(f["method"])} {_quoted(f["path"])} '
             f'{f["protocol"]}" {f["status"]} {f["bytes"]} "{_quoted(f["referer"])}" '

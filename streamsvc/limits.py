@@ -222,10 +222,25 @@ class GuardedChannel(BodyChannel):
     # -- timers ---------------------------------------------------------------------
 
     def _arm(self, kind: str, seconds: float) -> None:
-        self._disarm()
-        if seconds > 0:
-            self._timer_kind = kind
+        """
+        (Re)start the connection's one timer. A timer still scheduled is
+        moved (C{reset}) rather than cancelled and made anew: this runs
+        twice a request, and a new DelayedCall each time showed in the
+        requests/s (BENCHMARKS.md).
+        """
+        if seconds <= 0:
+            self._disarm()
+            return
+        self._timer_kind = kind
+        timer = self._timer
+        if timer is not None and timer.active():
+            timer.reset(seconds)
+        else:
             self._timer = self.callLater(seconds, self._expired)
+
+    def _pause_timer(self) -> None:
+        """The timer means nothing for now (a request is in hand); it stays scheduled, to be reset."""
+        self._timer_kind = ""
 
     def _disarm(self) -> None:
         timer, self._timer = self._timer, None
@@ -234,6 +249,8 @@ class GuardedChannel(BodyChannel):
 
     def _expired(self) -> None:
         self._timer = None
+        if not self._timer_kind:
+            return  # paused (see _pause_timer): nothing was due
         metrics = metrics_of(self.site)
         if metrics is not None:
             metrics.timeout(self._timer_kind)
@@ -267,7 +284,7 @@ class GuardedChannel(BodyChannel):
         return b"\n" in head.replace(b"\r\n", b"")
 
     def allHeadersReceived(self) -> None:
-        self._disarm()
+        self._pause_timer()
         request = self.requests[-1]
         error = _message_error(request, self._path)
         if error is not None:
@@ -276,6 +293,10 @@ class GuardedChannel(BodyChannel):
             return
         self._path = _origin_form(self._path)
         super().allHeadersReceived()
+
+    def loseConnection(self) -> None:
+        self._disarm()  # closing: no deadline is due any more
+        super().loseConnection()
 
     def allContentReceived(self) -> None:
         if self._rejected:  # answered at the headers: no request to hand it to

@@ -12,7 +12,9 @@ outcome (complete, client_gone, error, timeout, shutdown...), and seconds
 paused by the client's backpressure. Tokens and other headers never appear.
 
 Lines go through C{twisted.logger} (namespace C{streamsvc.access}) to
-wherever twistd logs, formatted only when an observer writes them:
+wherever twistd logs (or, with C{[server] access_log_file}, to a file of its
+own through a buffer flushed once a second: the fast way), formatted only
+when an observer writes them:
 C{[server] access_log = combined} (Apache's combined format, then the
 extra fields as C{key=value}), C{json} (one JSON object per line), or
 C{off}.
@@ -25,6 +27,7 @@ import json
 import time
 from typing import Any
 
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
@@ -93,11 +96,38 @@ class AccessLog:
     finished; each request is logged once.
     """
 
-    def __init__(self, style: str = "combined", *, clock: Any = None) -> None:
+    def __init__(self, style: str = "combined", *, clock: Any = None, path: str | None = None) -> None:
         if style not in FORMATS:
             raise ValueError(f"access_log must be one of {', '.join(FORMATS)}, not {style!r}")
         self.style = style
         self._clock = clock
+        self._file: Any = None
+        self._flusher: LoopingCall | None = None
+        if path is not None and style != "off":
+            # A file of its own, written through a 64 KiB buffer flushed once
+            # a second (nginx's buffer=/flush=): a line then costs its
+            # formatting and a memory copy, where twisted.logger's path
+            # (timestamps, filtering, a write and a flush per event) cost
+            # most of what logging took from 4 KiB requests/s.
+            self._file = open(path, "a", buffering=64 * 1024, encoding="utf-8")
+            self._flusher = LoopingCall(self.flush)
+            if clock is not None:
+                self._flusher.clock = clock
+            trigger = getattr(clock, "addSystemEventTrigger", None)
+            if trigger is not None:
+                trigger("after", "shutdown", self.close)
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def close(self) -> None:
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None and flusher.running:
+            flusher.stop()
+        file, self._file = self._file, None
+        if file is not None:
+            file.close()
 
     def __call__(self, request: IRequest) -> None:
         self.log(request)
@@ -140,7 +170,13 @@ class AccessLog:
             "outcome": outcome,
             "paused": paused,
         }
-        log.info("{line}", line=_Line(fields, self.style))
+        line = _Line(fields, self.style)
+        if self._file is not None:
+            self._file.write(str(line) + "\n")
+            if self._flusher is not None and not self._flusher.running:
+                self._flusher.start(1.0, now=False)
+            return
+        log.info("{line}", line=line)
 
 
 def _first(values: list[bytes] | None) -> str:

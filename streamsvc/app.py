@@ -178,6 +178,8 @@ def build_site(
     site.metrics = metrics  # type: ignore[attr-defined]
     # Every response logged once, those cut short too (streamsvc.accesslog);
     # twisted.web's own line (Site.log, called from finish) is replaced.
-    site.access_log = AccessLog(config.server.access_log, clock=site.reactor)  # type: ignore[attr-defined]
+    site.access_log = AccessLog(  # type: ignore[attr-defined]
+        config.server.access_log, clock=site.reactor, path=config.server.access_log_file
+    )
     site.log = site.access_log  # type: ignore[method-assign]
     return site

@@ -75,6 +75,7 @@ class ServerConfig:
     shutdown_timeout: int = 30
     metrics: bool = True
     access_log: str = "combined"
+    access_log_file: str | None = None
 
 
 @attrs.frozen
@@ -303,6 +304,10 @@ def _parse_boolean(value: str) -> bool:
         raise ValueError("expected yes/no, true/false, on/off or 1/0") from None
 
 
+def _parse_optional_path(value: str) -> str | None:
+    return _parse_path(value) if value.strip() else None
+
+
 def _parse_access_log(value: str) -> str:
     style = value.strip().lower()
     if style not in ("combined", "json", "off"):
@@ -337,6 +342,7 @@ _SCHEMA: Final[Mapping[str, tuple[type, Mapping[str, _Key]]]] = MappingProxyType
                 "shutdown_timeout": _Key(_integer(0, 3600)),
                 "metrics": _Key(_parse_boolean),
                 "access_log": _Key(_parse_access_log),
+                "access_log_file": _Key(_parse_optional_path),
             },
         ),
         "stream": (

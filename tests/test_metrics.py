@@ -198,3 +198,19 @@ async def test_metrics_move_when_streams_run(tmp_path: Any) -> None:
         assert 'streamsvc_streams_total{kind="generate",outcome="complete"} 1.0' in page
     finally:
         await server.stop()
+
+
+def test_access_log_to_a_file_of_its_own_is_buffered_and_flushed(tmp_path: Any) -> None:
+    path = tmp_path / "access.log"
+    site = Site(tmp_path / "d", access_log_file=str(path))
+    with capturedLogs() as events:
+        site.get("/healthz?secret=1")
+    assert access_lines(events) == []  # not through twistd's log
+    assert path.read_text() == ""  # buffered
+    site.clock.advance(1.1)  # the once-a-second flush
+    (line,) = path.read_text().splitlines()
+    assert '"GET /healthz?secret= HTTP/1.1" 200' in line
+    site.site.access_log.close()
+    assert site.clock.getDelayedCalls() == [] or all(
+        c.func.__name__ == "_expired" for c in site.clock.getDelayedCalls()
+    )

@@ -104,7 +104,7 @@ def build_resource(
     The whole tree: C{/files}, C{/echo}, C{/generate}, C{/healthz}, C{/metrics}.
 
     @param run_blocking: runs uploads' disk work off the reactor (tests pass
-        one that runs it at once); by default C{clock}'s thread pool.
+        one that runs it at once); by default a disk thread pool of the uploads' own.
     """
     root = Root()
     tokens = TokenSet(config.auth.tokens)

@@ -15,7 +15,7 @@ match, the disk fails) removes the temporary file and leaves the old one
 alone.
 
 Disk work that can take long (writes when the page cache is full, fsync,
-unlinking a big file) runs in the reactor's thread pool, one job at a time
+unlinking a big file) runs in a thread pool of the uploads' own, one job at a time
 per upload. While a job runs, what arrives is kept, up to C{high_water}
 bytes; past that the socket is not read (C{pause_body}) until the disk has
 caught up: a client faster than the disk costs one buffer, not its body.

@@ -115,3 +115,30 @@ def tree_check(installed: str) -> str:
     if found:
         return text + f"; it is {found}"
     return "WARNING " + text + "; `pip install .` to measure the tree"
+
+
+def filesystem_of(path: str, device: bool = False) -> str:
+    """The mount point and type the path is on (from /proc/mounts), and the device if asked."""
+    try:
+        path = os.path.realpath(path)
+        best = ("", "?", "?")
+        with open("/proc/mounts") as f:
+            for line in f:
+                dev, mnt, typ = line.split()[:3]
+                if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best[0]):
+                    best = (mnt, typ, dev)
+        if device:
+            return f"{best[1]} on {best[0]} ({best[2]})"
+        return f"{best[1]} on {best[0]}"
+    except OSError:
+        return "?"
+
+
+def tool_version(argv: list[str], or_stderr: bool = False) -> str:
+    """The first line a tool prints for its version (its stdout, or its stderr if that is empty and asked)."""
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        text = (r.stdout or r.stderr) if or_stderr else r.stdout
+        return (text.splitlines() or ["?"])[0].strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"

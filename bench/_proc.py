@@ -1,12 +1,14 @@
 """
 A server process seen from /proc (Linux): memory, descriptors, and the
 deleted files it holds (where twisted.web keeps a request body). Shared by
-the bench scripts, which run each server in a child process.
+the bench scripts, which run each server in a child process; L{Watch}
+samples them in a thread while a measurement runs.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 
 
 def proc_status(pid: int) -> dict[str, int]:
@@ -53,3 +55,39 @@ def deleted_files(pid: int) -> dict[str, int]:
 
 def kib_to_mib(k: float) -> float:
     return k / 1024.0
+
+
+class Watch:
+    """Polls a process's RSS and its deleted (temporary) files every `interval` s."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.pid, self.interval = pid, interval
+        self.max_rss = 0
+        self.temp_max = 0
+        self.temp_names: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "Watch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def sample(self) -> None:
+        try:
+            self.max_rss = max(self.max_rss, proc_status(self.pid).get("VmRSS", 0))
+        except OSError:
+            pass
+        for name, size in deleted_files(self.pid).items():
+            self.temp_names.add(name)
+            self.temp_max = max(self.temp_max, size)
+
+    def _run(self) -> None:
+        while True:
+            self.sample()
+            if self._stop.wait(self.interval):
+                self.sample()
+                return

@@ -99,8 +99,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from _child import ChildServer  # bench/ is sys.path[0] when run as a script
-from _machine import other_cpu_users, tree_check
+from _child import PortFileServer, clean_env, log, publish_and_run  # bench/ is sys.path[0] when run as a script
+from _machine import other_cpu_users, tool_version, tree_check
+from _report import table
 from _proc import fd_count, kib_to_mib, proc_status, reset_hwm
 
 HOST = "127.0.0.1"
@@ -129,22 +130,6 @@ WARM_URLS = {
     "naive": f"/generate?bytes={WARM_BYTES}",
 }
 PEERS = ("streamsvc", "streamsvc-delay", "naive")
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def clean_env() -> dict[str, str]:
-    """Environment for children: no proxies, so nothing leaves 127.0.0.1."""
-    env = dict(os.environ)
-    for k in list(env):
-        if k.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy"):
-            del env[k]
-    env["NO_PROXY"] = "*"
-    env["no_proxy"] = "*"
-    env.pop("PYTHONPATH", None)  # the server must import the installed streamsvc
-    return env
 
 
 # =========================================================================== server side
@@ -277,34 +262,14 @@ def serve(args: argparse.Namespace) -> int:
 
     port = reactor.listenTCP(0, site, interface=HOST)
 
-    import twisted
-
-    info.update(
-        port=port.getHost().port,
-        pid=os.getpid(),
-        python=f"{platform.python_version()} ({sys.executable})",
-        twisted=twisted.__version__,
-        reactor=f"{type(reactor).__module__}.{type(reactor).__name__}",
-    )
-    try:
-        from importlib.metadata import version
-
-        info["streamsvc_version"] = version("streamsvc")
-    except Exception:
-        info["streamsvc_version"] = "?"
-    tmp = args.port_file + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(info, f)
-    os.rename(tmp, args.port_file)
-    reactor.run()
-    return 0
+    return publish_and_run(reactor, info, args.port_file, port=port.getHost().port)
 
 
 # =========================================================================== driver
 
 
 @dataclass
-class Server(ChildServer):
+class Server(PortFileServer):
     name: str          # streamsvc | streamsvc-delay | naive
     kind: str          # streamsvc | naive
     tmp: str
@@ -314,58 +279,19 @@ class Server(ChildServer):
     starts: int = 0
     info: dict = field(default_factory=dict)
     proc: subprocess.Popen | None = None
+    script = SCRIPT
 
     @property
     def label(self) -> str:
         return self.name.replace("-", "_")
 
-    @property
-    def logfile(self) -> str:
-        return os.path.join(self.tmp, f"{self.label}.log")
-
-    @property
-    def outfile(self) -> str:
-        return os.path.join(self.tmp, f"{self.label}.out")
-
-    @property
-    def port_file(self) -> str:
-        return os.path.join(self.tmp, f"{self.label}.port")
-
-    @property
-    def argv(self) -> list[str]:
-        return [sys.executable, SCRIPT, "--serve", self.kind, "--port-file", self.port_file,
-                "--data-dir", self.data_dir, "--log", self.logfile]
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
     def url(self, path: str) -> str:
         return f"http://{HOST}:{self.port}{path}"
 
     def start(self) -> None:
-        pf = self.port_file
-        if os.path.exists(pf):
-            os.unlink(pf)
-        out = open(self.outfile, "ab")
-        try:
-            # cwd = temp dir: no ./streamsvc or ./tap.conf from the repository is picked up.
-            self.proc = subprocess.Popen(self.argv, cwd=self.tmp, stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT, env=clean_env(),
-                                         start_new_session=True)
-        finally:
-            out.close()
+        self.launch()
         self.starts += 1
-        t0 = time.monotonic()
-        while not os.path.exists(pf):
-            self.check_alive()
-            if time.monotonic() - t0 > 60:
-                raise RuntimeError(f"{self.name}: no port file after 60s\n" + self.tail())
-            time.sleep(0.05)
-        with open(pf) as f:
-            self.info = json.load(f)
-        self.port = self.info["port"]
+        self.await_port()
         self.warm_up()
 
     def restart(self) -> None:
@@ -403,35 +329,6 @@ class Server(ChildServer):
             return json.loads(body)
         finally:
             conn.close()
-
-    def settle(self, max_wait: float = 10.0) -> str:
-        """Wait until the server holds its idle number of fds (the last connection is gone)."""
-        self.check_alive()
-        t0 = time.monotonic()
-        while True:
-            n = fd_count(self.pid)
-            if n <= self.idle_fds:
-                break
-            if time.monotonic() - t0 > max_wait:
-                return f"fds {n} > idle {self.idle_fds} after {max_wait:.0f}s; "
-            time.sleep(0.05)
-        time.sleep(0.2)
-        return ""
-
-    def log_problems(self) -> list[str]:
-        """Lines of the server's log and output that look like errors."""
-        out = []
-        for f in (self.logfile, self.outfile):
-            try:
-                with open(f, "rb") as fh:
-                    for line in fh.read().decode("utf-8", "replace").splitlines():
-                        low = line.lower()
-                        if any(w in low for w in ("traceback", "error", "unhandled", "critical",
-                                                  "could not", "exception")):
-                            out.append(line.strip())
-            except OSError:
-                pass
-        return out
 
     def closed_counts(self) -> list[int]:
         """The per-response counts the server logged when each response's production ended."""
@@ -725,14 +622,6 @@ def fmt(v: float | None, key: str) -> str:
     return f"{v:.2f}" if abs(v) < 100 else f"{v:.1f}"
 
 
-def table(rows: list[tuple[str, ...]], indent: str = "") -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for i, r in enumerate(rows):
-        print(indent + " | ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-        if i == 0:
-            print(indent + "-+-".join("-" * w for w in widths))
-
-
 def report(res: Results, runs: int, seconds: float, cap_gib: float) -> None:
     print(f"Client reading at {LIMIT_RATE}/s for {seconds:g}s (medians of {runs} runs; "
           f"'runs stopped at the RSS cap' is a count)")
@@ -803,14 +692,6 @@ def report(res: Results, runs: int, seconds: float, cap_gib: float) -> None:
     for name in PEERS:
         for j, n in enumerate(res.notes.get(name, []), 1):
             print(f"  {name:<15} run {j}: {n}")
-
-
-def tool_version(argv: list[str]) -> str:
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-        return (r.stdout.splitlines() or ["?"])[0].strip()
-    except (OSError, subprocess.SubprocessError):
-        return "?"
 
 
 def machine_info(servers: list[Server]) -> list[str]:

@@ -83,7 +83,6 @@ from __future__ import annotations
 import argparse
 import fcntl
 import hashlib
-import json
 import os
 import platform
 import select
@@ -96,14 +95,13 @@ import subprocess
 import sys
 import tempfile
 import termios
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from _child import ChildServer  # bench/ is sys.path[0] when run as a script
-from _machine import other_cpu_users, tree_check
-from _proc import deleted_files, fd_count, kib_to_mib, proc_status, reset_hwm
+from _child import PortFileServer, log, publish_and_run  # bench/ is sys.path[0] when run as a script
+from _machine import filesystem_of, other_cpu_users, tree_check
+from _proc import Watch, fd_count, kib_to_mib, proc_status, reset_hwm
 
 HOST = "127.0.0.1"
 MiB = 1024 * 1024
@@ -113,22 +111,6 @@ SCRIPT = os.path.abspath(__file__)
 SEND_CHUNK = 1 * MiB     # bytes per send() at most
 RECV_BUF = 1 * MiB       # bytes per recv_into() at most
 BLOCK_LEN = 4 * MiB + 4099
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def clean_env() -> dict[str, str]:
-    """Environment for children: no proxies, so nothing leaves 127.0.0.1."""
-    env = dict(os.environ)
-    for k in list(env):
-        if k.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy"):
-            del env[k]
-    env["NO_PROXY"] = "*"
-    env["no_proxy"] = "*"
-    env.pop("PYTHONPATH", None)  # the server must import the installed streamsvc
-    return env
 
 
 # =========================================================================== server side
@@ -183,27 +165,7 @@ def serve(args: argparse.Namespace) -> int:
 
     port = reactor.listenTCP(0, site, interface=HOST)
 
-    import twisted
-
-    info.update(
-        port=port.getHost().port,
-        pid=os.getpid(),
-        python=f"{platform.python_version()} ({sys.executable})",
-        twisted=twisted.__version__,
-        reactor=f"{type(reactor).__module__}.{type(reactor).__name__}",
-    )
-    try:
-        from importlib.metadata import version
-
-        info["streamsvc_version"] = version("streamsvc")
-    except Exception:
-        info["streamsvc_version"] = "?"
-    tmp = args.port_file + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(info, f)
-    os.rename(tmp, args.port_file)
-    reactor.run()
-    return 0
+    return publish_and_run(reactor, info, args.port_file, port=port.getHost().port)
 
 
 # =========================================================================== client side
@@ -397,50 +359,11 @@ def exchange(port: int, body: Body, size: int, *, read: bool, stall_s: float = 2
     return res
 
 
-# --------------------------------------------------------------------------- /proc
-
-
-class Watch:
-    """Polls a process's RSS and its deleted (temporary) files every `interval` s."""
-
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
-        self.pid, self.interval = pid, interval
-        self.max_rss = 0
-        self.temp_max = 0
-        self.temp_names: set[str] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> "Watch":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def sample(self) -> None:
-        try:
-            self.max_rss = max(self.max_rss, proc_status(self.pid).get("VmRSS", 0))
-        except OSError:
-            pass
-        for name, size in deleted_files(self.pid).items():
-            self.temp_names.add(name)
-            self.temp_max = max(self.temp_max, size)
-
-    def _run(self) -> None:
-        while True:
-            self.sample()
-            if self._stop.wait(self.interval):
-                self.sample()
-                return
-
-
 # =========================================================================== driver
 
 
 @dataclass
-class Server(ChildServer):
+class Server(PortFileServer):
     name: str          # shown in the table
     kind: str          # streamsvc | web
     tmp: str
@@ -449,68 +372,7 @@ class Server(ChildServer):
     idle_fds: int = 0
     info: dict = field(default_factory=dict)
     proc: subprocess.Popen | None = None
-
-    @property
-    def label(self) -> str:
-        return self.name.replace(" ", "_").replace(".", "_")
-
-    @property
-    def logfile(self) -> str:
-        return os.path.join(self.tmp, f"{self.label}.log")
-
-    @property
-    def outfile(self) -> str:
-        return os.path.join(self.tmp, f"{self.label}.out")
-
-    @property
-    def port_file(self) -> str:
-        return os.path.join(self.tmp, f"{self.label}.port")
-
-    @property
-    def argv(self) -> list[str]:
-        return [sys.executable, SCRIPT, "--serve", self.kind, "--port-file", self.port_file,
-                "--data-dir", self.data_dir, "--log", self.logfile]
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self) -> None:
-        pf = self.port_file
-        if os.path.exists(pf):
-            os.unlink(pf)
-        out = open(self.outfile, "ab")
-        try:
-            # cwd = temp dir: no ./streamsvc or ./tap.conf from the repository is picked up.
-            self.proc = subprocess.Popen(self.argv, cwd=self.tmp, stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT, env=clean_env(),
-                                         start_new_session=True)
-        finally:
-            out.close()
-        t0 = time.monotonic()
-        while not os.path.exists(pf):
-            self.check_alive()
-            if time.monotonic() - t0 > 60:
-                raise RuntimeError(f"{self.name}: no port file after 60s\n" + self.tail())
-            time.sleep(0.05)
-        with open(pf) as f:
-            self.info = json.load(f)
-        self.port = self.info["port"]
-
-    def settle(self, max_wait: float = 10.0) -> str:
-        """Wait until the server holds its idle number of fds (the last connection is gone)."""
-        self.check_alive()
-        t0 = time.monotonic()
-        while True:
-            n = fd_count(self.pid)
-            if n <= self.idle_fds:
-                break
-            if time.monotonic() - t0 > max_wait:
-                return f"fds {n} > idle {self.idle_fds} after {max_wait:.0f}s; "
-            time.sleep(0.05)
-        time.sleep(0.2)
-        return ""
+    script = SCRIPT
 
 
 # --------------------------------------------------------------------------- measurements
@@ -689,21 +551,6 @@ def machine_info(servers: list[Server], body: Body) -> list[str]:
             line += f"; temp files in {i.get('tempdir')} ({filesystem_of(str(i.get('tempdir')))})"
         lines.append(line)
     return lines
-
-
-def filesystem_of(path: str) -> str:
-    """The mount point and type the path is on (from /proc/mounts)."""
-    try:
-        path = os.path.realpath(path)
-        best = ("", "?", "?")
-        with open("/proc/mounts") as f:
-            for line in f:
-                dev, mnt, typ = line.split()[:3]
-                if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best[0]):
-                    best = (mnt, typ, dev)
-        return f"{best[1]} on {best[0]}"
-    except OSError:
-        return "?"
 
 
 def report(scenarios: list[Scenario], names: tuple[str, str]) -> None:

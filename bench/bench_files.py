@@ -43,7 +43,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from _child import ChildServer  # bench/ is sys.path[0] when run as a script
+from _child import ChildServer, clean_env, log  # bench/ is sys.path[0] when run as a script
+from _proc import fd_count
 
 HOST = "127.0.0.1"
 MiB = 1024 * 1024
@@ -52,21 +53,6 @@ SLOW_CLIENTS = os.path.join(HERE, "slow_clients.py")
 
 # Child processes that must not outlive us (clients; servers are tracked separately).
 _children: list[subprocess.Popen] = []
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def clean_env() -> dict[str, str]:
-    """Environment for children: no proxies, so nothing leaves 127.0.0.1."""
-    env = dict(os.environ)
-    for k in list(env):
-        if k.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy"):
-            del env[k]
-    env["NO_PROXY"] = "*"
-    env["no_proxy"] = "*"
-    return env
 
 
 # --------------------------------------------------------------------------- servers
@@ -84,11 +70,6 @@ class Server(ChildServer):
     starts: int = 0
     results: dict[str, list[float]] = field(default_factory=dict)
     notes: dict[str, list[str]] = field(default_factory=dict)
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
 
     @property
     def argv(self) -> list[str]:
@@ -193,10 +174,6 @@ def rss_kib(pid: int) -> int:
         except OSError:
             pass
     return total
-
-
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def settle_fds(pid: int, target: int | None = None, max_wait: float = 10.0,

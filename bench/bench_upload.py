@@ -81,7 +81,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.client
-import json
 import os
 import platform
 import shlex
@@ -96,9 +95,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from _child import ChildServer  # bench/ is sys.path[0] when run as a script
-from _machine import other_cpu_users, tree_check
-from _proc import deleted_files, fd_count, kib_to_mib, proc_status, reset_hwm
+from _child import PortFileServer, clean_env, log, publish_and_run  # bench/ is sys.path[0] when run as a script
+from _machine import filesystem_of, other_cpu_users, tool_version, tree_check
+from _report import table
+from _proc import Watch, fd_count, kib_to_mib, proc_status, reset_hwm
 
 HOST = "127.0.0.1"
 MiB = 1024 * 1024
@@ -111,22 +111,6 @@ WEB_TARGET = 1.5
 CP_TARGET = 0.5
 PROBE_TIMEOUT = 2.0      # socket timeout of each GET /healthz probe (s)
 PROBE_INTERVAL = 0.01  # s between answered probes
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def clean_env() -> dict[str, str]:
-    """Environment for children: no proxies, so nothing leaves 127.0.0.1."""
-    env = dict(os.environ)
-    for k in list(env):
-        if k.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy"):
-            del env[k]
-    env["NO_PROXY"] = "*"
-    env["no_proxy"] = "*"
-    env.pop("PYTHONPATH", None)  # the server must import the installed streamsvc
-    return env
 
 
 def fsync_dir(path: str) -> None:
@@ -239,66 +223,10 @@ def serve(args: argparse.Namespace) -> int:
 
     port = reactor.listenTCP(0, site, interface=HOST)
 
-    import twisted
-
-    info.update(
-        port=port.getHost().port,
-        pid=os.getpid(),
-        python=f"{platform.python_version()} ({sys.executable})",
-        twisted=twisted.__version__,
-        reactor=f"{type(reactor).__module__}.{type(reactor).__name__}",
-    )
-    try:
-        from importlib.metadata import version
-
-        info["streamsvc_version"] = version("streamsvc")
-    except Exception:
-        info["streamsvc_version"] = "?"
-    tmp = args.port_file + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(info, f)
-    os.rename(tmp, args.port_file)
-    reactor.run()
-    return 0
+    return publish_and_run(reactor, info, args.port_file, port=port.getHost().port)
 
 
 # =========================================================================== /proc
-
-
-class Watch:
-    """Polls a process's RSS and its deleted (temporary) files every `interval` s."""
-
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
-        self.pid, self.interval = pid, interval
-        self.max_rss = 0
-        self.temp_max = 0
-        self.temp_names: set[str] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> "Watch":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def sample(self) -> None:
-        try:
-            self.max_rss = max(self.max_rss, proc_status(self.pid).get("VmRSS", 0))
-        except OSError:
-            pass
-        for name, size in deleted_files(self.pid).items():
-            self.temp_names.add(name)
-            self.temp_max = max(self.temp_max, size)
-
-    def _run(self) -> None:
-        while True:
-            self.sample()
-            if self._stop.wait(self.interval):
-                self.sample()
-                return
 
 
 class Probe:
@@ -418,26 +346,11 @@ class Probe:
                 f"{self.connections} connection(s); {head}")
 
 
-def filesystem_of(path: str) -> str:
-    """The mount point and type the path is on (from /proc/mounts)."""
-    try:
-        path = os.path.realpath(path)
-        best = ("", "?", "?")
-        with open("/proc/mounts") as f:
-            for line in f:
-                dev, mnt, typ = line.split()[:3]
-                if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best[0]):
-                    best = (mnt, typ, dev)
-        return f"{best[1]} on {best[0]} ({best[2]})"
-    except OSError:
-        return "?"
-
-
 # =========================================================================== driver
 
 
 @dataclass
-class Server(ChildServer):
+class Server(PortFileServer):
     name: str          # shown in the table
     kind: str          # streamsvc | web
     tmp: str
@@ -446,32 +359,7 @@ class Server(ChildServer):
     idle_fds: int = 0
     info: dict = field(default_factory=dict)
     proc: subprocess.Popen | None = None
-
-    @property
-    def label(self) -> str:
-        return self.name.replace(" ", "_").replace(".", "_")
-
-    @property
-    def logfile(self) -> str:
-        return os.path.join(self.tmp, f"{self.label}.log")
-
-    @property
-    def outfile(self) -> str:
-        return os.path.join(self.tmp, f"{self.label}.out")
-
-    @property
-    def port_file(self) -> str:
-        return os.path.join(self.tmp, f"{self.label}.port")
-
-    @property
-    def argv(self) -> list[str]:
-        return [sys.executable, SCRIPT, "--serve", self.kind, "--port-file", self.port_file,
-                "--data-dir", self.data_dir, "--log", self.logfile]
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+    script = SCRIPT
 
     @property
     def ok_codes(self) -> tuple[int, ...]:
@@ -479,58 +367,6 @@ class Server(ChildServer):
 
     def stored(self, rel: str) -> str:
         return os.path.join(self.data_dir, "files", *rel.split("/"))
-
-    def start(self) -> None:
-        pf = self.port_file
-        if os.path.exists(pf):
-            os.unlink(pf)
-        out = open(self.outfile, "ab")
-        try:
-            # cwd = temp dir: no ./streamsvc or ./tap.conf from the repository is picked up.
-            self.proc = subprocess.Popen(self.argv, cwd=self.tmp, stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT, env=clean_env(),
-                                         start_new_session=True)
-        finally:
-            out.close()
-        t0 = time.monotonic()
-        while not os.path.exists(pf):
-            self.check_alive()
-            if time.monotonic() - t0 > 60:
-                raise RuntimeError(f"{self.name}: no port file after 60s\n" + self.tail())
-            time.sleep(0.05)
-        with open(pf) as f:
-            self.info = json.load(f)
-        self.port = self.info["port"]
-
-    def settle(self, max_wait: float = 10.0) -> str:
-        """Wait until the server holds its idle number of fds (the last connection is gone)."""
-        self.check_alive()
-        t0 = time.monotonic()
-        while True:
-            n = fd_count(self.pid)
-            if n <= self.idle_fds:
-                break
-            if time.monotonic() - t0 > max_wait:
-                return f"fds {n} > idle {self.idle_fds} after {max_wait:.0f}s; "
-            time.sleep(0.05)
-        time.sleep(0.2)
-        return ""
-
-    def log_problems(self) -> list[str]:
-        """Lines of the server's log and output that look like errors."""
-        out = []
-        for f in (self.logfile, self.outfile):
-            try:
-                with open(f, "rb") as fh:
-                    for line in fh.read().decode("utf-8", "replace").splitlines():
-                        low = line.lower()
-                        if any(w in low for w in ("traceback", "error", "unhandled", "critical",
-                                                  "could not", "exception")):
-                            out.append(line.strip())
-            except OSError:
-                pass
-        return out
-
 
 # --------------------------------------------------------------------------- files
 
@@ -709,14 +545,6 @@ def fmt(v: float | None, key: str) -> str:
     return f"{v:.2f}" if abs(v) < 100 else f"{v:.1f}"
 
 
-def table(rows: list[tuple[str, ...]], indent: str = "") -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for i, r in enumerate(rows):
-        print(indent + " | ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-        if i == 0:
-            print(indent + "-+-".join("-" * w for w in widths))
-
-
 def report(blocks: list[Block]) -> None:
     for b in blocks:
         print(f"Upload {b.size // MiB} MiB (medians of {len(b.orders)} runs)")
@@ -786,14 +614,6 @@ def report(blocks: list[Block]) -> None:
                 print(f"    {name:<12} run {j}: {n}")
 
 
-def tool_version(argv: list[str]) -> str:
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-        return (r.stdout.splitlines() or ["?"])[0].strip()
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-
-
 def machine_info(servers: list[Server], tmp: str, hash_mib_s: float) -> list[str]:
     lines = [f"nproc: {os.cpu_count()} (affinity {len(os.sched_getaffinity(0))})",
              f"kernel: {platform.release()}",
@@ -817,7 +637,7 @@ def machine_info(servers: list[Server], tmp: str, hash_mib_s: float) -> list[str
     except (OSError, KeyError, ValueError):
         pass
     du = shutil.disk_usage(tmp)
-    lines.append(f"data dirs, source and cp copies in {tmp}: {filesystem_of(tmp)}, "
+    lines.append(f"data dirs, source and cp copies in {tmp}: {filesystem_of(tmp, device=True)}, "
                  f"{du.free // (1024 ** 3)} GiB free")
     lines.append(f"client: {tool_version([CURL, '--version'])}; {tool_version(['cp', '--version'])}")
     seen = set()
@@ -837,7 +657,7 @@ def machine_info(servers: list[Server], tmp: str, hash_mib_s: float) -> list[str
                 lines.append("  " + tree_check(pkg))
         else:
             line += (f"; twisted.web buffers bodies in {i.get('tempdir')} "
-                     f"({filesystem_of(str(i.get('tempdir')))})")
+                     f"({filesystem_of(str(i.get('tempdir')), device=True)})")
             lines.append(line)
     return lines
 

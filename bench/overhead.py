@@ -90,8 +90,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from _child import ChildServer  # bench/ is sys.path[0] when run as a script
-from _machine import other_cpu_users, tree_check
+from _child import ChildServer, clean_env, log  # bench/ is sys.path[0] when run as a script
+from _machine import other_cpu_users, tool_version, tree_check
+from _report import table
 
 HOST = "127.0.0.1"
 SMALL = 4096
@@ -107,21 +108,6 @@ DEFAULTS = {
     "limits": {"send_timeout": "60", "header_timeout": "15", "idle_timeout": "60",
                "max_connections": "1024"},
 }
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def clean_env() -> dict[str, str]:
-    """Environment for children: no proxies, so nothing leaves 127.0.0.1."""
-    env = dict(os.environ)
-    for k in list(env):
-        if k.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy"):
-            del env[k]
-    env["NO_PROXY"] = "*"
-    env["no_proxy"] = "*"
-    return env
 
 
 def max_connections_off() -> tuple[int, str]:
@@ -454,18 +440,10 @@ def m_rps(v: Variant, tool: str, seconds: int) -> None:
 # --------------------------------------------------------------------------- report
 
 
-def tool_version(argv: list[str]) -> str:
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-        return ((r.stdout or r.stderr).splitlines() or ["?"])[0].strip()
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-
-
 def server_info(twistd: str, cwd: str) -> tuple[list[str], str | None]:
     py = os.path.join(os.path.dirname(twistd), "python")
     if not os.path.exists(py):
-        return [tool_version([twistd, "--version"])], None
+        return [tool_version([twistd, "--version"], or_stderr=True)], None
     code = ("import sys, os, platform, importlib.metadata as m, streamsvc\n"
             "def v(n):\n"
             "    try: return m.version(n)\n"
@@ -504,7 +482,7 @@ def machine_info(twistd: str, tmp: str, variants: list[Variant], tool: str) -> l
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     lines.append(f"open files limit: soft {soft}, hard {hard}")
     lines.append(f"load generator: {shutil.which(tool)} "
-                 f"({tool_version(['wrk', '-v']) if tool == 'wrk' else tool_version(['ab', '-V'])})")
+                 f"({tool_version(['wrk', '-v'], or_stderr=True) if tool == 'wrk' else tool_version(['ab', '-V'], or_stderr=True)})")
     return lines
 
 
@@ -514,14 +492,6 @@ def median(xs: list[float]) -> float:
 
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.3f}" if b else "n/a"
-
-
-def table(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for i, r in enumerate(rows):
-        print(" | ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-        if i == 0:
-            print("-+-".join("-" * w for w in widths))
 
 
 def report(variants: list[Variant], orders: list[list[str]], tool: str, seconds: int,

@@ -101,7 +101,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 
-from _child import ChildServer  # bench/ is sys.path[0] when run as a script
+from _child import PortFileServer, log, publish_and_run  # bench/ is sys.path[0] when run as a script
 from _machine import other_cpu_users, tree_check
 
 HOST = "127.0.0.1"
@@ -111,22 +111,6 @@ SCRIPT = os.path.abspath(__file__)
 
 # Forked listing clients that must not outlive us (servers are tracked separately).
 _forked: set[int] = set()
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def clean_env() -> dict[str, str]:
-    """Environment for children: no proxies, so nothing leaves 127.0.0.1."""
-    env = dict(os.environ)
-    for k in list(env):
-        if k.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy"):
-            del env[k]
-    env["NO_PROXY"] = "*"
-    env["no_proxy"] = "*"
-    env.pop("PYTHONPATH", None)  # the server must import the installed streamsvc
-    return env
 
 
 # =========================================================================== server side
@@ -259,28 +243,7 @@ def serve(args: argparse.Namespace) -> int:
     port = reactor.listenTCP(0, site, interface=HOST)
     ctl = reactor.listenTCP(0, ctl_site, interface=HOST)
 
-    import twisted
-
-    info.update(
-        port=port.getHost().port,
-        ctl=ctl.getHost().port,
-        pid=os.getpid(),
-        python=f"{platform.python_version()} ({sys.executable})",
-        twisted=twisted.__version__,
-        reactor=f"{type(reactor).__module__}.{type(reactor).__name__}",
-    )
-    try:
-        from importlib.metadata import version
-
-        info["streamsvc_version"] = version("streamsvc")
-    except Exception:
-        info["streamsvc_version"] = "?"
-    tmp = args.port_file + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(info, f)
-    os.rename(tmp, args.port_file)
-    reactor.run()
-    return 0
+    return publish_and_run(reactor, info, args.port_file, port=port.getHost().port, ctl=ctl.getHost().port)
 
 
 # =========================================================================== client side
@@ -454,7 +417,7 @@ class Prober:
 
 
 @dataclass
-class Server(ChildServer):
+class Server(PortFileServer):
     name: str          # shown in the table
     kind: str          # streamsvc | static
     chunk_size: int
@@ -465,50 +428,23 @@ class Server(ChildServer):
     ctl: int = 0
     info: dict = field(default_factory=dict)
     proc: subprocess.Popen | None = None
+    script = SCRIPT
 
     @property
     def label(self) -> str:
         return self.name.replace(" ", "_").replace("=", "").replace(".", "_")
 
     @property
-    def logfile(self) -> str:
-        return os.path.join(self.tmp, f"{self.label}.log")
-
-    @property
-    def outfile(self) -> str:
-        return os.path.join(self.tmp, f"{self.label}.out")
-
-    @property
     def argv(self) -> list[str]:
-        a = [sys.executable, SCRIPT, "--serve", self.kind,
-             "--port-file", os.path.join(self.tmp, f"{self.label}.port"),
-             "--data-dir", self.data_dir, "--log", self.logfile, "--beat-ms", str(self.beat_ms)]
+        a = super().argv + ["--beat-ms", str(self.beat_ms)]
         if self.kind == "streamsvc":
             a += ["--chunk-size", str(self.chunk_size)]
         return a
 
     def start(self) -> None:
-        pf = os.path.join(self.tmp, f"{self.label}.port")
-        if os.path.exists(pf):
-            os.unlink(pf)
-        out = open(self.outfile, "ab")
-        try:
-            # cwd = temp dir: no ./streamsvc or ./tap.conf from the repository is picked up.
-            self.proc = subprocess.Popen(self.argv, cwd=self.tmp, stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT, env=clean_env(),
-                                         start_new_session=True)
-        finally:
-            out.close()
-        t0 = time.monotonic()
-        while not os.path.exists(pf):
-            self.check_alive()
-            if time.monotonic() - t0 > 60:
-                raise RuntimeError(f"{self.name}: no port file after 60s\n" + self.tail())
-            time.sleep(0.05)
-        with open(pf) as f:
-            self.info = json.load(f)
-        self.port, self.ctl = self.info["port"], self.info["ctl"]
-
+        self.launch()
+        self.await_port()
+        self.ctl = self.info["ctl"]
 
     def lag_start(self) -> None:
         status, body = http_get(self.ctl, "/start")

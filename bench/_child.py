@@ -10,6 +10,8 @@ C{logfile}; C{PortFileServer} derives the paths from C{tmp} and C{label}.
 
 from __future__ import annotations
 
+import shutil
+
 import json
 import os
 import platform
@@ -206,3 +208,29 @@ class PortFileServer(ChildServer):
             except OSError:
                 pass
         return out
+
+
+def run_failed(error: BaseException, servers: list) -> int:
+    """A script's run failed: say why, with the end of each child's log; exit status 1."""
+    log(f"error: {error}")
+    for s in servers:
+        if s.proc is not None:
+            log(s.tail(15))
+    return 1
+
+
+def end_run(servers: list, tmp: str, *, keep: bool, ok: bool) -> None:
+    """
+    The end of every script's run, however it went: the children stopped
+    (signals ignored meanwhile, so a second Ctrl-C cannot leave one behind)
+    and the temporary directory removed, unless kept (--keep, or
+    BENCH_KEEP_ON_ERROR after a failure).
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for s in servers:
+        s.stop()
+    if keep or (not ok and os.environ.get("BENCH_KEEP_ON_ERROR")):
+        log(f"kept {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)

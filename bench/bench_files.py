@@ -43,7 +43,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from _child import ChildServer, clean_env, log  # bench/ is sys.path[0] when run as a script
+from _child import ChildServer, clean_env, log, run_failed  # bench/ is sys.path[0] when run as a script
 from _proc import fd_count
 
 HOST = "127.0.0.1"
@@ -582,11 +582,7 @@ def main() -> int:
         log("interrupted")
         return 130
     except Exception as e:
-        log(f"error: {e}")
-        for s in servers:
-            if s.proc is not None:
-                log(s.tail(15))
-        return 1
+        return run_failed(e, servers)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)

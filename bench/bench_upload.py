@@ -95,7 +95,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from _child import PortFileServer, clean_env, log, publish_and_run  # bench/ is sys.path[0] when run as a script
+from _child import PortFileServer, clean_env, end_run, log, publish_and_run, run_failed  # bench/ is sys.path[0] when run as a script
 from _machine import filesystem_of, other_cpu_users, tool_version, tree_check
 from _report import table
 from _proc import Watch, fd_count, kib_to_mib, proc_status, reset_hwm
@@ -817,20 +817,9 @@ def main() -> int:
         log("interrupted")
         return 130
     except Exception as e:
-        log(f"error: {e}")
-        for s in servers:
-            if s.proc is not None:
-                log(s.tail(15))
-        return 1
+        return run_failed(e, servers)
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for s in servers:
-            s.stop()
-        if args.keep or (not ok and os.environ.get("BENCH_KEEP_ON_ERROR")):
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        end_run(servers, tmp, keep=args.keep, ok=ok)
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 
-from _child import PortFileServer, log, publish_and_run  # bench/ is sys.path[0] when run as a script
+from _child import PortFileServer, log, publish_and_run, run_failed  # bench/ is sys.path[0] when run as a script
 from _machine import other_cpu_users, tree_check
 
 HOST = "127.0.0.1"
@@ -947,11 +947,7 @@ def main() -> int:
         log("interrupted")
         return 130
     except Exception as e:
-        log(f"error: {e}")
-        for s in servers:
-            if s.proc is not None:
-                log(s.tail(15))
-        return 1
+        return run_failed(e, servers)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -274,11 +274,19 @@ class GuardedChannel(BodyChannel):
 
     def _bare_lf(self, data: bytes) -> bool:
         """
-        Whether the head (up to its blank line) ends a line with LF alone.
+        Whether the line of the head now arriving ends with LF alone.
         twisted.web waits for CRLF, so such a request would hang until a
         timeout; RFC 9112 §2.2 allows refusing it, which is unambiguous.
+
+        Only the head is looked at: what follows its blank line is a body,
+        whose LFs are data. A read that starts with the blank line (the last
+        header line came in the read before) holds no head at all.
         """
+        if b"\n" not in data:
+            return False
         pending = self._buffer + data
+        if pending.startswith(b"\r\n"):
+            return False
         end = pending.find(b"\r\n\r\n")
         head = pending if end < 0 else pending[:end]
         return b"\n" in head.replace(b"\r\n", b"")
@@ -293,6 +301,8 @@ class GuardedChannel(BodyChannel):
             return
         self._path = _origin_form(self._path)
         super().allHeadersReceived()
+        if getattr(self.site, "draining", False):
+            self.persistent = False  # (super() decided it anew from the request)
 
     def loseConnection(self) -> None:
         self._disarm()  # closing: no deadline is due any more
@@ -305,6 +315,8 @@ class GuardedChannel(BodyChannel):
         super().allContentReceived()
 
     def requestDone(self, request: Any) -> None:
+        if getattr(self.site, "draining", False):
+            self.persistent = False  # shutting down: close once this answer is out
         super().requestDone(request)
         if getattr(self.transport, "disconnecting", True):
             return
@@ -323,6 +335,9 @@ class GuardedChannel(BodyChannel):
     def lineReceived(self, line: bytes) -> None:
         if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
             self._refuse_raw(431, "request head too large")
+            return
+        if b"\n" in line:
+            self._refuse_raw(400, "bare LF line ending in the request head")
             return
         super().lineReceived(line)
 
@@ -406,9 +421,12 @@ class Drain:
         site = self._site
         site.draining = True
         for channel in list(site.open_channels):
-            channel.persistent = False  # answer what is in hand, then close
-            if not channel.busy:
+            if channel.requests:
+                channel.persistent = False  # answer what is in hand, then close
+            elif not channel.busy:
                 channel.transport.loseConnection()
+            # else: a request line on its way (twisted.web would drop it on a
+            # channel no longer persistent); its headers' end makes it close.
         if self._timeout > 0:
             self._timer = self._clock.callLater(self._timeout, self.abort)
         self._check()

@@ -132,7 +132,10 @@ class _Draining(Service):
     def _stopped_cleanly(self, _: None, restore: Any) -> None:
         """
         twistd ends a process stopped by a signal by re-raising it (exit
-        status 143 for SIGTERM); a stop that drained is a clean exit, 0.
+        status 143 for SIGTERM); a stop that went through the drain (whether
+        everything finished or what was left was stopped at the timeout or a
+        second signal, files closed either way) is the orderly exit issue 13
+        asks for, status 0.
         """
         restore()
         if getattr(self._reactor, "_exitSignal", None) is not None:

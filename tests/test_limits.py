@@ -475,3 +475,44 @@ def test_second_signal_aborts_at_once(tmp_path: Any) -> None:
     drain.abort()  # what the second SIGTERM calls
     assert done.called and stalled.aborted
     assert [c for c in site.clock.getDelayedCalls() if c.func.__name__ in ("abort", "_check")] == []
+
+
+def test_body_lfs_after_a_split_blank_line_are_data(tmp_path: Any) -> None:
+    """The blank line in its own read, then a body with LFs: echoed, not a bare-LF 400."""
+    site = Site(tmp_path)
+    conn = site.connect()
+    conn.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n")
+    conn.send(b"\r\na\nb\n")
+    conn.read_until_quiet(site.clock)
+    response = parse_response(conn.transport.value())
+    assert response.code == 200 and response.body == b"a\nb\n"
+
+
+@pytest.mark.parametrize(
+    "reads",
+    [
+        [b"GET /healthz HTTP/1.1\r\nHost: x\nX: y\n\n"],
+        [b"GET /healthz HTTP/1.1\r", b"\nHost: x\r\n", b"X: y\n\n"],
+    ],
+    ids=["one-read", "split"],
+)
+def test_bare_lf_in_a_header_line_is_a_400_not_a_hang(tmp_path: Any, reads: list[bytes]) -> None:
+    site = Site(tmp_path)
+    conn = site.connect()
+    for data in reads:
+        conn.send(data)
+    assert error_of(conn)[0] == 400 and conn.transport.disconnecting
+
+
+def test_drain_closes_a_connection_whose_headers_were_coming(tmp_path: Any) -> None:
+    """Headers half in when the stop began: answered, then closed (not kept alive through the drain)."""
+    site = Site(tmp_path)
+    conn = site.connect()
+    conn.send(GET[:10])
+    done = Drain(site.site, site.clock, 30).start()
+    conn.send(GET[10:])
+    assert parse_response(conn.transport.value()).code == 200
+    assert conn.transport.disconnecting
+    conn.disconnect()
+    site.clock.advance(0.1)
+    assert done.called

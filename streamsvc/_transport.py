@@ -1,6 +1,7 @@
 """
-The one place that looks inside Twisted's transports (private attributes),
-so that when Twisted changes them there is one thing to fix.
+What streamsvc reads from Twisted's transports: the one place that looks at
+their private attributes (so that when Twisted changes them there is one
+thing to fix), and the host of a peer's address.
 """
 
 from __future__ import annotations
@@ -19,3 +20,11 @@ def unsent_bytes(transport: Any) -> int | None:
         return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
     except (AttributeError, TypeError):
         return None
+
+
+def host_of(address: Any) -> str:
+    """
+    The client part of a transport address: the host of an IPv4/IPv6
+    address, the whole address otherwise (a UNIX socket's).
+    """
+    return str(getattr(address, "host", None) or address)

@@ -31,6 +31,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from streamsvc._transport import host_of
 from streamsvc.metrics import metrics_of
 
 log = Logger(namespace="streamsvc.access")
@@ -157,7 +158,7 @@ class AccessLog:
         headers = request.requestHeaders
         fields = {
             "time": now,
-            "client": _client(request),
+            "client": host_of(request.getClientAddress()),
             "method": (request.method or b"-").decode("latin-1"),
             "path": redact_query(request.uri or b"-"),
             "protocol": (request.clientproto or b"-").decode("latin-1"),
@@ -183,6 +184,3 @@ def _first(values: list[bytes] | None) -> str:
     return "-" if not values else values[0].decode("latin-1")[:512]
 
 
-def _client(request: IRequest) -> str:
-    address = request.getClientAddress()
-    return str(getattr(address, "host", None) or address)

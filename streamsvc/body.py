@@ -70,6 +70,12 @@ LINGER_BYTES = 4 * 1024 * 1024
 DEFAULT_BODY_TIMEOUT = 60.0
 
 
+def site_setting(site: Any, name: str, default: float) -> float:
+    """A C{[limits]} value L{streamsvc.app.build_site} put on the Site, else C{default}."""
+    value = getattr(site, name, None)
+    return default if value is None else float(value)
+
+
 class BodyChannel(http.HTTPChannel):
     """
     An HTTPChannel that lets its request answer before the body has ended,
@@ -236,7 +242,7 @@ class BodyRequest(Request):
         if length == 0:
             return
         self._learn_request_line()
-        self._timeout = float(self._site_setting("body_timeout", DEFAULT_BODY_TIMEOUT))
+        self._timeout = site_setting(self.site, "body_timeout", DEFAULT_BODY_TIMEOUT)
         resource = self.site.getResourceFor(self)
         if IStreamingBodyResource.providedBy(resource):
             self._limit = int(resource.max_body_bytes)
@@ -258,7 +264,7 @@ class BodyRequest(Request):
                 self._watch_for_stall()
                 return
             # Declined (a method that takes no body there): as any resource.
-        self._limit = int(self._site_setting("max_body_bytes", DEFAULT_MAX_BODY_BYTES))
+        self._limit = int(site_setting(self.site, "max_body_bytes", DEFAULT_MAX_BODY_BYTES))
         refusal = _early_error(resource, self)
         if refusal is not None and (expects or length is None or length > self._limit):
             self._refuse(refusal)
@@ -315,11 +321,6 @@ class BodyRequest(Request):
         if metrics is not None:
             metrics.timeout("body")
         self.fail_body(HTTPError(408, "request body timed out"))
-
-    def _site_setting(self, name: str, default: float) -> float:
-        """A C{[limits]} value L{streamsvc.app.build_site} put on the Site, else C{default}."""
-        value = getattr(self.site, name, None)
-        return default if value is None else value
 
     # -- the body ------------------------------------------------------------
 

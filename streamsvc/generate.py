@@ -34,7 +34,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from streamsvc.config import parse_size
 from streamsvc.errors import HTTPError, JSONResource
-from streamsvc.producers import IterableProducer, send_body
+from streamsvc.producers import IterableProducer, default_clock, send_body
 
 #: The period of the pattern.
 PERIOD = 251
@@ -143,14 +143,8 @@ class GenerateResource(JSONResource):
         self._headers(request, total)
         source: Any = generated(total, chunk)
         if delay:
-            clock = self.clock if self.clock is not None else _reactor()
+            clock = self.clock if self.clock is not None else default_clock()
             source = _slowly(source, delay / 1000, clock)
         producer = IterableProducer(source, length=total, clock=self.clock)
         send_body(request, producer, clock=self.clock, rate=rate, kind="generate")
         return NOT_DONE_YET  # type: ignore[no-any-return]
-
-
-def _reactor() -> IReactorTime:
-    from twisted.internet import reactor
-
-    return reactor  # type: ignore[return-value]

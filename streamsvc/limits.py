@@ -37,7 +37,8 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from streamsvc.body import BodyChannel
+from streamsvc._transport import host_of
+from streamsvc.body import BodyChannel, site_setting
 from streamsvc.metrics import metrics_of
 
 log = Logger()
@@ -144,11 +145,6 @@ def raise_fd_limit(max_connections: int) -> int:
     return soft
 
 
-def _site_setting(site: Any, name: str, default: float) -> float:
-    value = getattr(site, name, None)
-    return default if value is None else float(value)
-
-
 class GuardedChannel(BodyChannel):
     """
     L{BodyChannel} with the timeouts, limits and message rules above. Its
@@ -177,7 +173,7 @@ class GuardedChannel(BodyChannel):
         metrics = metrics_of(site)
         limits: ConnectionLimits | None = getattr(site, "connection_limits", None)
         if limits is not None:
-            address = _address(self.transport)
+            address = host_of(self.transport.getPeer())
             if not limits.admit(address):
                 self._rejected = True
                 if metrics is not None:
@@ -198,7 +194,7 @@ class GuardedChannel(BodyChannel):
                 self._refuse_raw(503, "the server is shutting down")
                 return
             channels.add(self)
-        self._arm("header", _site_setting(site, "header_timeout", DEFAULT_HEADER_TIMEOUT))
+        self._arm("header", site_setting(site, "header_timeout", DEFAULT_HEADER_TIMEOUT))
 
     @property
     def busy(self) -> bool:
@@ -255,7 +251,7 @@ class GuardedChannel(BodyChannel):
         if metrics is not None:
             metrics.timeout(self._timer_kind)
         if self._timer_kind == "header":
-            log.info("Headers not complete in time from {peer}", peer=_address(self.transport))
+            log.info("Headers not complete in time from {peer}", peer=host_of(self.transport.getPeer()))
             self._refuse_raw(408, "request headers not complete in time")
         else:
             self.transport.loseConnection()  # idle keep-alive: nothing to say
@@ -266,7 +262,7 @@ class GuardedChannel(BodyChannel):
             return
         if self._timer_kind == "idle" and self._timer is not None:
             # The first byte of the next request: its headers have a deadline.
-            self._arm("header", _site_setting(self.site, "header_timeout", DEFAULT_HEADER_TIMEOUT))
+            self._arm("header", site_setting(self.site, "header_timeout", DEFAULT_HEADER_TIMEOUT))
         if self.line_mode and self._bare_lf(data):
             self._refuse_raw(400, "bare LF line ending in the request head")
             return
@@ -328,7 +324,7 @@ class GuardedChannel(BodyChannel):
             kind, default = "header", DEFAULT_HEADER_TIMEOUT  # part of the next head is here
         else:
             kind, default = "idle", DEFAULT_IDLE_TIMEOUT
-        self._arm(kind, _site_setting(self.site, f"{kind}_timeout", default))
+        self._arm(kind, site_setting(self.site, f"{kind}_timeout", default))
 
     # -- size limits: a status, not a silent close ------------------------------------
 
@@ -365,11 +361,6 @@ class GuardedChannel(BodyChannel):
         self.transport.write(raw_error(code, message))
         self._body_abandoned = True  # closed lingering (see BodyChannel.loseConnection)
         self.loseConnection()
-
-
-def _address(transport: Any) -> str:
-    peer = transport.getPeer()
-    return str(getattr(peer, "host", None) or peer)
 
 
 def _message_error(request: Any, target: bytes) -> tuple[int, str] | None:

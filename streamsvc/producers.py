@@ -35,7 +35,7 @@ from streamsvc.interfaces import IStreamProducer
 from streamsvc.pull import DEFAULT_BURST, DEFAULT_TURN_BUDGET, PullDriver
 from streamsvc.ranges import ByteRange
 from streamsvc.stages import ClientBuckets, ThrottleStage, TokenBucket
-from streamsvc._transport import unsent_bytes
+from streamsvc._transport import host_of, unsent_bytes
 
 log = Logger()
 
@@ -74,7 +74,7 @@ class _Lifecycle(enum.Enum):
 Chunk = Union[bytes, "Deferred[bytes | None]", None]
 
 
-def _default_clock() -> IReactorTime:
+def default_clock() -> IReactorTime:
     from twisted.internet import reactor
 
     return reactor  # type: ignore[return-value]
@@ -213,7 +213,7 @@ class StreamProducer:
 
     def _get_clock(self) -> IReactorTime:
         if self._clock is None:
-            self._clock = _default_clock()
+            self._clock = default_clock()
         return self._clock
 
     def _can_step(self) -> bool:
@@ -852,7 +852,7 @@ def _site_clock(request: IRequest) -> IReactorTime:
     """The reactor the request's Site runs on (C{Site(reactor=...)}), else the global one."""
     site = getattr(request, "site", None) or getattr(request.channel, "site", None)
     reactor = getattr(site, "reactor", None)
-    return reactor if reactor is not None else _default_clock()
+    return reactor if reactor is not None else default_clock()
 
 
 def start_body(
@@ -929,7 +929,6 @@ def _throttled(
     clock = clock or _site_clock(request)
     buckets = [TokenBucket(limit, clock)] if limit else []
     if clients is not None:
-        address = request.getClientAddress()
-        buckets.append(clients.bucket(getattr(address, "host", None) or str(address)))
+        buckets.append(clients.bucket(host_of(request.getClientAddress())))
     after = int(getattr(site, "rate_limit_after", 0) or 0)
     return ThrottleStage(producer, buckets, clock=clock, after=after)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -24,15 +25,33 @@ from streamsvc.config import Config, ConfigError
 from streamsvc.body import BodyRequest
 from streamsvc.limits import ConnectionLimits, GuardedChannel
 from streamsvc.echo import EchoResource
-from streamsvc.errors import HTTPError, JSONResource, not_found
+from streamsvc.errors import ErrorPage, HTTPError, JSONResource, not_found
 from streamsvc.files import FilesResource
 from streamsvc.generate import GenerateResource
 from streamsvc.stages import ClientBuckets
 from streamsvc.files.upload import RunBlocking, Uploads, remove_stale_uploads
+from streamsvc.interfaces import ITaskStore
+from streamsvc.tasks.events import EventHub
+from streamsvc.tasks.importer import ImportResource
+from streamsvc.tasks.resource import EventsResource, TasksResource
+from streamsvc.tasks.store import SchemaTooNew, SQLiteTaskStore
 
 
 def files_dir(config: Config) -> str:
     return os.path.join(config.server.data_dir, "files")
+
+
+def tasks_path(config: Config) -> str:
+    return os.path.join(config.server.data_dir, "tasks.sqlite3")
+
+
+def open_task_store(config: Config, reactor: IReactorTime | None = None) -> SQLiteTaskStore:
+    """The SQLite store at C{DATA_DIR/tasks.sqlite3}, created or migrated; a ConfigError if impossible."""
+    path = tasks_path(config)
+    try:
+        return SQLiteTaskStore(path, reactor=reactor, readers=config.tasks.readers)
+    except (sqlite3.Error, SchemaTooNew) as e:
+        raise ConfigError(f"data_dir {config.server.data_dir!r}: cannot open {path!r}: {e}") from None
 
 
 def prepare_data_dir(config: Config) -> None:
@@ -99,12 +118,16 @@ def build_resource(
     clock: IReactorTime | None = None,
     run_blocking: RunBlocking | None = None,
     metrics: Metrics | None = None,
+    task_store: ITaskStore | None = None,
+    events: EventHub | None = None,
 ) -> Resource:
     """
-    The whole tree: C{/files}, C{/echo}, C{/generate}, C{/healthz}, C{/metrics}.
+    The whole tree: C{/files}, C{/echo}, C{/generate}, C{/tasks}, C{/healthz},
+    C{/metrics}.
 
     @param run_blocking: runs uploads' disk work off the reactor (tests pass
         one that runs it at once); by default a disk thread pool of the uploads' own.
+    @param task_store: the store behind C{/tasks} (none: no C{/tasks}).
     """
     root = Root()
     tokens = TokenSet(config.auth.tokens)
@@ -127,6 +150,13 @@ def build_resource(
     root.putChild(
         b"generate", GenerateResource(max_bytes=config.limits.generate_max_bytes, clock=clock)
     )
+    if task_store is not None:
+        tasks: IResource = ErrorPage(
+            HTTPError(403, "the tasks API needs Bearer tokens, and none are configured ([auth] tokens)")
+        )
+        if len(tokens):
+            tasks = BearerGuard(_tasks(config, task_store, events, clock), tokens)
+        root.putChild(b"tasks", tasks)
     root.putChild(b"healthz", Health())
     if metrics is not None:
         page: IResource = MetricsResource(metrics)
@@ -136,21 +166,77 @@ def build_resource(
     return root
 
 
+def _tasks(
+    config: Config, store: ITaskStore, events: EventHub | None, clock: IReactorTime | None
+) -> TasksResource:
+    tasks = TasksResource(
+        store,
+        events=events,
+        clock=clock,
+        gzip=config.stream.gzip,
+        gzip_level=config.stream.gzip_level,
+    )
+    tasks.putChild(b"import", ImportResource(tasks, max_body_bytes=config.limits.max_upload_bytes))
+    if events is not None:
+        tasks.putChild(b"events", EventsResource(tasks))
+    return tasks
+
+
+def build_events(config: Config, reactor: IReactorTime, metrics: Metrics | None) -> EventHub:
+    e = config.events
+    return EventHub(
+        reactor,
+        history=e.history,
+        queue_max=e.queue_max,
+        queue_max_bytes=e.queue_max_bytes,
+        overflow=e.overflow,
+        heartbeat=e.heartbeat,
+        metrics=metrics,
+    )
+
+
 def build_site(
-    config: Config, *, reactor: IReactorTime | None = None, run_blocking: RunBlocking | None = None
+    config: Config,
+    *,
+    reactor: IReactorTime | None = None,
+    run_blocking: RunBlocking | None = None,
+    task_store: ITaskStore | None = None,
 ) -> Site:
     """
     A Site whose requests answer unexpected failures with JSON and never
     buffer or form-parse a body (see L{streamsvc.body}), with its metrics
     (C{/metrics}), access log and limits (the attributes set below, read by
     the requests, channels and streams of the Site).
+
+    C{/tasks} is served from C{task_store} when one is given (tests pass a
+    L{streamsvc.testing.MemoryTaskStore}); else, with C{[tasks] enabled},
+    from C{DATA_DIR/tasks.sqlite3}, opened here (L{open_task_store}).
+    The Site's C{task_store} and C{events} are then set, and
+    C{drain_hooks} ends the live event streams when a drain starts.
     """
     metrics = Metrics() if config.server.metrics else None
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor  # type: ignore[assignment]
+    if task_store is None and config.tasks.enabled:
+        task_store = open_task_store(config, reactor)
+    events = build_events(config, reactor, metrics) if task_store is not None else None
     site = Site(
-        build_resource(config, clock=reactor, run_blocking=run_blocking, metrics=metrics),
+        build_resource(
+            config,
+            clock=reactor,
+            run_blocking=run_blocking,
+            metrics=metrics,
+            task_store=task_store,
+            events=events,
+        ),
         reactor=reactor,
         parsePOSTFormSubmission=False,
     )
+    site.task_store = task_store  # type: ignore[attr-defined]
+    site.events = events  # type: ignore[attr-defined]
+    site.drain_hooks = [events.close] if events is not None else []  # type: ignore[attr-defined]
     site.requestFactory = BodyRequest
     site.protocol = GuardedChannel
     limits = config.limits

@@ -122,6 +122,25 @@ class LimitsConfig:
 
 
 @attrs.frozen
+class TasksConfig:
+    """C{[tasks]}: the task store (C{DATA_DIR/tasks.sqlite3})."""
+
+    enabled: bool = True
+    readers: int = 4
+
+
+@attrs.frozen
+class EventsConfig:
+    """C{[events]}: C{GET /tasks/events}."""
+
+    heartbeat: int = 15
+    history: int = 1000
+    queue_max: int = 1000
+    queue_max_bytes: int = 1024 * 1024
+    overflow: str = "drop-oldest"
+
+
+@attrs.frozen
 class Config:
     """The whole configuration; C{Config()} is the built-in defaults."""
 
@@ -129,6 +148,8 @@ class Config:
     stream: StreamConfig = StreamConfig()
     auth: AuthConfig = AuthConfig()
     limits: LimitsConfig = LimitsConfig()
+    tasks: TasksConfig = TasksConfig()
+    events: EventsConfig = EventsConfig()
 
 
 # --- values -----------------------------------------------------------------
@@ -315,6 +336,13 @@ def _parse_access_log(value: str) -> str:
     return style
 
 
+def _parse_overflow(value: str) -> str:
+    policy = value.strip().lower()
+    if policy not in ("drop-oldest", "disconnect"):
+        raise ValueError("expected drop-oldest or disconnect")
+    return policy
+
+
 def _parse_token_list(value: str) -> tuple[str, ...]:
     tokens = [t for t in _TOKEN_SEPARATORS.split(value) if t]
     if any(_TOKEN.fullmatch(t) is None for t in tokens):
@@ -378,6 +406,23 @@ _SCHEMA: Final[Mapping[str, tuple[type, Mapping[str, _Key]]]] = MappingProxyType
                 "send_timeout": _Key(_integer(0, 3600)),
                 "max_connections": _Key(_integer(1, 1_000_000)),
                 "max_connections_per_client": _Key(_integer(0, 1_000_000)),
+            },
+        ),
+        "tasks": (
+            TasksConfig,
+            {
+                "enabled": _Key(_parse_boolean),
+                "readers": _Key(_integer(1, 64)),
+            },
+        ),
+        "events": (
+            EventsConfig,
+            {
+                "heartbeat": _Key(_integer(0, 3600)),
+                "history": _Key(_integer(0, 1_000_000)),
+                "queue_max": _Key(_integer(1, 1_000_000)),
+                "queue_max_bytes": _Key(_size_at_most(MAX_BODY_BYTES_CAP, "64MiB", "1048576 or 1MiB")),
+                "overflow": _Key(_parse_overflow),
             },
         ),
     }

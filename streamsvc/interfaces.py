@@ -151,3 +151,69 @@ class IStreamingBodyResource(Interface):
         none (a small body dropped and the request rendered, a longer one
         refused).
         """
+
+
+class ITaskCursor(Interface):
+    """
+    The rows of one listing or export, read in batches as the client takes
+    them (see L{ITaskStore.cursor}).
+
+    Who calls what: the owner calls L{fetch} with at most one call in flight
+    (the next only once the previous has fired), then L{close} exactly when
+    it is done with the rows — after the last batch, on error, and at once
+    when its client goes away.
+    """
+
+    def fetch(count):
+        """
+        A Deferred of the next batch: a list of at most C{count}
+        L{streamsvc.tasks.model.Task}s in id order, empty once there are no more.
+        """
+
+    def close():
+        """
+        Release the cursor and whatever it holds (its database connection
+        goes back to the pool, its read snapshot ends). Idempotent. A fetch
+        still running finishes first; its result is then dropped.
+        """
+
+
+class ITaskStore(Interface):
+    """
+    Where tasks live. Every method answers with a Deferred and never makes
+    the reactor wait on the database, so a store may run its queries in
+    threads (SQLite), over the network (PostgreSQL) or in memory (tests).
+
+    Failures: L{streamsvc.tasks.store.TaskNotFound} when the task does not
+    exist, L{streamsvc.tasks.store.PreconditionFailed} when C{precondition}
+    refuses the current task (checked in the same transaction as the write,
+    so two editors cannot both pass it).
+    """
+
+    open_cursors = Attribute("Cursors not yet closed (for metrics and tests).")
+
+    def create(task):
+        """Store a L{streamsvc.tasks.model.NewTask}; a Deferred of the stored Task."""
+
+    def create_many(tasks):
+        """Store a sequence of NewTasks in one transaction; a Deferred of the stored Tasks, in order."""
+
+    def get(task_id):
+        """A Deferred of the Task with this id, or of None."""
+
+    def update(task_id, changes, precondition=None):
+        """
+        Apply C{changes} (a dict of validated writable fields) and bump the
+        version and C{updated_at}; no changes leave the task as it is. A
+        Deferred of the Task as it is now. C{precondition}, a pure function
+        of the current Task, must return true for the write to happen.
+        """
+
+    def delete(task_id, precondition=None):
+        """Delete the task; a Deferred of the Task as it was."""
+
+    def cursor(query):
+        """An L{ITaskCursor} over the tasks passing a L{streamsvc.tasks.model.TaskQuery}, in id order."""
+
+    def close():
+        """Release every resource (at shutdown); a Deferred that fires once done."""

@@ -411,6 +411,13 @@ class Drain:
     def start(self) -> Deferred[None]:
         site = self._site
         site.draining = True
+        # Streams that never end by themselves (live events) are ended
+        # first, cleanly, so they do not hold the drain to its timeout.
+        for hook in getattr(site, "drain_hooks", ()):
+            try:
+                hook()
+            except Exception:
+                log.failure("A drain hook failed")
         for channel in list(site.open_channels):
             if channel.requests:
                 channel.persistent = False  # answer what is in hand, then close

@@ -23,7 +23,7 @@ from twisted.web.iweb import IRequest
 from streamsvc.errors import HTTPError, JSONResource
 
 #: The kinds of stream a response can be; anything else counts as "other".
-KINDS = ("file", "listing", "generate", "echo", "other")
+KINDS = ("file", "listing", "generate", "echo", "tasks", "export", "events", "other")
 #: Kinds whose stream holds an open file (or folder) descriptor.
 FILE_KINDS = frozenset({"file", "listing"})
 
@@ -75,6 +75,18 @@ class Metrics:
             p + "timeouts", "Timeouts, by kind (header, idle, send, body)", ["kind"],
             registry=registry,
         )
+        self.event_subscribers = Gauge(
+            p + "event_subscribers", "Clients following /tasks/events now", registry=registry
+        )
+        self.events_dropped = Counter(
+            p + "events_dropped", "Events dropped for subscribers that fell behind",
+            registry=registry,
+        )
+        self.subscribers_disconnected = Counter(
+            p + "event_subscribers_disconnected",
+            "Subscribers cut off because their queue overflowed ([events] overflow = disconnect)",
+            registry=registry,
+        )
         # The labelled children, bound once: labels() costs some microseconds
         # a call, several times a request.
         self._active = {kind: self.streams_active.labels(kind) for kind in KINDS}
@@ -120,6 +132,20 @@ class Metrics:
 
     def timeout(self, kind: str) -> None:
         self.timeouts.labels(kind).inc()
+
+    # live events (streamsvc.tasks.events)
+
+    def subscriber_added(self) -> None:
+        self.event_subscribers.inc()
+
+    def subscriber_removed(self) -> None:
+        self.event_subscribers.dec()
+
+    def dropped(self, count: int) -> None:
+        self.events_dropped.inc(count)
+
+    def overflow_disconnect(self) -> None:
+        self.subscribers_disconnected.inc()
 
 
 def metrics_of(site: Any) -> Metrics | None:

@@ -127,7 +127,14 @@ class _Draining(Service):
             n=len(self._site.open_channels),
             timeout=self._timeout,
         )
-        return drain.start().addCallback(self._stopped_cleanly, restore)
+        return drain.start().addCallback(self._stopped_cleanly, restore).addCallback(self._close_store)
+
+    def _close_store(self, _: None) -> Any:
+        """Once no request can use it: the task store's connections and threads."""
+        store = getattr(self._site, "task_store", None)
+        if store is None:
+            return None
+        return store.close().addErrback(lambda f: log.failure("Closing the task store failed", f))
 
     def _stopped_cleanly(self, _: None, restore: Any) -> None:
         """

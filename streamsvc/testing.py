@@ -4,15 +4,18 @@ Public test doubles for code built on streamsvc, as treq and txacme ship
 theirs: a consumer that records what a producer does, and a real
 L{twisted.web.server.Site} connection on a L{StringTransport} that a test can
 pause, resume and disconnect by hand — the only way to test flow control
-deterministically (treq's in-memory agent never pauses anything).
+deterministically (treq's in-memory agent never pauses anything); and an
+in-memory L{ITaskStore}.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IConsumer, IProducer
 from twisted.internet.protocol import Protocol
@@ -21,6 +24,10 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.server import Site
 from zope.interface import implementer
+
+from streamsvc.interfaces import ITaskCursor, ITaskStore
+from streamsvc.tasks.model import NewTask, Task, TaskQuery, matches, now_iso
+from streamsvc.tasks.store import PreconditionFailed, TaskNotFound
 
 
 @implementer(IConsumer)
@@ -295,3 +302,111 @@ class BodySender(Protocol):
 
     def connectionLost(self, reason: Any) -> None:
         self.closed = True
+
+
+@implementer(ITaskStore)
+class MemoryTaskStore:
+    """
+    An L{ITaskStore} in a dict, for tests of code built on the tasks API:
+    every Deferred has fired by the time it is returned (pass C{now} for
+    fixed timestamps). It keeps the same rules as the SQLite store (ids
+    never reused, versions, preconditions in the write, id order, the same
+    filters) and counts cursors like it: C{open_cursors} drops when a
+    cursor is closed or has run out.
+    """
+
+    def __init__(self, *, now: Callable[[], float] = lambda: 0.0) -> None:
+        self.tasks: dict[int, Task] = {}
+        self._next_id = 1
+        self._now = now
+        self.open_cursors = 0
+        self.closed = False
+
+    def create(self, task: NewTask) -> Deferred[Task]:
+        return self.create_many([task]).addCallback(lambda made: made[0])
+
+    def create_many(self, tasks: Sequence[NewTask]) -> Deferred[list[Task]]:
+        stamp = now_iso(self._now())
+        made = []
+        for new in tasks:
+            task = Task(self._next_id, new.title, new.priority, new.status, stamp, stamp, 1)
+            self.tasks[task.id] = task
+            self._next_id += 1
+            made.append(task)
+        return succeed(made)
+
+    def get(self, task_id: int) -> Deferred[Task | None]:
+        return succeed(self.tasks.get(task_id))
+
+    def _current(self, task_id: int, precondition: Callable[[Task], bool] | None) -> Task:
+        task = self.tasks.get(task_id)
+        if task is None:
+            raise TaskNotFound(task_id)
+        if precondition is not None and not precondition(task):
+            raise PreconditionFailed(task_id)
+        return task
+
+    def update(
+        self,
+        task_id: int,
+        changes: dict[str, Any],
+        precondition: Callable[[Task], bool] | None = None,
+    ) -> Deferred[Task]:
+        try:
+            task = self._current(task_id, precondition)
+        except Exception:
+            return fail()
+        if changes:
+            task = task._replace(**changes, updated_at=now_iso(self._now()), version=task.version + 1)
+            self.tasks[task_id] = task
+        return succeed(task)
+
+    def delete(self, task_id: int, precondition: Callable[[Task], bool] | None = None) -> Deferred[Task]:
+        try:
+            task = self._current(task_id, precondition)
+        except Exception:
+            return fail()
+        del self.tasks[task_id]
+        return succeed(task)
+
+    def cursor(self, query: TaskQuery) -> "_MemoryCursor":
+        self.open_cursors += 1
+        return _MemoryCursor(self, query)
+
+    def close(self) -> Deferred[None]:
+        self.closed = True
+        return succeed(None)
+
+
+@implementer(ITaskCursor)
+class _MemoryCursor:
+    """Walks the ids in order from the last one returned, so tasks added meanwhile may show up."""
+
+    def __init__(self, store: MemoryTaskStore, query: TaskQuery) -> None:
+        self._store = store
+        self._query = query
+        self._last = query.after_id
+        self._left = query.limit
+        self.closed = False
+
+    def fetch(self, count: int) -> Deferred[list[Task]]:
+        if self.closed:
+            return succeed([])
+        batch: list[Task] = []
+        for task_id in sorted(i for i in self._store.tasks if i > self._last):
+            if len(batch) >= count or self._left == 0:
+                break
+            task = self._store.tasks[task_id]
+            self._last = task_id
+            if matches(task, self._query):
+                batch.append(task)
+                if self._left is not None:
+                    self._left -= 1
+        if not batch:
+            self.close()
+        return succeed(batch)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._store.open_cursors -= 1

@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from streamsvc.config import (
     DEFAULT_CONFIG_NAME,
     KNOWN_KEYS,
+    EventsConfig,
+    TasksConfig,
     LimitsConfig,
     AuthConfig,
     Config,
@@ -135,8 +137,10 @@ def test_known_keys_match_the_config_classes() -> None:
         "stream": StreamConfig,
         "auth": AuthConfig,
         "limits": LimitsConfig,
+        "tasks": TasksConfig,
+        "events": EventsConfig,
     }
-    assert list(KNOWN_KEYS) == ["server", "stream", "auth", "limits"]
+    assert list(KNOWN_KEYS) == ["server", "stream", "auth", "limits", "tasks", "events"]
     for section, cls in classes.items():
         assert KNOWN_KEYS[section] == tuple(f.name for f in attrs.fields(cls))
 
@@ -264,11 +268,11 @@ def test_bad_booleans(section: str, key: str, value: str) -> None:
 # --- structure -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("section", ["limitz", "limit", "events", "Server", "default", "auth "])
+@pytest.mark.parametrize("section", ["limitz", "limit", "event", "Server", "default", "auth "])
 def test_unknown_section(section: str) -> None:
     """A section the parser does not know stops parsing and lists the known ones."""
     assert error_of(f"[server]\n[{section}]\nx = 1\n") == (
-        f"tap.conf: unknown section [{section}] (known: server, stream, auth, limits)"
+        f"tap.conf: unknown section [{section}] (known: server, stream, auth, limits, tasks, events)"
     )
 
 

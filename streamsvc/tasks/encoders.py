@@ -1,0 +1,254 @@
+# -*- test-case-name: tests.test_task_encoders -*-
+"""
+Tasks to bytes and back, a batch at a time: pure functions and small
+stateful encoders/splitters with no I/O, so exports and imports stream in
+constant memory and every rule is testable on its own.
+
+Out: a JSON array (C{GET /tasks}), NDJSON (one task per line), CSV (RFC 4180:
+CRLF line ends, fields quoted when they hold a comma, quote, CR or LF, quotes
+doubled). CSV cells are guarded against formula injection (OWASP "CSV
+injection"): a cell starting with C{=}, C{+}, C{-}, C{@}, tab or CR gets a
+leading C{'}, so a spreadsheet shows it as text instead of running it. A
+cell that already starts with C{'} gets one too, and the importer removes
+exactly one leading C{'}: an export therefore imports back to the very same
+titles.
+
+In: L{LineSplitter} cuts a body into lines without ever holding a line past
+its limit, and L{CSVRecords} joins physical lines into CSV records (a quoted
+field may hold newlines) before the csv module parses each one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
+
+from streamsvc.tasks.model import COLUMNS, Task
+
+#: What a formula-guarded cell may start with (plus the guard itself, see above).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+#: Excel wants this to read a CSV file as UTF-8.
+BOM = "\ufeff".encode("utf-8")
+
+
+def task_json(task: Task) -> bytes:
+    """One task as compact UTF-8 JSON."""
+    return json.dumps(task.as_json(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+class NDJSONEncoder:
+    """One task per line. Encoders share C{head()}, C{encode(tasks)}, C{end()}."""
+
+    def head(self) -> bytes:
+        return b""
+
+    def encode(self, tasks: Iterable[Task]) -> bytes:
+        return b"".join([task_json(task) + b"\n" for task in tasks])
+
+    def end(self) -> bytes:
+        return b""
+
+
+class JSONArray:
+    """A JSON array written a batch at a time: C{[}, the tasks, C{]}."""
+
+    def __init__(self) -> None:
+        self._started = False
+
+    def head(self) -> bytes:
+        return b"["
+
+    def encode(self, tasks: Iterable[Task]) -> bytes:
+        rows = [task_json(task) for task in tasks]
+        if not rows:
+            return b""
+        lead = b",\n" if self._started else b"\n"
+        self._started = True
+        return lead + b",\n".join(rows)
+
+    def end(self) -> bytes:
+        return b"\n]\n" if self._started else b"]\n"
+
+
+def guard_cell(value: str) -> str:
+    """A CSV cell a spreadsheet will not run as a formula (see the module docstring)."""
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
+
+
+def unguard_cell(value: str) -> str:
+    """What L{guard_cell} did, undone: one leading C{'} removed."""
+    return value[1:] if value.startswith("'") else value
+
+
+class CSVEncoder:
+    """CSV rows (RFC 4180, CRLF) for batches of tasks, the header row first."""
+
+    def __init__(self, *, bom: bool = False) -> None:
+        self._buffer = io.StringIO()
+        self._writer = csv.writer(self._buffer, lineterminator="\r\n")
+        self._bom = bom
+
+    def head(self) -> bytes:
+        self._writer.writerow(COLUMNS)
+        return (BOM if self._bom else b"") + self._take()
+
+    def encode(self, tasks: Iterable[Task]) -> bytes:
+        # Every cell of the row is guarded; in practice only a title can
+        # start with a guarded character (ids, priorities, statuses and
+        # dates cannot).
+        self._writer.writerows(
+            (t.id, guard_cell(t.title), t.priority, t.status, t.created_at, t.updated_at)
+            for t in tasks
+        )
+        return self._take()
+
+    def end(self) -> bytes:
+        return b""
+
+    def _take(self) -> bytes:
+        text = self._buffer.getvalue()
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        return text.encode("utf-8")
+
+
+# --- import: lines and records ------------------------------------------------------
+
+
+class Line(NamedTuple):
+    """
+    A line of a body: its number (from 1), its bytes without the LF (a CR
+    before it is kept: inside a quoted CSV field it is data), or None if it
+    was too long; and how many C{"} it held (counted only when asked for).
+    """
+
+    number: int
+    data: bytes | None
+    quotes: int = 0
+
+
+class LineSplitter:
+    """
+    Cuts a stream of bytes into lines at LF, holding at most C{max_line}
+    bytes of a line: a longer one is reported as C{data=None} and the rest
+    of it skipped as it arrives, so a body without newlines is an error for
+    one line, not a memory spike. With C{count_quotes}, each line says how
+    many C{"} it had, skipped parts included, so L{CSVRecords} keeps track
+    of quoted fields across a line too long to keep.
+    """
+
+    def __init__(self, max_line: int, *, count_quotes: bool = False) -> None:
+        self._max = max_line
+        self._count_quotes = count_quotes
+        self._partial: list[bytes] = []
+        self._held = 0
+        self._quotes = 0
+        self._too_long = False
+        self._number = 0
+
+    def feed(self, data: bytes) -> Iterator[Line]:
+        start = 0
+        while True:
+            end = data.find(b"\n", start)
+            if end < 0:
+                self._hold(data[start:])
+                return
+            yield self._line(data[start:end])
+            start = end + 1
+
+    def end(self) -> Iterator[Line]:
+        """The last line, when the body did not end with a newline."""
+        if self._held or self._too_long:
+            yield self._line(b"")
+
+    def _hold(self, piece: bytes) -> None:
+        if not piece:
+            return
+        if self._count_quotes:
+            self._quotes += piece.count(b'"')
+        if self._too_long:
+            return
+        if self._held + len(piece) > self._max:
+            self._partial, self._held, self._too_long = [], 0, True
+            return
+        self._partial.append(piece)
+        self._held += len(piece)
+
+    def _line(self, tail: bytes) -> Line:
+        self._number += 1
+        quotes = self._quotes + (tail.count(b'"') if self._count_quotes else 0)
+        too_long = self._too_long or self._held + len(tail) > self._max
+        data = None if too_long else b"".join(self._partial) + tail
+        self._partial, self._held, self._quotes, self._too_long = [], 0, 0, False
+        return Line(self._number, data, quotes)
+
+
+class Record(NamedTuple):
+    """A CSV record: the number of its first line, its cells (None: too long or malformed)."""
+
+    number: int
+    cells: list[str] | None
+    error: str | None = None
+
+
+class CSVRecords:
+    """
+    Joins lines into CSV records: a record ends at a line end outside
+    quotes, which is exactly when its count of C{"} is even (RFC 4180
+    doubles quotes inside quoted fields). A record is at most C{max_record}
+    bytes; a longer one, or one that is not UTF-8, is an error record.
+    """
+
+    def __init__(self, max_record: int) -> None:
+        self._max = max_record
+        self._lines: list[bytes] = []
+        self._size = 0
+        self._quotes = 0
+        self._first = 0
+        self._broken: str | None = None
+
+    def add(self, line: Line) -> Record | None:
+        if not self._lines and self._broken is None:
+            self._first = line.number
+        if line.data is None:
+            self._broken, self._lines = "record too long", []
+        elif self._broken is None:
+            self._size += len(line.data) + 1
+            if self._size > self._max:
+                self._broken, self._lines = "record too long", []
+            else:
+                self._lines.append(line.data)
+        self._quotes += line.quotes
+        if self._quotes % 2:
+            return None  # inside a quoted field: the record goes on
+        return self._take()
+
+    def end(self) -> Record | None:
+        """What is left at the end of the body: an unterminated quoted field."""
+        if not self._lines and self._broken is None:
+            return None
+        self._broken = self._broken or "unterminated quoted field"
+        return self._take()
+
+    def _take(self) -> Record:
+        lines, broken, first = self._lines, self._broken, self._first
+        self._lines, self._size, self._quotes, self._broken = [], 0, 0, None
+        if broken is not None:
+            return Record(first, None, broken)
+        raw = b"\n".join(lines)
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]  # the record's own CRLF; CRs inside quotes stay
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return Record(first, None, "not UTF-8")
+        try:
+            rows = list(csv.reader([text], strict=True))
+        except csv.Error as e:
+            return Record(first, None, f"malformed CSV: {e}")
+        if len(rows) != 1:
+            return Record(first, None, "malformed CSV")
+        return Record(first, rows[0])

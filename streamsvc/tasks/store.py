@@ -1,0 +1,438 @@
+# -*- test-case-name: tests.test_task_store -*-
+"""
+L{ITaskStore} on SQLite (stdlib C{sqlite3}), off the reactor.
+
+Threads, and why two kinds:
+
+  - one writer: SQLite takes one writer at a time anyway, so every write
+    (and every single-task read, which must see the writes before it) runs
+    on one connection in a thread of its own, one job after another;
+  - readers for cursors: a listing or export holds a connection and an
+    open statement for as long as its client reads (each batch a
+    C{fetchmany} in a reader thread), so they come from a pool of their own
+    (C{readers} connections) and cannot hold up the writes. A cursor that
+    is closed gives its connection back at once; more cursors than
+    connections wait for one.
+
+The database is in WAL mode, so readers see a consistent snapshot while
+writes go on. C{synchronous = FULL}: a task answered 201 survives a power
+cut. A reader that stays open for long holds its snapshot, and with it the
+WAL cannot be checkpointed past that point; the send timeout cuts readers
+that stall, and exports of any size finish at the client's pace.
+
+Schema versions: C{PRAGMA user_version} says which migrations have run;
+L{MIGRATIONS} is the list, each a script run in a transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from streamsvc.interfaces import ITaskCursor, ITaskStore
+from streamsvc.tasks.model import NewTask, Task, TaskQuery, now_iso
+
+#: Runs a blocking function somewhere that is not the reactor; a Deferred of its result.
+Runner = Callable[..., Deferred]
+
+MIGRATIONS = (
+    """
+    CREATE TABLE tasks (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        title TEXT NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL DEFAULT 'pending',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        version INTEGER NOT NULL DEFAULT 1
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_COLUMNS = "id, title, priority, status, created_at, updated_at, version"
+
+
+class TaskNotFound(LookupError):
+    """No task has that id."""
+
+
+class PreconditionFailed(Exception):
+    """The task is there, but not as the client last saw it (If-Match)."""
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was made by a later streamsvc; this one cannot read it safely."""
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """
+    A connection as every thread of the store uses it: autocommit (each
+    method opens its own transaction), WAL, full fsync, a busy wait
+    rather than an immediate 'database is locked'.
+    """
+    connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    connection.execute("PRAGMA journal_mode = WAL")
+    connection.execute("PRAGMA synchronous = FULL")
+    connection.execute("PRAGMA busy_timeout = 5000")
+    return connection
+
+
+def migrate(connection: sqlite3.Connection) -> int:
+    """Bring the schema to L{SCHEMA_VERSION}; the version it was at."""
+    (version,) = connection.execute("PRAGMA user_version").fetchone()
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"the tasks database is at schema version {version}; "
+            f"this streamsvc knows up to {SCHEMA_VERSION}"
+        )
+    for number in range(version, SCHEMA_VERSION):
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[number].split(";"):
+                if statement.strip():
+                    connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {number + 1}")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+    return int(version)
+
+
+def select_for(query: TaskQuery) -> tuple[str, list[Any]]:
+    """The SQL (and its parameters) of a listing: id order, the filters of L{TaskQuery}."""
+    where, params = ["id > ?"], [query.after_id]
+    if query.status is not None:
+        where.append("status = ?")
+        params.append(query.status)
+    if query.min_priority is not None:
+        where.append("priority >= ?")
+        params.append(query.min_priority)
+    if query.q is not None:
+        # LIKE folds ASCII case only, as model.matches does.
+        escaped = query.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        where.append("title LIKE ? ESCAPE '\\'")
+        params.append(f"%{escaped}%")
+    sql = f"SELECT {_COLUMNS} FROM tasks WHERE {' AND '.join(where)} ORDER BY id"
+    if query.limit is not None:
+        sql += " LIMIT ?"
+        params.append(query.limit)
+    return sql, params
+
+
+class _Transaction:
+    """C{with _Transaction(connection):} — BEGIN IMMEDIATE … COMMIT, or ROLLBACK on any error."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._connection.execute("BEGIN IMMEDIATE")
+        return self._connection
+
+    def __exit__(self, kind: object, error: object, trace: object) -> None:
+        self._connection.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+class _Pool:
+    """A thread pool of its own, started when first used, stopped with the store."""
+
+    def __init__(self, reactor: Any, threads: int, name: str) -> None:
+        self._reactor = reactor
+        self._pool = ThreadPool(minthreads=0, maxthreads=threads, name=name)
+        self._started = False
+        self._stopped = False
+
+    def __call__(self, function: Callable[..., Any], *args: Any) -> Deferred:
+        if self._stopped:
+            return fail(RuntimeError("the task store is closed"))
+        if not self._started:
+            self._started = True
+            self._pool.start()
+        return deferToThreadPool(self._reactor, self._pool, function, *args)
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._started:
+            self._started = False
+            self._pool.stop()
+
+
+def _at_once(function: Callable[..., Any], *args: Any) -> Deferred:
+    """A L{Runner} for tests: runs the job right here."""
+    return maybeDeferred(function, *args)
+
+
+@implementer(ITaskStore)
+class SQLiteTaskStore:
+    """
+    Tasks in one SQLite file. L{open} (at start-up, before anything
+    listens) creates the file and its schema, or migrates it.
+
+    @param reactor: the reactor the thread pools report to; with
+        C{writer}/C{reader} runners given (tests), not needed.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        reactor: Any = None,
+        readers: int = 4,
+        writer: Runner | None = None,
+        reader: Runner | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        if readers < 1:
+            raise ValueError("readers must be at least 1")
+        self.path = path
+        self._now = now
+        self._max_readers = readers
+        self._pools: list[_Pool] = []
+        if writer is None:
+            writer = self._pool(reactor, 1, "streamsvc-tasks-writer")
+        if reader is None:
+            reader = self._pool(reactor, readers, "streamsvc-tasks-reader")
+        self._run_writer = writer
+        self._run_reader = reader
+        self._writer = connect(path)
+        self.schema_was = migrate(self._writer)
+        self._idle_readers: list[sqlite3.Connection] = []
+        self._all_readers: list[sqlite3.Connection] = []
+        self._waiting: deque[Deferred[sqlite3.Connection]] = deque()
+        self._lock = threading.Lock()
+        self.open_cursors = 0
+        self._closed = False
+
+    def _pool(self, reactor: Any, threads: int, name: str) -> Runner:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        pool = _Pool(reactor, threads, name)
+        self._pools.append(pool)
+        return pool
+
+    # -- single tasks (the writer) -------------------------------------------
+
+    def create(self, task: NewTask) -> Deferred[Task]:
+        return self.create_many([task]).addCallback(lambda tasks: tasks[0])
+
+    def create_many(self, tasks: Sequence[NewTask]) -> Deferred[list[Task]]:
+        stamp = now_iso(self._now())
+        return self._run_writer(self._insert, list(tasks), stamp)
+
+    def _insert(self, tasks: list[NewTask], stamp: str) -> list[Task]:
+        with _Transaction(self._writer) as db:
+            made = []
+            for task in tasks:
+                cursor = db.execute(
+                    "INSERT INTO tasks (title, priority, status, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (task.title, task.priority, task.status, stamp, stamp),
+                )
+                made.append(
+                    Task(int(cursor.lastrowid or 0), task.title, task.priority, task.status, stamp, stamp, 1)
+                )
+            return made
+
+    def get(self, task_id: int) -> Deferred[Task | None]:
+        return self._run_writer(self._get, task_id)
+
+    def _get(self, task_id: int) -> Task | None:
+        row = self._writer.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return None if row is None else Task._make(row)
+
+    def update(
+        self,
+        task_id: int,
+        changes: dict[str, Any],
+        precondition: Callable[[Task], bool] | None = None,
+    ) -> Deferred[Task]:
+        stamp = now_iso(self._now())
+        return self._run_writer(self._update, task_id, dict(changes), precondition, stamp)
+
+    def _current(self, db: sqlite3.Connection, task_id: int, precondition: Callable[[Task], bool] | None) -> Task:
+        task = self._get(task_id)
+        if task is None:
+            raise TaskNotFound(task_id)
+        if precondition is not None and not precondition(task):
+            raise PreconditionFailed(task_id)
+        return task
+
+    def _update(
+        self, task_id: int, changes: dict[str, Any], precondition: Callable[[Task], bool] | None, stamp: str
+    ) -> Task:
+        with _Transaction(self._writer) as db:
+            task = self._current(db, task_id, precondition)
+            if not changes:
+                return task
+            updated = task._replace(**changes, updated_at=stamp, version=task.version + 1)
+            db.execute(
+                "UPDATE tasks SET title = ?, priority = ?, status = ?, updated_at = ?, version = ?"
+                " WHERE id = ?",
+                (updated.title, updated.priority, updated.status, stamp, updated.version, task_id),
+            )
+            return updated
+
+    def delete(self, task_id: int, precondition: Callable[[Task], bool] | None = None) -> Deferred[Task]:
+        return self._run_writer(self._delete, task_id, precondition)
+
+    def _delete(self, task_id: int, precondition: Callable[[Task], bool] | None) -> Task:
+        with _Transaction(self._writer) as db:
+            task = self._current(db, task_id, precondition)
+            db.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
+            return task
+
+    # -- cursors (the readers) -------------------------------------------------
+
+    def cursor(self, query: TaskQuery) -> ITaskCursor:
+        if self._closed:
+            raise RuntimeError("the task store is closed")
+        self.open_cursors += 1
+        return _SQLiteCursor(self, query)
+
+    def _checkout(self) -> Deferred[sqlite3.Connection]:
+        if self._idle_readers:
+            return succeed(self._idle_readers.pop())
+        if len(self._all_readers) < self._max_readers:
+            connection = connect(self.path)
+            self._all_readers.append(connection)
+            return succeed(connection)
+        waiter: Deferred[sqlite3.Connection] = Deferred(self._waiting.remove)
+        self._waiting.append(waiter)
+        return waiter
+
+    def _checkin(self, connection: sqlite3.Connection) -> None:
+        if self._closed:
+            connection.close()
+        elif self._waiting:
+            self._waiting.popleft().callback(connection)
+        else:
+            self._idle_readers.append(connection)
+
+    @property
+    def idle_connections(self) -> int:
+        """Reader connections back in the pool (what a closed cursor returns)."""
+        return len(self._idle_readers)
+
+    def close(self) -> Deferred[None]:
+        """
+        Stop the threads (a job still running is waited for: a few
+        milliseconds at most, and only at shutdown), then close every
+        connection; open cursors close theirs as they end.
+        """
+        if self._closed:
+            return succeed(None)
+        self._closed = True
+        for waiter in list(self._waiting):
+            waiter.cancel()
+        for pool in self._pools:
+            pool.stop()
+        idle, self._idle_readers = self._idle_readers, []
+        for connection in idle:
+            connection.close()
+        self._writer.close()
+        return succeed(None)
+
+
+@implementer(ITaskCursor)
+class _SQLiteCursor:
+    """
+    One listing's statement on a reader connection, stepped a batch at a
+    time in a reader thread. States: waiting for a connection, idle, a
+    fetch in flight, closed (connection returned).
+    """
+
+    def __init__(self, store: SQLiteTaskStore, query: TaskQuery) -> None:
+        self._store = store
+        self._query = query
+        self._connection: sqlite3.Connection | None = None
+        self._cursor: sqlite3.Cursor | None = None
+        self._acquiring: Deferred[sqlite3.Connection] | None = None
+        self._in_flight = False
+        self._closed = False
+        self._exhausted = False
+        self._released = False
+
+    def fetch(self, count: int) -> Deferred[list[Task]]:
+        if self._closed or self._exhausted:
+            return succeed([])
+        if self._in_flight:
+            raise RuntimeError("one fetch at a time")
+        self._in_flight = True
+        if self._connection is None:
+            self._acquiring = self._store._checkout()
+            d = self._acquiring.addCallback(self._got_connection)
+            return d.addCallback(lambda _: self._store._run_reader(self._first, count)).addBoth(self._fetched)
+        return self._store._run_reader(self._next, count).addBoth(self._fetched)
+
+    def _got_connection(self, connection: sqlite3.Connection) -> None:
+        self._acquiring = None
+        self._connection = connection
+        if self._closed:  # closed while it waited for one
+            raise _Closed()
+
+    def _first(self, count: int) -> list[Task]:
+        assert self._connection is not None
+        sql, params = select_for(self._query)
+        self._cursor = self._connection.execute(sql, params)
+        return self._next(count)
+
+    def _next(self, count: int) -> list[Task]:
+        assert self._cursor is not None
+        rows = self._cursor.fetchmany(count)
+        return list(map(Task._make, rows))
+
+    def _fetched(self, result: Any) -> Any:
+        self._in_flight = False
+        if self._closed:
+            self._release()
+            return []
+        if isinstance(result, list) and len(result) == 0:
+            self._exhausted = True
+            self._release()
+        if not isinstance(result, list):  # a Failure: the cursor is finished either way
+            self._closed = True
+            self._release()
+        return result
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._acquiring is not None:
+            acquiring, self._acquiring = self._acquiring, None
+            acquiring.cancel()
+            return  # _fetched releases (nothing acquired, or the one just acquired)
+        if not self._in_flight:
+            self._release()
+
+    def _release(self) -> None:
+        """Give the connection back (the statement reset first), exactly once."""
+        if self._released:
+            return
+        self._released = True
+        self._store.open_cursors -= 1
+        connection, self._connection = self._connection, None
+        cursor, self._cursor = self._cursor, None
+        try:
+            if cursor is not None:
+                cursor.close()  # resets the statement: the read snapshot ends here
+        finally:
+            if connection is not None:
+                self._store._checkin(connection)
+
+
+class _Closed(Exception):
+    """A cursor closed while it waited for a connection."""

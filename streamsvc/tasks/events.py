@@ -37,6 +37,10 @@ Two notices, never queued as events (so they never count against a queue):
     so that an EventSource that reconnects before the next event resumes
     from C{<last>} instead of being reset again.
 
+Subscribed with C{opening=True} (as C{/tasks/events} does), a stream opens with a line of its own (SSE: the comment C{: streamsvc task
+events\n\n}; NDJSON: a blank line) unless it has events to replay, so the
+headers reach the client at once rather than with the first event.
+
 No C{retry:} field is sent: browsers' default reconnection delay (a few
 seconds) suits a server that keeps a history to resume from.
 """
@@ -107,6 +111,7 @@ class _SSE:
     """Server-sent events framing (the WHATWG HTML "server-sent events" section)."""
 
     heartbeat = b": heartbeat\n\n"
+    opening = b": streamsvc task events\n\n"
 
     @staticmethod
     def event(seq: int, kind: str, payload: bytes) -> bytes:
@@ -125,6 +130,7 @@ class _NDJSON:
     """One JSON object per line; a blank line is a heartbeat."""
 
     heartbeat = b"\n"
+    opening = b"\n"
 
     @staticmethod
     def event(seq: int, kind: str, payload: bytes) -> bytes:
@@ -246,7 +252,9 @@ class EventHub:
             subscription._offer(event)
         return event.seq
 
-    def subscribe(self, *, last_event_id: str | None = None, fmt: str = "sse") -> Subscription:
+    def subscribe(
+        self, *, last_event_id: str | None = None, fmt: str = "sse", opening: bool = False
+    ) -> Subscription:
         """
         A new subscription, to send with L{streamsvc.producers.start_body}
         (or to C{stopProducing} if it is not sent after all: until then it
@@ -257,6 +265,9 @@ class EventHub:
             it, those are replayed first; otherwise the stream starts with a
             C{reset} notice, then new events only.
         @param fmt: one of L{FORMATS}.
+        @param opening: start with the format's opening line when there is
+            nothing to replay (what the HTTP resource wants: its headers then
+            go out at once).
         @raises HubClosed: after L{close}.
         """
         if fmt not in FORMATS:
@@ -264,6 +275,7 @@ class EventHub:
         if self._closed:
             raise HubClosed("the event hub is closed")
         subscription = Subscription(self, fmt)
+        subscription._opened = not opening
         self._subscriptions[subscription] = None
         self.metrics.subscriber_added()
         if last_event_id is not None:
@@ -340,6 +352,7 @@ class Subscription(StreamProducer):
         self._beat: IDelayedCall | None = None
         self._closing = False
         self._overflowed: QueueOverflow | None = None  # before it was started
+        self._opened = False  # whether anything has been written yet
 
     @property
     def content_type(self) -> bytes:
@@ -362,9 +375,15 @@ class Subscription(StreamProducer):
         if self._overflowed is not None:
             raise self._overflowed
         if self._has_output():
+            self._opened = True
             return self._drain()
         if self._closing:
             return None
+        if not self._opened:
+            # Something at once, so the response's headers go out now and
+            # the client knows it is subscribed (an EventSource fires "open").
+            self._opened = True
+            return self._framing.opening
         self._wait = Deferred()
         self._arm_heartbeat()
         return self._wait

@@ -524,7 +524,7 @@ class EventsResource(JSONResource):
         last = request.getHeader(b"last-event-id")
         try:
             subscription = self._tasks.events.subscribe(
-                last_event_id=None if last is None else last.decode("latin-1"), fmt=fmt
+                last_event_id=None if last is None else last.decode("latin-1"), fmt=fmt, opening=True
             )
         except HubClosed:
             raise HTTPError(503, "shutting down", {b"retry-after": b"1"}) from None

@@ -34,7 +34,7 @@ from streamsvc.interfaces import ITaskStore
 from streamsvc.tasks.events import EventHub
 from streamsvc.tasks.importer import ImportResource
 from streamsvc.tasks.resource import EventsResource, TasksResource
-from streamsvc.tasks.store import SchemaTooNew, SQLiteTaskStore
+from streamsvc.tasks.store import SchemaTooNew, SQLiteTaskStore, prepare_database
 
 
 def files_dir(config: Config) -> str:
@@ -46,12 +46,19 @@ def tasks_path(config: Config) -> str:
 
 
 def open_task_store(config: Config, reactor: IReactorTime | None = None) -> SQLiteTaskStore:
-    """The SQLite store at C{DATA_DIR/tasks.sqlite3}, created or migrated; a ConfigError if impossible."""
+    """The SQLite store at C{DATA_DIR/tasks.sqlite3} (connections made when first used)."""
+    return SQLiteTaskStore(tasks_path(config), reactor=reactor, readers=config.tasks.readers)
+
+
+def prepare_task_store(config: Config) -> None:
+    """Create or migrate the tasks database at start-up; a ConfigError if impossible."""
     path = tasks_path(config)
     try:
-        return SQLiteTaskStore(path, reactor=reactor, readers=config.tasks.readers)
+        version = prepare_database(path)
     except (sqlite3.Error, SchemaTooNew) as e:
         raise ConfigError(f"data_dir {config.server.data_dir!r}: cannot open {path!r}: {e}") from None
+    if version == 0:
+        log.info("created the tasks database {path}", path=path)
 
 
 def prepare_data_dir(config: Config) -> None:
@@ -65,6 +72,8 @@ def prepare_data_dir(config: Config) -> None:
         ) from None
     if not os.access(path, os.R_OK | os.X_OK):
         raise ConfigError(f"data_dir {config.server.data_dir!r}: {path!r} is not readable")
+    if config.tasks.enabled:
+        prepare_task_store(config)
     removed = remove_stale_uploads(path)
     if removed:
         log.info("removed {count} unfinished upload(s) left by a stopped process", count=removed)

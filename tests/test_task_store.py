@@ -24,6 +24,7 @@ from streamsvc.tasks.store import (
     SQLiteTaskStore,
     TaskNotFound,
     _at_once,
+    prepare_database,
     select_for,
 )
 from streamsvc.testing import MemoryTaskStore
@@ -198,16 +199,12 @@ def sqlite_store(path, **kw):
 
 def test_schema_created_in_wal_mode_with_a_version(tmp_path):
     path = tmp_path / "tasks.sqlite3"
-    s = sqlite_store(path)
-    assert s.schema_was == 0
-    result_of(s.close())
+    assert prepare_database(str(path)) == 0
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     db.close()
-    again = sqlite_store(path)
-    assert again.schema_was == SCHEMA_VERSION  # nothing to migrate the second time
-    result_of(again.close())
+    assert prepare_database(str(path)) == SCHEMA_VERSION  # nothing to migrate the second time
 
 
 def test_a_newer_schema_is_refused(tmp_path):
@@ -216,7 +213,10 @@ def test_a_newer_schema_is_refused(tmp_path):
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.close()
     with pytest.raises(SchemaTooNew, match="schema version"):
-        sqlite_store(path)
+        prepare_database(str(path))
+    s = sqlite_store(path)
+    assert failure_of(s.get(1)).check(SchemaTooNew)  # used without preparing: refused too
+    result_of(s.close())
 
 
 def test_tasks_survive_a_restart(tmp_path):
@@ -291,9 +291,11 @@ def test_cursor_closed_during_a_fetch_releases_after_it(tmp_path):
     result_of(s.create_many([NewTask(f"t{i}") for i in range(4)]))
     cursor = s.cursor(TaskQuery())
     pending = cursor.fetch(2)
+    d, function, args = jobs.pop()  # the reader's connection is opened in its thread
+    d.callback(function(*args))
+    [(d, function, args)] = jobs  # then the fetch runs there
     cursor.close()
     assert s.idle_connections == 0  # still in use by the running fetch
-    d, function, args = jobs.pop()
     d.callback(function(*args))
     assert result_of(pending) == []  # dropped: the cursor was closed
     assert s.idle_connections == 1 and s.open_cursors == 0

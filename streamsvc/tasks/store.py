@@ -87,6 +87,19 @@ def connect(path: str) -> sqlite3.Connection:
     return connection
 
 
+def prepare_database(path: str) -> int:
+    """
+    Create or migrate the database at C{path} and close it again (at
+    start-up, so a database that cannot be used stops the start with one
+    line); the schema version it was at.
+    """
+    connection = connect(path)
+    try:
+        return migrate(connection)
+    finally:
+        connection.close()
+
+
 def migrate(connection: sqlite3.Connection) -> int:
     """Bring the schema to L{SCHEMA_VERSION}; the version it was at."""
     (version,) = connection.execute("PRAGMA user_version").fetchone()
@@ -176,8 +189,9 @@ def _at_once(function: Callable[..., Any], *args: Any) -> Deferred:
 @implementer(ITaskStore)
 class SQLiteTaskStore:
     """
-    Tasks in one SQLite file. L{open} (at start-up, before anything
-    listens) creates the file and its schema, or migrates it.
+    Tasks in one SQLite file, created or migrated when first used (and,
+    under twistd, by L{prepare_database} at start-up, before anything
+    listens).
 
     @param reactor: the reactor the thread pools report to; with
         C{writer}/C{reader} runners given (tests), not needed.
@@ -205,14 +219,30 @@ class SQLiteTaskStore:
             reader = self._pool(reactor, readers, "streamsvc-tasks-reader")
         self._run_writer = writer
         self._run_reader = reader
-        self._writer = connect(path)
-        self.schema_was = migrate(self._writer)
+        # Connections are made where they are used, in their threads, on
+        # first use: not at construction, which twistd does before it forks
+        # (SQLite connections must not cross a fork).
+        self._writer_connection: sqlite3.Connection | None = None
         self._idle_readers: list[sqlite3.Connection] = []
         self._all_readers: list[sqlite3.Connection] = []
         self._waiting: deque[Deferred[sqlite3.Connection]] = deque()
+        self._opening = 0
         self._lock = threading.Lock()
         self.open_cursors = 0
         self._closed = False
+
+    @property
+    def _writer(self) -> sqlite3.Connection:
+        """The writer's connection (only ever used in the writer's thread), made and migrated when first needed."""
+        if self._writer_connection is None:
+            connection = connect(self.path)
+            try:
+                migrate(connection)
+            except BaseException:
+                connection.close()
+                raise
+            self._writer_connection = connection
+        return self._writer_connection
 
     def _pool(self, reactor: Any, threads: int, name: str) -> Runner:
         if reactor is None:
@@ -305,13 +335,18 @@ class SQLiteTaskStore:
     def _checkout(self) -> Deferred[sqlite3.Connection]:
         if self._idle_readers:
             return succeed(self._idle_readers.pop())
-        if len(self._all_readers) < self._max_readers:
-            connection = connect(self.path)
-            self._all_readers.append(connection)
-            return succeed(connection)
+        if self._opening + len(self._all_readers) < self._max_readers:
+            self._opening += 1
+            return self._run_reader(connect, self.path).addBoth(self._opened)
         waiter: Deferred[sqlite3.Connection] = Deferred(self._waiting.remove)
         self._waiting.append(waiter)
         return waiter
+
+    def _opened(self, result: Any) -> Any:
+        self._opening -= 1
+        if isinstance(result, sqlite3.Connection):
+            self._all_readers.append(result)
+        return result
 
     def _checkin(self, connection: sqlite3.Connection) -> None:
         if self._closed:
@@ -342,7 +377,9 @@ class SQLiteTaskStore:
         idle, self._idle_readers = self._idle_readers, []
         for connection in idle:
             connection.close()
-        self._writer.close()
+        if self._writer_connection is not None:
+            self._writer_connection.close()
+            self._writer_connection = None
         return succeed(None)
 
 

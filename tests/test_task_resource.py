@@ -508,3 +508,49 @@ def test_store_failure_before_the_first_row_is_500(h: Harness) -> None:
     r = h.call("GET", "/tasks/export.csv")
     # The CSV header row is the body's first bytes, so the failure comes after them: an abort.
     assert not r.complete
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_cursor_producer_push_and_pull(streaming: bool) -> None:
+    """CursorProducer registered either way: every row once, in order, then the cursor closed."""
+    from streamsvc.tasks.encoders import NDJSONEncoder
+    from streamsvc.tasks.resource import CursorProducer
+    from streamsvc.tasks.model import TaskQuery
+    from streamsvc.testing import RecordingConsumer
+
+    store = MemoryTaskStore()
+    store.create_many([NewTask(f"t{i}") for i in range(1200)])
+    clock = Clock()
+    producer = CursorProducer(store.cursor(TaskQuery()), NDJSONEncoder(), streaming=streaming, clock=clock, batch=100)
+    consumer = RecordingConsumer()
+    consumer.registerProducer(producer, streaming)
+    done = producer.startProducing(consumer)
+    for _ in range(100):
+        if done.called:
+            break
+        if streaming:
+            clock.advance(0)
+        else:
+            producer.resumeProducing()  # the consumer asks for each chunk
+    assert done.called
+    rows = [json.loads(line) for line in b"".join(consumer.chunks).splitlines()]
+    assert [r["id"] for r in rows] == list(range(1, 1201))
+    assert store.open_cursors == 0
+    if not streaming:
+        assert len(consumer.chunks) == 12  # one batch per resumeProducing
+
+
+def test_cursor_producer_stopped_closes_the_cursor() -> None:
+    from streamsvc.tasks.encoders import CSVEncoder
+    from streamsvc.tasks.resource import CursorProducer
+    from streamsvc.tasks.model import TaskQuery
+    from streamsvc.testing import RecordingConsumer
+
+    store = MemoryTaskStore()
+    store.create_many([NewTask("x")])
+    producer = CursorProducer(store.cursor(TaskQuery()), CSVEncoder(), clock=Clock())
+    done = producer.startProducing(RecordingConsumer())
+    assert store.open_cursors == 1
+    producer.stopProducing()
+    assert store.open_cursors == 0
+    done.addErrback(lambda f: None)

@@ -27,7 +27,7 @@ from zope.interface import implementer
 
 from streamsvc.interfaces import ITaskCursor, ITaskStore
 from streamsvc.tasks.model import NewTask, Task, TaskQuery, matches, now_iso
-from streamsvc.tasks.store import PreconditionFailed, TaskNotFound
+from streamsvc.tasks.store import changed, writable
 
 
 @implementer(IConsumer)
@@ -338,14 +338,6 @@ class MemoryTaskStore:
     def get(self, task_id: int) -> Deferred[Task | None]:
         return succeed(self.tasks.get(task_id))
 
-    def _current(self, task_id: int, precondition: Callable[[Task], bool] | None) -> Task:
-        task = self.tasks.get(task_id)
-        if task is None:
-            raise TaskNotFound(task_id)
-        if precondition is not None and not precondition(task):
-            raise PreconditionFailed(task_id)
-        return task
-
     def update(
         self,
         task_id: int,
@@ -353,17 +345,17 @@ class MemoryTaskStore:
         precondition: Callable[[Task], bool] | None = None,
     ) -> Deferred[Task]:
         try:
-            task = self._current(task_id, precondition)
+            task = writable(self.tasks.get(task_id), task_id, precondition)
         except Exception:
             return fail()
         if changes:
-            task = task._replace(**changes, updated_at=now_iso(self._now()), version=task.version + 1)
+            task = changed(task, changes, now_iso(self._now()))
             self.tasks[task_id] = task
         return succeed(task)
 
     def delete(self, task_id: int, precondition: Callable[[Task], bool] | None = None) -> Deferred[Task]:
         try:
-            task = self._current(task_id, precondition)
+            task = writable(self.tasks.get(task_id), task_id, precondition)
         except Exception:
             return fail()
         del self.tasks[task_id]

@@ -74,6 +74,20 @@ class SchemaTooNew(RuntimeError):
     """The database was made by a later streamsvc; this one cannot read it safely."""
 
 
+def writable(task: Task | None, task_id: int, precondition: Callable[[Task], bool] | None) -> Task:
+    """The task a write applies to, as every store decides it: there, and as the client last saw it."""
+    if task is None:
+        raise TaskNotFound(task_id)
+    if precondition is not None and not precondition(task):
+        raise PreconditionFailed(task_id)
+    return task
+
+
+def changed(task: Task, changes: dict[str, Any], stamp: str) -> Task:
+    """C{task} with C{changes} applied: a new version, updated at C{stamp}."""
+    return task._replace(**changes, updated_at=stamp, version=task.version + 1)
+
+
 def connect(path: str) -> sqlite3.Connection:
     """
     A connection as every thread of the store uses it: autocommit (each
@@ -292,22 +306,14 @@ class SQLiteTaskStore:
         stamp = now_iso(self._now())
         return self._run_writer(self._update, task_id, dict(changes), precondition, stamp)
 
-    def _current(self, db: sqlite3.Connection, task_id: int, precondition: Callable[[Task], bool] | None) -> Task:
-        task = self._get(task_id)
-        if task is None:
-            raise TaskNotFound(task_id)
-        if precondition is not None and not precondition(task):
-            raise PreconditionFailed(task_id)
-        return task
-
     def _update(
         self, task_id: int, changes: dict[str, Any], precondition: Callable[[Task], bool] | None, stamp: str
     ) -> Task:
         with _Transaction(self._writer) as db:
-            task = self._current(db, task_id, precondition)
+            task = writable(self._get(task_id), task_id, precondition)
             if not changes:
                 return task
-            updated = task._replace(**changes, updated_at=stamp, version=task.version + 1)
+            updated = changed(task, changes, stamp)
             db.execute(
                 "UPDATE tasks SET title = ?, priority = ?, status = ?, updated_at = ?, version = ?"
                 " WHERE id = ?",
@@ -320,7 +326,7 @@ class SQLiteTaskStore:
 
     def _delete(self, task_id: int, precondition: Callable[[Task], bool] | None) -> Task:
         with _Transaction(self._writer) as db:
-            task = self._current(db, task_id, precondition)
+            task = writable(self._get(task_id), task_id, precondition)
             db.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
             return task
 

@@ -34,9 +34,13 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
 BOM = "\ufeff".encode("utf-8")
 
 
-def task_json(task: Task) -> bytes:
-    """One task as compact UTF-8 JSON."""
-    return json.dumps(task.as_json(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+#: Made once: C{json.dumps} with options builds a new encoder on every call,
+#: which was a third of an NDJSON export's time per row.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _json_rows(tasks: Iterable[Task], separator: str) -> str:
+    return separator.join([_JSON(task.as_json()) for task in tasks])
 
 
 class NDJSONEncoder:
@@ -46,7 +50,8 @@ class NDJSONEncoder:
         return b""
 
     def encode(self, tasks: Iterable[Task]) -> bytes:
-        return b"".join([task_json(task) + b"\n" for task in tasks])
+        text = _json_rows(tasks, "\n")
+        return (text + "\n").encode("utf-8") if text else b""
 
     def end(self) -> bytes:
         return b""
@@ -62,12 +67,12 @@ class JSONArray:
         return b"["
 
     def encode(self, tasks: Iterable[Task]) -> bytes:
-        rows = [task_json(task) for task in tasks]
-        if not rows:
+        text = _json_rows(tasks, ",\n")
+        if not text:
             return b""
-        lead = b",\n" if self._started else b"\n"
+        lead = ",\n" if self._started else "\n"
         self._started = True
-        return lead + b",\n".join(rows)
+        return (lead + text).encode("utf-8")
 
     def end(self) -> bytes:
         return b"\n]\n" if self._started else b"]\n"

@@ -1,0 +1,790 @@
+#!/usr/bin/env python3
+"""
+Issue 14's benchmark: /tasks with a million tasks.  An NDJSON import through
+``POST /tasks/import``, then the whole table exported as CSV, as NDJSON and
+as gzipped CSV, against a plain Python loop reading the same SQLite file.
+
+The server is the installed streamsvc under twistd, as in production, one
+process per import run (each on a fresh data dir), started by this script as
+
+    twistd -n --pidfile= --logfile=LOG streamsvc --config CONF --data-dir DATA \\
+           --listen tcp:PORT:interface=127.0.0.1
+
+in the temporary dir (so no ./tap.conf of the repository is read), where
+CONF is ``[auth] tokens = benchtoken`` and nothing else (every other key at
+its built-in default: access log combined into twistd's log, metrics on,
+gzip level 6, 4 reader connections, synchronous = FULL).  PORT is a free
+port (one retry if another process takes it first); the server is ready
+when ``GET /healthz`` answers 200.
+
+1. Import.  A file of ROWS NDJSON lines (1,000,000; --quick 100,000) is
+   generated once in the temporary dir: titles of 20-60 characters made of
+   words (about 10 % with a comma, 3 % with double quotes, 5 % with
+   non-ASCII letters, 1 % starting with ``-`` or ``=``, which the CSV export
+   guards), priorities 0-10 and the three statuses, from a fixed seed.  It is
+   sent with
+
+       curl -s -S -T FILE -X POST -H 'Content-Type: application/x-ndjson' \\
+            -H 'Authorization: Bearer benchtoken' -o ANSWER \\
+            -w '%{http_code} %{time_total} %{size_upload}' URL/tasks/import
+
+   (a streamed upload with its Content-Length; curl's default ``Expect:
+   100-continue`` left on).  rows/s = ROWS / curl's time_total.  The answer
+   must be 200 with ``created`` = ROWS, ``failed`` = 0 and no errors.  Each
+   import run has a fresh server on a fresh data dir, so every import fills
+   an empty table; the server of the last run is kept for the exports.
+
+2. Exports of that table (ROWS tasks): ``GET /tasks/export.csv``,
+   ``GET /tasks/stream.ndjson``, and ``GET /tasks/export.csv`` with
+   ``Accept-Encoding: gzip`` (``curl --compressed``: curl inflates it), read
+   by curl writing to its stdout, a pipe this script reads and counts: the
+   lines must be ROWS (+ 1 header line for CSV), the CSV header must be the
+   export's columns and the last row the last task's id; the gzipped one must
+   say ``Content-Encoding: gzip``.  rows/s = ROWS / curl's time_total; MB/s
+   is bytes on the wire (compressed for gzip) / time_total.  Before the
+   measured exports, one unmeasured warm-up of each kind with ``?limit=1000``
+   (reader connections opened, code paths imported).
+
+3. The peer, in the same runs, with the server idle: the driver's Python
+   opens ``DATA/tasks.sqlite3`` with stdlib sqlite3 and runs
+   ``SELECT id, title, priority, status, created_at, updated_at FROM tasks
+   ORDER BY id``, ``csv.writer(open(os.devnull, "w", newline="",
+   encoding="utf-8")).writerows(cursor)`` ("loop CSV"), timed from connect
+   to the end.  "loop NDJSON" (no target, to read the NDJSON ratio by) writes
+   each row as the server does: compact ``json.dumps`` of the task's six
+   fields, ensure_ascii off, one per line.  The ratios are streamsvc's
+   rows/s over loop CSV's, for the CSV and the NDJSON export (the issue's
+   peer for both), and NDJSON over loop NDJSON as information.
+
+Server memory (``/proc/PID/status``, PID = the twistd process; SQLite runs in
+its threads): VmRSS just before a measurement; VmHWM reset to it by writing
+``5`` to ``/proc/PID/clear_refs`` just before; VmRSS sampled every 50 ms
+meanwhile; VmRSS once curl has exited.  Peak growth = max(VmHWM, sampled) -
+before.  Responsiveness: during each import and export a driver thread sends
+``GET /healthz`` every 10 ms over one keep-alive connection (bench_upload's
+Probe: 2 s socket timeout, a failed probe counted and the connection
+reopened) from just before curl starts until it exits; p50/p99/max are of
+every probe, a failed one counted as infinitely slow.
+
+Each measurement runs --runs times (default 3; --quick 1): the imports first
+(one server each), then the exports and the loops, their order rotated by one
+each run.  Before each one the script waits until the server holds its idle
+number of fds and calls sync().  The tables show medians of the runs;
+verdicts: rows/s ratios and /healthz p99 on the medians, RSS growth on the
+worst run (as bench_upload.py).  Individual runs follow the tables.
+
+Standard library only (plus curl); everything on 127.0.0.1; servers stopped
+and the temporary dir removed on every exit (--keep keeps it).  Run it with
+the Python of the venv streamsvc is installed in (``pip install .`` first to
+measure the working tree: the output says whether the installed copy is the
+tree).  The machine is shared and noisy: the output lists other processes
+using CPU when the runs started and ended.  A default run takes about
+1.5 minutes here, most of it the exports and the imports (--quick: under
+10 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import http.client
+import json
+import math
+import os
+import platform
+import random
+import shlex
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from _child import PortFileServer, clean_env, end_run, log, run_failed  # bench/ is sys.path[0] when run as a script
+from _machine import filesystem_of, other_cpu_users, tool_version, tree_check
+from _report import table
+from _proc import Watch, fd_count, kib_to_mib, proc_status, reset_hwm
+from bench_upload import PROBE_INTERVAL, PROBE_TIMEOUT, Probe
+
+HOST = "127.0.0.1"
+MiB = 1024 * 1024
+TOKEN = "benchtoken"
+CURL = "/usr/bin/curl" if os.path.exists("/usr/bin/curl") else "curl"
+SEED = 14
+COLUMNS = ("id", "title", "priority", "status", "created_at", "updated_at")
+SELECT = "SELECT id, title, priority, status, created_at, updated_at FROM tasks ORDER BY id"
+IMPORT_RSS_TARGET = 32.0     # MiB, issue 14
+EXPORT_RSS_TARGET = 20.0     # MiB, issue 14
+P99_TARGET = 100.0           # ms, issue 14
+RATIO_TARGET = 0.5           # streamsvc export rows/s / loop CSV rows/s, issue 14
+WARM_LIMIT = 1000
+
+EXPORTS = {  # name: (path, curl options, header lines)
+    "CSV": ("/tasks/export.csv", [], 1),
+    "NDJSON": ("/tasks/stream.ndjson", [], 0),
+    "CSV gzip": ("/tasks/export.csv", ["-H", "Accept-Encoding: gzip", "--compressed"], 1),
+}
+LOOPS = ("loop CSV", "loop NDJSON")
+ORDER = ("CSV", "NDJSON", "CSV gzip") + LOOPS
+
+
+# --------------------------------------------------------------------------- the data
+
+
+WORDS = ("review update fix deploy backup invoice report meeting budget draft release "
+         "customer order email call schedule plan test migrate database cache index "
+         "server client quarterly weekly team design docs onboarding security audit "
+         "renew license contract vendor payroll expense laptop printer network sprint "
+         "retro roadmap demo feedback survey hiring interview ticket incident follow-up "
+         "with for the and on of to about before after new old old-style main").split()
+ACCENTED = ("café", "Müller", "réunion", "Zürich", "façade", "naïve", "São Paulo", "Ångström",
+            "東京", "crème brûlée")
+STATUSES = ("pending", "in-progress", "completed")
+
+
+def make_title(r: random.Random) -> str:
+    want = r.randint(20, 60)
+    words = [r.choice(WORDS).capitalize()]
+    while len(" ".join(words)) < want:
+        words.append(r.choice(WORDS))
+    x = r.random()
+    if x < 0.05:
+        words[r.randrange(1, len(words))] = r.choice(ACCENTED)
+    elif x < 0.15:
+        k = r.randrange(1, len(words))
+        words[k - 1] += ","
+    elif x < 0.18:
+        k = r.randrange(1, len(words))
+        words[k] = f'"{words[k]}"'
+    elif x < 0.19:
+        words[0] = r.choice(("-", "=")) + words[0]
+    title = " ".join(words)
+    if len(title) > 60:
+        title = title[:60].rstrip(" ,")
+    return title
+
+
+def make_ndjson(path: str, rows: int) -> tuple[int, float]:
+    """The import body: `rows` NDJSON lines; (bytes, mean title length)."""
+    r = random.Random(SEED)
+    chars = 0
+    with open(path, "w", encoding="utf-8") as f:
+        lines = []
+        for i in range(rows):
+            title = make_title(r)
+            chars += len(title)
+            lines.append(json.dumps({"title": title, "priority": r.randint(0, 10),
+                                     "status": r.choice(STATUSES)}, ensure_ascii=False))
+            if len(lines) == 10000:
+                f.write("\n".join(lines) + "\n")
+                lines = []
+        if lines:
+            f.write("\n".join(lines) + "\n")
+    return os.path.getsize(path), chars / rows
+
+
+# --------------------------------------------------------------------------- the server
+
+
+@dataclass
+class Server(PortFileServer):
+    name: str
+    tmp: str
+    data_dir: str
+    twistd: str
+    conffile: str
+    port: int = 0
+    idle_fds: int = 0
+    info: dict = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+    kind = "twistd"    # PortFileServer's; the argv below is twistd's, not a --serve child
+
+    @property
+    def argv(self) -> list[str]:   # type: ignore[override]
+        return [self.twistd, "-n", "--pidfile=", f"--logfile={self.logfile}", "streamsvc",
+                "--config", self.conffile, "--data-dir", self.data_dir,
+                "--listen", f"tcp:{self.port}:interface={HOST}"]
+
+    @property
+    def db(self) -> str:
+        return os.path.join(self.data_dir, "tasks.sqlite3")
+
+    def url(self, path: str) -> str:
+        return f"http://{HOST}:{self.port}{path}"
+
+    def start(self) -> None:   # type: ignore[override]
+        """On a free port, with one retry; ready when /healthz answers."""
+        for attempt in (1, 2):
+            self.port = free_port()
+            self.launch()
+            try:
+                self.wait_ready()
+                break
+            except RuntimeError:
+                if attempt == 2 or self.alive() or "already in use" not in self.tail():
+                    raise
+                log(f"{self.name}: port {self.port} taken meanwhile; again on another")
+        self.idle_fds = fd_count(self.pid)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        t0 = time.monotonic()
+        last = ""
+        while time.monotonic() - t0 < timeout:
+            self.check_alive()
+            try:
+                status, _ = http_get(self.port, "/healthz", timeout=2.0)
+                if status == 200:
+                    return
+                last = f"HTTP {status}"
+            except OSError as e:
+                last = repr(e)
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name}: /healthz not answering after {timeout:.0f}s ({last})\n"
+                           + self.tail())
+
+
+def steady_fds(pid: int, still: float = 0.5, max_wait: float = 5.0) -> int:
+    """The process's fd count once it has not changed for `still` s (the last connection gone)."""
+    t0 = time.monotonic()
+    n, since = fd_count(pid), time.monotonic()
+    while time.monotonic() - since < still and time.monotonic() - t0 < max_wait:
+        time.sleep(0.05)
+        m = fd_count(pid)
+        if m != n:
+            n, since = m, time.monotonic()
+    return n
+
+
+def free_port() -> int:
+    s = socket.socket()
+    try:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+    finally:
+        s.close()
+
+
+def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    c = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def server_runtime(twistd: str, tmp: str) -> dict:
+    """What the server's Python has: versions, where streamsvc is imported from, SQLite."""
+    py = os.path.join(os.path.dirname(twistd), "python")
+    code = ("import json, os, platform, sqlite3, sys, twisted, streamsvc\n"
+            "from importlib.metadata import version\n"
+            "print(json.dumps({'python': f'{platform.python_version()} ({sys.executable})',"
+            " 'twisted': twisted.__version__, 'streamsvc_version': version('streamsvc'),"
+            " 'streamsvc_file': os.path.dirname(os.path.abspath(streamsvc.__file__)),"
+            " 'sqlite': sqlite3.sqlite_version}))")
+    try:
+        r = subprocess.run([py, "-c", code], capture_output=True, text=True, timeout=60,
+                           cwd=tmp, env=clean_env(), stdin=subprocess.DEVNULL)
+        return json.loads(r.stdout)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return {}
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest rank; NaN for none."""
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[max(0, math.ceil(q * len(s)) - 1)]
+
+
+def probe_values(probe: Probe) -> dict[str, float]:
+    lat = [x * 1e3 for x in probe.latencies] + [math.inf] * probe.failed
+    return {"p50_ms": percentile(lat, 0.50), "p99_ms": percentile(lat, 0.99),
+            "max_ms": max(lat) if lat else float("nan"),
+            "probes": float(len(probe.latencies)), "probe_fail": float(probe.failed)}
+
+
+class Measured:
+    """Around one server measurement: settle, sync, RSS before/peak/after, the /healthz probe."""
+
+    def __init__(self, srv: Server, settle: bool = True) -> None:
+        self.srv = srv
+        self.pre = srv.settle() if settle else ""
+        os.sync()
+        self.pid = srv.pid
+        self.before = proc_status(self.pid)["VmRSS"]
+        self.hwm_ok = reset_hwm(self.pid)
+        self.watch = Watch(self.pid)
+        self.probe = Probe(srv.port)
+
+    def __enter__(self) -> "Measured":
+        self.watch.__enter__()
+        self.probe.__enter__()
+        self.probe.wait_first(PROBE_TIMEOUT + 0.5)   # answering before curl starts
+        return self
+
+    def curl_done(self) -> None:
+        self.probe.stop()            # no new probe once curl has exited
+        self.status = proc_status(self.pid)
+
+    def __exit__(self, *exc) -> None:
+        self.probe.__exit__(*exc)
+        self.watch.__exit__(*exc)
+
+    def values(self) -> dict[str, float]:
+        st = self.status
+        peak = max(st["VmHWM"], self.watch.max_rss) if self.hwm_ok else self.watch.max_rss
+        return {"rss_before": kib_to_mib(self.before), "rss_peak": kib_to_mib(peak),
+                "rss_after": kib_to_mib(st["VmRSS"]), "growth": kib_to_mib(peak - self.before),
+                **probe_values(self.probe)}
+
+    def note(self) -> str:
+        st = self.status
+        return (f"{self.pre}RSS before {kib_to_mib(self.before):.1f} MiB, VmHWM "
+                f"{kib_to_mib(st['VmHWM']):.1f}{'' if self.hwm_ok else ' (not reset)'}, max sampled "
+                f"{kib_to_mib(self.watch.max_rss):.1f}, after {kib_to_mib(st['VmRSS']):.1f} MiB; "
+                f"{self.probe.note()}")
+
+
+def m_import(srv: Server, src: str, rows: int, timeout: float) -> tuple[dict, str]:
+    answer = os.path.join(srv.tmp, "import-answer.json")
+    argv = [CURL, "-s", "-S", "-T", src, "-X", "POST", "-H", "Content-Type: application/x-ndjson",
+            "-H", f"Authorization: Bearer {TOKEN}", "-o", answer, "--max-time", f"{timeout:g}",
+            "-w", "%{http_code} %{time_total} %{size_upload} %{time_starttransfer}",
+            srv.url("/tasks/import")]
+    with Measured(srv) as m:
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 30,
+                               env=clean_env(), stdin=subprocess.DEVNULL)
+        finally:
+            m.curl_done()
+    srv.check_alive()
+    parts = r.stdout.split()
+    if r.returncode != 0 or len(parts) != 4:
+        raise RuntimeError(f"import: curl exited {r.returncode}: {r.stdout!r} {r.stderr.strip()!r}")
+    code, total, uploaded, first = int(parts[0]), float(parts[1]), int(float(parts[2])), float(parts[3])
+    with open(answer, "rb") as f:
+        body = f.read()
+    os.unlink(answer)
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if code != 200 or not isinstance(doc, dict):
+        raise RuntimeError(f"import: HTTP {code}: {body[:300]!r}")
+    if doc.get("created") != rows or doc.get("failed") != 0 or doc.get("errors"):
+        raise RuntimeError(f"import: expected created={rows}, failed=0; got "
+                           f"created={doc.get('created')}, failed={doc.get('failed')}, "
+                           f"errors {json.dumps(doc.get('errors'))[:300]}")
+    if uploaded != os.path.getsize(src):
+        raise RuntimeError(f"import: curl uploaded {uploaded} of {os.path.getsize(src)} bytes")
+    values = {"rows_s": rows / total, "mb_s": uploaded / 1e6 / total, **m.values()}
+    note = (f"200 created={rows} failed=0; curl {total:.2f}s (first answer byte at {first:.2f}s); "
+            + m.note())
+    return values, note
+
+
+def m_export(srv: Server, kind: str, rows: int, last_id: int, timeout: float,
+             limit: int | None = None) -> tuple[dict, str]:
+    """One export read by curl into a pipe this process counts; the rows checked."""
+    path, opts, header_lines = EXPORTS[kind]
+    if limit is not None:
+        path += f"?limit={limit}"
+    headers = os.path.join(srv.tmp, "export-headers.txt")
+    argv = [CURL, "-s", "-S", *opts, "-H", f"Authorization: Bearer {TOKEN}", "-D", headers,
+            "--max-time", f"{timeout:g}",
+            "-w", "%{stderr}\nwrite-out: %{http_code} %{time_total} %{size_download} %{time_starttransfer}",
+            srv.url(path)]
+    lines = 0
+    first = b""
+    tail = b""
+    with Measured(srv, settle=limit is None) as m:
+        curl = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=clean_env(), stdin=subprocess.DEVNULL)
+        try:
+            while True:
+                chunk = curl.stdout.read(1 << 16)
+                if not chunk:
+                    break
+                lines += chunk.count(b"\n")
+                if len(first) < 4096 and b"\n" not in first:
+                    first += chunk[:4096]
+                tail = (tail + chunk)[-4096:]
+            err = curl.stderr.read().decode("utf-8", "replace")
+            rc = curl.wait(timeout + 30)
+        finally:
+            if curl.poll() is None:
+                curl.kill()
+                curl.wait(10)
+            curl.stdout.close()
+            curl.stderr.close()
+            m.curl_done()
+    srv.check_alive()
+    out = [line for line in err.splitlines() if line.startswith("write-out: ")]
+    parts = out[-1].split()[1:] if out else []
+    if rc != 0 or len(parts) != 4:
+        raise RuntimeError(f"{kind} export: curl exited {rc}: {err.strip()!r}")
+    code, total, size, first_byte = int(parts[0]), float(parts[1]), int(float(parts[2])), float(parts[3])
+    with open(headers, "rb") as f:
+        head = f.read().decode("latin-1").lower()
+    os.unlink(headers)
+    what = f"{kind} export {path}"
+    want_rows = rows if limit is None else min(limit, rows)
+    if code != 200:
+        raise RuntimeError(f"{what}: HTTP {code}")
+    if lines != want_rows + header_lines:
+        raise RuntimeError(f"{what}: {lines} lines, expected {want_rows + header_lines}")
+    if ("gzip" in kind) != ("content-encoding: gzip" in head):
+        raise RuntimeError(f"{what}: response headers {head.strip()!r}")
+    last = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    want_last = last_id if limit is None else None
+    if kind.startswith("CSV"):
+        if first.split(b"\n", 1)[0].rstrip(b"\r").decode() != ",".join(COLUMNS):
+            raise RuntimeError(f"{what}: header line {first[:200]!r}")
+        got_last = int(last.split(b",", 1)[0])
+    else:
+        got_last = json.loads(last)["id"]
+    if want_last is not None and got_last != want_last:
+        raise RuntimeError(f"{what}: last row has id {got_last}, expected {want_last}")
+    values = {"rows_s": want_rows / total, "mb_s": size / 1e6 / total, "mb": size / 1e6, **m.values()}
+    note = (f"200, {lines} lines, last id {got_last}, {size} bytes on the wire; curl {total:.2f}s "
+            f"(first byte at {first_byte:.3f}s); " + m.note())
+    return values, note
+
+
+def m_loop(db: str, kind: str, rows: int) -> tuple[dict, str]:
+    """The peer: a plain Python loop over the same table, writing to /dev/null."""
+    os.sync()
+    t0 = time.perf_counter()
+    connection = sqlite3.connect(db)
+    try:
+        cursor = connection.execute(SELECT)
+        with open(os.devnull, "w", newline="", encoding="utf-8") as out:
+            if kind == "loop CSV":
+                csv.writer(out).writerows(cursor)
+            else:
+                dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+                for id_, title, priority, status, created, updated in cursor:
+                    out.write(dumps({"id": id_, "title": title, "priority": priority, "status": status,
+                                     "created_at": created, "updated_at": updated}) + "\n")
+        total = time.perf_counter() - t0
+    finally:
+        connection.close()
+    return {"rows_s": rows / total}, f"{total:.2f}s"
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass
+class Results:
+    values: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    notes: dict[str, list[str]] = field(default_factory=dict)
+    orders: list[str] = field(default_factory=list)
+
+    def add(self, name: str, values: dict[str, float], note: str) -> None:
+        r = self.values.setdefault(name, {})
+        for k, v in values.items():
+            r.setdefault(k, []).append(v)
+        self.notes.setdefault(name, []).append(note)
+
+    def all(self, name: str, key: str) -> list[float]:
+        return [x for x in self.values.get(name, {}).get(key, []) if x == x]
+
+    def median(self, name: str, key: str) -> float | None:
+        v = self.all(name, key)
+        return statistics.median(v) if v else None
+
+
+COLS = [  # key, header
+    ("rows_s", "rows/s"),
+    ("mb_s", "MB/s"),
+    ("rss_before", "RSS before"),
+    ("rss_peak", "RSS peak"),
+    ("rss_after", "RSS after"),
+    ("growth", "peak growth"),
+    ("p50_ms", "healthz p50 ms"),
+    ("p99_ms", "healthz p99 ms"),
+    ("max_ms", "healthz max ms"),
+    ("probes", "probes"),
+    ("probe_fail", "failed"),
+]
+
+
+def fmt(v: float | None, key: str) -> str:
+    if v is None or v != v:
+        return "-"
+    if v == math.inf:
+        return "inf"
+    if key in ("rows_s", "probes", "probe_fail"):
+        return f"{v:,.0f}"
+    if key.endswith("_ms"):
+        return f"{v:.1f}"
+    return f"{v:.1f}"
+
+
+def report(res: Results, rows: int, runs: int) -> None:
+    names = ["import"] + list(EXPORTS) + list(LOOPS)
+    print(f"/tasks with {rows:,} tasks (medians of {runs} run(s); RSS in MiB, of the server process)")
+    t = [("measurement",) + tuple(h for _, h in COLS)]
+    for n in names:
+        if n in res.values:
+            t.append((n,) + tuple(fmt(res.median(n, k), k) if k in res.values[n] else "" for k, _ in COLS))
+    table(t, "  ")
+    print()
+    loop = res.median("loop CSV", "rows_s")
+    checks = [("check", "value", "target", "verdict")]
+
+    def verdict(ok: bool | None) -> str:
+        return "-" if ok is None else ("PASS" if ok else "MISS")
+
+    def growth(name: str, target: float) -> None:
+        g = res.all(name, "growth")
+        if g:
+            checks.append((f"{name}: server RSS peak growth, worst run",
+                           f"{max(g):.1f} MiB (median {statistics.median(g):.1f})",
+                           f"<= {target:g} MiB", verdict(max(g) <= target)))
+
+    # m_import raises on any other answer: reaching the report means every run had these.
+    checks.append(("import answer, every run: created / failed", f"{rows:,} / 0", f"{rows:,} / 0", "PASS"))
+    growth("import", IMPORT_RSS_TARGET)
+    for kind in EXPORTS:
+        s = res.median(kind, "rows_s")
+        target = kind != "CSV gzip"
+        if s is not None and loop:
+            checks.append((f"{kind} export rows/s / loop CSV rows/s",
+                           f"{s / loop:.2f} ({s:,.0f} / {loop:,.0f})",
+                           f">= {RATIO_TARGET:g}" if target else "- (no target)",
+                           verdict(s / loop >= RATIO_TARGET) if target else "-"))
+        if target:
+            growth(kind, EXPORT_RSS_TARGET)
+        p = res.median(kind, "p99_ms")
+        worst = max(res.all(kind, "p99_ms"), default=None)
+        if p is not None:
+            checks.append((f"{kind} export: /healthz p99", f"{fmt(p, 'p99_ms')} ms (worst run "
+                           f"{fmt(worst, 'p99_ms')})", f"<= {P99_TARGET:g} ms" if target else "-",
+                           verdict(p <= P99_TARGET) if target else "-"))
+    s, ln = res.median("NDJSON", "rows_s"), res.median("loop NDJSON", "rows_s")
+    if s is not None and ln:
+        checks.append(("NDJSON export rows/s / loop NDJSON rows/s", f"{s / ln:.2f} ({s:,.0f} / {ln:,.0f})",
+                       "- (information)", "-"))
+    gz, plain = res.median("CSV gzip", "mb"), res.median("CSV", "mb")
+    if gz and plain:
+        checks.append(("CSV gzip: bytes on the wire / plain CSV", f"{gz / plain:.3f} ({gz:.1f} / "
+                       f"{plain:.1f} MB)", "-", "-"))
+    table(checks, "  ")
+    print()
+    print("Notes: rows/s = rows / curl's time_total (import: the whole upload until the answer; "
+          "exports: until the last byte).  MB/s = bytes on the wire (10^6) / time_total.  RSS "
+          "growth = max(VmHWM after clear_refs, VmRSS sampled every 50 ms) - VmRSS just before, of "
+          "the twistd process.  /healthz: one keep-alive connection, a probe every "
+          f"{PROBE_INTERVAL * 1e3:g} ms after the last answer ({PROBE_TIMEOUT:g} s timeout); "
+          "percentiles by nearest rank over every probe sent, a failed one counted as infinite.  "
+          "The loops run in the driver with the server idle, timed from connect to the last row, "
+          "and have no RSS or /healthz figures.  Verdicts: ratios and p99 on the medians, RSS "
+          "growth on the worst run.")
+    print()
+    print("Individual runs (in run order):")
+    for j, order in enumerate(res.orders, 1):
+        print(f"  export run {j} order: {order}")
+    for n in names:
+        for k, h in COLS + [("mb", "MB")]:
+            if k in res.values.get(n, {}):
+                print(f"  {n:<12} {h:<15} " + ", ".join(fmt(v, k) for v in res.values[n][k]))
+    for n in names:
+        for j, note in enumerate(res.notes.get(n, []), 1):
+            print(f"  {n:<12} run {j}: {note}")
+
+
+def machine_info(info: dict, tmp: str, twistd: str) -> list[str]:
+    lines = [f"nproc: {os.cpu_count()} (affinity {len(os.sched_getaffinity(0))})",
+             f"kernel: {platform.release()}",
+             f"driver Python: {platform.python_version()} ({sys.executable}); "
+             f"SQLite {sqlite3.sqlite_version} (the loops)"]
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
+        lines.append(f"cpu: {model}")
+    except OSError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            mem = {l.split(":")[0]: l.split()[1] for l in f}
+        lines.append(f"memory: {int(mem['MemTotal']) // 1024} MiB total, "
+                     f"{int(mem['MemAvailable']) // 1024} MiB available")
+    except (OSError, KeyError, ValueError):
+        pass
+    du = shutil.disk_usage(tmp)
+    lines.append(f"data dirs and the import file in {tmp}: {filesystem_of(tmp, device=True)}, "
+                 f"{du.free // (1024 ** 3)} GiB free")
+    lines.append(f"client: {tool_version([CURL, '--version'])}")
+    lines.append(f"server: {twistd}: Python {info.get('python', '?')}; Twisted {info.get('twisted', '?')}; "
+                 f"streamsvc {info.get('streamsvc_version', '?')} from {info.get('streamsvc_file', '?')}; "
+                 f"SQLite {info.get('sqlite', '?')}")
+    if info.get("streamsvc_file"):
+        lines.append("  " + tree_check(info["streamsvc_file"]))
+    return lines
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    default_twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    ap = argparse.ArgumentParser(
+        description="/tasks with a million tasks: NDJSON import, CSV/NDJSON/gzip exports, "
+                    "against a plain Python loop over the same SQLite file")
+    ap.add_argument("--runs", type=int, default=None, help="runs of each measurement [3; --quick: 1]")
+    ap.add_argument("--rows", type=int, default=None, help="tasks imported [1000000; --quick: 100000]")
+    ap.add_argument("--quick", action="store_true", help="a smoke test: 100,000 rows, 1 run")
+    ap.add_argument("--timeout", type=float, default=600.0, help="curl --max-time per request [600]")
+    ap.add_argument("--twistd", default=default_twistd, help=f"twistd to run the server with [{default_twistd}]")
+    ap.add_argument("--tmpdir", default=None, help="where to create the temporary dir [system default]")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary dir (logs, data) at the end")
+    args = ap.parse_args()
+
+    quick = args.quick
+    runs = args.runs if args.runs is not None else (1 if quick else 3)
+    rows = args.rows if args.rows is not None else (100_000 if quick else 1_000_000)
+    if runs < 1:
+        ap.error("--runs must be at least 1")
+    if rows < WARM_LIMIT:
+        ap.error(f"--rows must be at least {WARM_LIMIT}")
+    if not os.path.exists(args.twistd):
+        ap.error(f"twistd not found at {args.twistd} (use --twistd)")
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    # Explicitly, also for SIGINT: a shell may start us with SIGINT ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+    started = time.monotonic()
+    tmp = tempfile.mkdtemp(prefix="streamsvc-tasks-", dir=args.tmpdir)
+    servers: list[Server] = []
+    ok = False
+    try:
+        conffile = os.path.join(tmp, "bench_tasks.conf")
+        conf = ("# written by bench/bench_tasks.py; every other key keeps its built-in default\n"
+                f"[auth]\ntokens = {TOKEN}\n")
+        with open(conffile, "w") as f:
+            f.write(conf)
+        info = server_runtime(args.twistd, tmp)
+        src = os.path.join(tmp, "tasks.ndjson")
+        t = time.monotonic()
+        src_bytes, title_len = make_ndjson(src, rows)
+        log(f"import file: {rows:,} rows, {src_bytes / MiB:.1f} MiB, mean title {title_len:.1f} chars "
+            f"({time.monotonic() - t:.1f}s)")
+
+        def new_server(label: str) -> Server:
+            s = Server(label, tmp, os.path.join(tmp, f"data-{label}"), args.twistd, conffile)
+            servers.append(s)
+            s.start()
+            log(f"{s.name} (pid {s.pid}, port {s.port}) ready; RSS "
+                f"{kib_to_mib(proc_status(s.pid)['VmRSS']):.1f} MiB, {s.idle_fds} fds idle")
+            return s
+
+        load_before = other_cpu_users()
+        log("before: " + load_before)
+        busy_warning = ("" if load_before.endswith("CPU: none") else
+                        "WARNING: other processes were using CPU when the runs started; "
+                        "the figures may be noisy")
+        res = Results()
+
+        # 1. imports: a fresh server on a fresh data dir each run; the last one is kept.
+        srv: Server | None = None
+        for run in range(1, runs + 1):
+            if srv is not None:
+                srv.stop()
+                shutil.rmtree(srv.data_dir, ignore_errors=True)
+            srv = new_server(f"import{run}")
+            t0 = time.monotonic()
+            v, note = m_import(srv, src, rows, args.timeout)
+            res.add("import", v, note)
+            log(f"  run {run}/{runs} import: {v['rows_s']:,.0f} rows/s, RSS growth {v['growth']:.1f} MiB, "
+                f"healthz p99 {fmt(v['p99_ms'], 'p99_ms')} ms ({time.monotonic() - t0:.1f}s)")
+        assert srv is not None
+
+        # 2./3. exports and the loops, on the last import's table.
+        c = sqlite3.connect(srv.db)
+        try:
+            count, last_id = c.execute("SELECT count(*), max(id) FROM tasks").fetchone()
+        finally:
+            c.close()
+        if count != rows:
+            raise RuntimeError(f"{srv.db}: {count} tasks, expected {rows}")
+        db_mib = sum(os.path.getsize(srv.db + x) for x in ("", "-wal") if os.path.exists(srv.db + x)) / MiB
+        for kind in EXPORTS:   # unmeasured warm-up
+            m_export(srv, kind, rows, last_id, args.timeout, limit=WARM_LIMIT)
+        srv.idle_fds = steady_fds(srv.pid)   # now with the writer's and a reader's SQLite files
+        for run in range(1, runs + 1):
+            k = (run - 1) % len(ORDER)
+            order = ORDER[k:] + ORDER[:k]
+            res.orders.append(", ".join(order))
+            for kind in order:
+                t0 = time.monotonic()
+                if kind in LOOPS:
+                    v, note = m_loop(srv.db, kind, rows)
+                else:
+                    v, note = m_export(srv, kind, rows, last_id, args.timeout)
+                res.add(kind, v, note)
+                extra = ("" if kind in LOOPS else f", RSS growth {v['growth']:.1f} MiB, healthz p99 "
+                         f"{fmt(v['p99_ms'], 'p99_ms')} ms")
+                log(f"  run {run}/{runs} {kind}: {v['rows_s']:,.0f} rows/s{extra} "
+                    f"({time.monotonic() - t0:.1f}s)")
+        srv.settle()
+        load_after = other_cpu_users(ours={srv.pid})
+
+        print(f"/tasks: import {rows:,} NDJSON rows, then export them as CSV, NDJSON and gzipped CSV, "
+              f"against a plain Python loop over the same SQLite file; {runs} run(s); quick={quick}")
+        print(f"import file: {src_bytes:,} bytes ({src_bytes / rows:.0f} bytes a row, mean title "
+              f"{title_len:.1f} characters, seed {SEED}); table: {db_mib:.1f} MiB "
+              f"(tasks.sqlite3 + -wal), last id {last_id}")
+        print("server: " + shlex.join(servers[-1].argv) + f"   (cwd {tmp}; one per import run)")
+        print("  CONF: " + conf.splitlines()[1] + " " + conf.splitlines()[2])
+        print("import: " + shlex.join([CURL, "-s", "-S", "-T", "FILE", "-X", "POST", "-H",
+                                       "Content-Type: application/x-ndjson", "-H",
+                                       "Authorization: Bearer benchtoken", "URL/tasks/import"]))
+        print("exports: " + shlex.join([CURL, "-s", "-S", "-H", "Authorization: Bearer benchtoken",
+                                        "URL/tasks/{export.csv,stream.ndjson}"])
+              + " | (this script counts the lines); gzip: + -H 'Accept-Encoding: gzip' --compressed")
+        print()
+        print("Machine:")
+        for line in machine_info(info, tmp, args.twistd):
+            print("  " + line)
+        print(f"  at start: {load_before}")
+        print(f"  at end:   {load_after}")
+        if busy_warning:
+            print("  " + busy_warning)
+        for s in servers:
+            problems = s.log_problems()
+            print(f"  {s.name} log: " + (f"{len(problems)} error-looking lines, e.g. {problems[0][:150]!r}"
+                                          if problems else "no error-looking lines"))
+        print(f"total time {time.monotonic() - started:.0f}s")
+        print()
+        report(res, rows, runs)
+        print()
+        print("command: python bench/bench_tasks.py" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else ""))
+        ok = True
+        return 0
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    except Exception as e:
+        return run_failed(e, servers)
+    finally:
+        end_run(servers, tmp, keep=args.keep, ok=ok)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -100,7 +100,7 @@ from dataclasses import dataclass, field
 
 from _child import PortFileServer, clean_env, end_run, log, publish_and_run, run_failed  # bench/ is sys.path[0] when run as a script
 from _machine import other_cpu_users, tool_version, tree_check
-from _report import table
+from _report import Results, table
 from _proc import fd_count, kib_to_mib, proc_status, reset_hwm
 
 HOST = "127.0.0.1"
@@ -591,24 +591,6 @@ METRICS = [  # key, label
 COUNT_KEYS = ("fds_before", "fds_after")
 
 
-@dataclass
-class Results:
-    values: dict[str, dict[str, list[float]]] = field(default_factory=dict)
-    notes: dict[str, list[str]] = field(default_factory=dict)
-    orders: list[str] = field(default_factory=list)
-
-    def add(self, name: str, values: dict[str, float], note: str) -> None:
-        r = self.values.setdefault(name, {})
-        for k, v in values.items():
-            r.setdefault(k, []).append(v)
-        self.notes.setdefault(name, []).append(note)
-
-    def all(self, name: str, key: str) -> list[float]:
-        return [x for x in self.values.get(name, {}).get(key, []) if x == x]
-
-    def median(self, name: str, key: str) -> float | None:
-        v = self.all(name, key)
-        return statistics.median(v) if v else None
 
 
 def fmt(v: float | None, key: str) -> str:

@@ -1,0 +1,5 @@
+import sys
+
+from streamsvc.client.cli import main
+
+sys.exit(main())

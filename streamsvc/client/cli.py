@@ -1,0 +1,87 @@
+"""
+The C{streamsvc-client} command line: one line on failure, never a
+traceback; exit status 0, 1 (failure), 2 (usage), 130 (Ctrl-C, a resumable
+C{.part} left behind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from streamsvc.client.get import ClientError, download
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="streamsvc-client", description="Stream big bodies over HTTP.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    get = commands.add_parser("get", help="download URL to FILE, resumably")
+    get.add_argument("url")
+    get.add_argument("-o", "--output", help="the file (default: the URL's last path segment)")
+    get.add_argument("-c", "--continue", dest="resume", action="store_true",
+                     help="take an existing FILE as the start of the download (as curl -C -)")
+    get.add_argument("-H", "--header", action="append", default=[], help="an extra 'Name: value' header")
+    get.add_argument("--token", help="Bearer token (default: $STREAMSVC_TOKEN)")
+    return parser.parse_args(argv)
+
+
+def headers_of(args: argparse.Namespace) -> dict[str, str]:
+    headers = {}
+    for line in args.header:
+        name, sep, value = line.partition(":")
+        if not sep or not name.strip():
+            raise ClientError(f"a header must be 'Name: value', not {line[:40]!r}")
+        headers[name.strip()] = value.strip()
+    token = args.token or os.environ.get("STREAMSVC_TOKEN")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
+
+
+def error_line(failure: Any) -> str:
+    """A failure as one line: ours say it themselves; connection errors name the address."""
+    from twisted.internet.error import ConnectError
+
+    error = getattr(failure, "value", failure)
+    if isinstance(error, ClientError):
+        return str(error)
+    if isinstance(error, ConnectError):
+        return f"cannot connect: {str(error).rstrip('.')}"
+    return f"{error.__class__.__name__}: {error}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from twisted.internet import task
+
+    outcome = {"status": 1}
+
+    async def run(reactor: Any) -> None:
+        import treq
+
+        try:
+            headers = headers_of(args)
+            output = args.output or os.path.basename(args.url.split("?", 1)[0].rstrip("/")) or "index.html"
+            await download(treq, args.url, output, headers=headers, resume=args.resume)
+            outcome["status"] = 0
+        except Exception as error:
+            print(f"streamsvc-client: {error_line(error)}", file=sys.stderr)
+
+    def start(reactor: Any) -> Any:
+        from twisted.internet.defer import ensureDeferred
+
+        return ensureDeferred(run(reactor))
+
+    try:
+        task.react(start)
+    except SystemExit:
+        pass
+    except KeyboardInterrupt:
+        return 130
+    return outcome["status"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

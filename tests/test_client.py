@@ -1,0 +1,236 @@
+"""
+C{streamsvc-client get} (issue 15, first part): the resume decisions as pure
+functions, and the download against an in-memory server (treq's
+L{StubTreq}) that honours Range and If-Range.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+import pytest_twisted
+from treq.testing import StubTreq
+from twisted.web.resource import Resource
+
+from streamsvc.client.get import ClientError, download
+from streamsvc.client.resume import Validator, parse_content_range, plan_answer, resume_headers
+from streamsvc.ranges import etag_matches
+
+BODY = bytes(range(256)) * 400  # 102400 bytes
+
+
+class RangeServer(Resource):
+    """A file with a strong ETag that honours Range (one, open-ended) and If-Range."""
+
+    isLeaf = True
+
+    def __init__(self, body: bytes = BODY, etag: str = '"v1"', ranges: bool = True) -> None:
+        super().__init__()
+        self.body, self.etag, self.ranges = body, etag, ranges
+        self.requests: list[dict[str, str | None]] = []
+
+    def render_GET(self, request: Any) -> bytes:
+        ask = request.getHeader(b"range")
+        if_range = request.getHeader(b"if-range")
+        self.requests.append({"range": ask and ask.decode(), "if-range": if_range and if_range.decode()})
+        request.setHeader(b"etag", self.etag.encode())
+        if request.postpath != [b"file"]:
+            request.setResponseCode(404)
+            return b"no"
+        fresh = if_range is None or etag_matches(if_range.decode(), self.etag, weak_comparison=False)
+        if self.ranges and ask and ask.startswith(b"bytes=") and fresh:
+            start = int(ask[6:].rstrip(b"-"))
+            if start >= len(self.body):
+                request.setResponseCode(416)
+                request.setHeader(b"content-range", b"bytes */%d" % len(self.body))
+                return b""
+            request.setResponseCode(206)
+            request.setHeader(b"content-range", b"bytes %d-%d/%d" % (start, len(self.body) - 1, len(self.body)))
+            return self.body[start:]
+        return self.body
+
+
+def run(stub: StubTreq, coro: Any) -> Any:
+    from twisted.internet.defer import ensureDeferred
+
+    d = ensureDeferred(coro)
+    stub.flush()
+    box: list = []
+    d.addBoth(box.append)
+    assert box, "did not finish"
+    if hasattr(box[0], "raiseException"):
+        box[0].raiseException()
+    return box[0]
+
+
+# --- pure --------------------------------------------------------------------------
+
+
+def test_resume_headers() -> None:
+    assert resume_headers(0, Validator('"a"')) == {}
+    assert resume_headers(10, Validator('"a"')) == {"Range": "bytes=10-", "If-Range": '"a"'}
+    assert resume_headers(10, Validator('W/"a"', "Tue, 01 Dec 2026 00:00:00 GMT"))["If-Range"].endswith("GMT")
+    assert resume_headers(10, None) == {}  # nothing to validate against: start over
+    assert resume_headers(10, None, forced=True) == {"Range": "bytes=10-"}  # -c, as curl -C -
+
+
+def test_validator_file_round_trip_and_garbage() -> None:
+    v = Validator('"x"', None)
+    assert Validator.loads(v.dumps()) == v
+    assert Validator.loads("{not json") is None and Validator.loads("[]") is None
+    assert Validator.loads('{"etag": "W/\\"x\\""}') is None  # weak and no date: useless for If-Range
+
+
+def test_plan_answer() -> None:
+    assert plan_answer(206, 10, "bytes 10-99/100", "90", True) == ("append", 10, 100, "")
+    assert plan_answer(206, 10, "bytes 0-99/100", "100", True).action == "fail"
+    assert plan_answer(200, 10, None, "100", True) == ("restart", 0, 100, "")
+    assert plan_answer(416, 100, "bytes */100", "0", True).action == "complete"
+    assert plan_answer(416, 150, "bytes */100", "0", True).action == "restart"
+    assert plan_answer(404, 0, None, "2", False).action == "fail"
+    assert parse_content_range("bytes 1-2/*") == (1, 2, None) and parse_content_range("junk") is None
+
+
+# --- download ----------------------------------------------------------------------
+
+
+def test_fresh_download(tmp_path: Any) -> None:
+    server = RangeServer()
+    stub = StubTreq(server)
+    out = str(tmp_path / "f")
+    assert run(stub, download(stub, "http://x/file", out)) == len(BODY)
+    assert open(out, "rb").read() == BODY
+    assert not os.path.exists(out + ".part") and not os.path.exists(out + ".part.meta")
+
+
+def test_resume_from_a_part_with_its_validator(tmp_path: Any) -> None:
+    server = RangeServer()
+    stub = StubTreq(server)
+    out = str(tmp_path / "f")
+    open(out + ".part", "wb").write(BODY[:1000])
+    open(out + ".part.meta", "w").write(Validator('"v1"').dumps())
+    run(stub, download(stub, "http://x/file", out))
+    assert server.requests == [{"range": "bytes=1000-", "if-range": '"v1"'}]
+    assert open(out, "rb").read() == BODY
+
+
+def test_changed_file_starts_over(tmp_path: Any) -> None:
+    server = RangeServer(body=b"new" * 1000, etag='"v2"')
+    stub = StubTreq(server)
+    out = str(tmp_path / "f")
+    open(out + ".part", "wb").write(BODY[:1000])
+    open(out + ".part.meta", "w").write(Validator('"v1"').dumps())
+    run(stub, download(stub, "http://x/file", out))
+    assert open(out, "rb").read() == b"new" * 1000  # never BODY[:1000] spliced with the new file
+
+
+def test_server_without_ranges_gets_a_full_download(tmp_path: Any) -> None:
+    server = RangeServer(ranges=False)
+    stub = StubTreq(server)
+    out = str(tmp_path / "f")
+    open(out + ".part", "wb").write(b"garbage" * 10)
+    open(out + ".part.meta", "w").write(Validator('"v1"').dumps())
+    run(stub, download(stub, "http://x/file", out))
+    assert open(out, "rb").read() == BODY
+
+
+def test_continue_an_existing_file(tmp_path: Any) -> None:
+    server = RangeServer()
+    stub = StubTreq(server)
+    out = str(tmp_path / "f")
+    open(out, "wb").write(BODY[:5000])
+    run(stub, download(stub, "http://x/file", out, resume=True))
+    assert server.requests == [{"range": "bytes=5000-", "if-range": None}]
+    assert open(out, "rb").read() == BODY
+
+
+def test_already_complete_part(tmp_path: Any) -> None:
+    server = RangeServer()
+    stub = StubTreq(server)
+    out = str(tmp_path / "f")
+    open(out + ".part", "wb").write(BODY)
+    open(out + ".part.meta", "w").write(Validator('"v1"').dumps())
+    assert run(stub, download(stub, "http://x/file", out)) == len(BODY)
+    assert open(out, "rb").read() == BODY
+
+
+def test_404_is_one_line_and_leaves_nothing(tmp_path: Any) -> None:
+    stub = StubTreq(RangeServer())
+    out = str(tmp_path / "f")
+    with pytest.raises(ClientError, match=r"^404 Not Found: /missing$"):
+        run(stub, download(stub, "http://x/missing", out))
+    assert os.listdir(tmp_path) == []
+
+
+def test_short_body_keeps_the_part(tmp_path: Any) -> None:
+    class Liar(RangeServer):
+        def render_GET(self, request: Any) -> bytes:
+            request.setHeader(b"content-length", b"999999")
+            request.write(b"x" * 10)
+            request.finish()
+            from twisted.web.server import NOT_DONE_YET
+
+            return NOT_DONE_YET
+
+    stub = StubTreq(Liar())
+    out = str(tmp_path / "f")
+    with pytest.raises(Exception):
+        run(stub, download(stub, "http://x/file", out))
+    assert not os.path.exists(out)
+
+
+def test_cli_usage_errors() -> None:
+    from streamsvc.client.cli import ClientError as CE, headers_of, parse_args
+
+    args = parse_args(["get", "http://x/f", "-H", "X-A: 1", "--token", "t"])
+    assert headers_of(args) == {"X-A": "1", "Authorization": "Bearer t"}
+    with pytest.raises(CE, match="Name: value"):
+        headers_of(parse_args(["get", "http://x/f", "-H", "nocolon"]))
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_against_streamsvc_over_loopback(tmp_path: Any) -> None:
+    import treq
+
+    from test_integration import Server
+
+    server = await Server(tmp_path / "srv").start()
+    try:
+        (server.files / "big.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+        out = str(tmp_path / "big.bin")
+        # a partial download, as an interrupted one leaves it
+        data = (server.files / "big.bin").read_bytes()
+        response = await treq.get(server.url + "/files/big.bin")
+        etag = response.headers.getRawHeaders(b"etag")[0].decode()
+        await response.content()
+        open(out + ".part", "wb").write(data[:1_000_000])
+        open(out + ".part.meta", "w").write(Validator(etag).dumps())
+        assert await download(treq, server.url + "/files/big.bin", out) == len(data)
+        assert open(out, "rb").read() == data
+        with pytest.raises(ClientError, match="^404 Not Found: /files/nope$"):
+            await download(treq, server.url + "/files/nope", str(tmp_path / "nope"))
+    finally:
+        await server.stop()
+
+
+def test_console_script_one_line_errors(tmp_path: Any) -> None:
+    """The installed command: exit 1 with one line, no traceback, for a refused connection."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    script = shutil.which("streamsvc-client", path=os.path.dirname(sys.executable))
+    assert script is not None, "streamsvc-client is not installed next to this Python"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    out = subprocess.run([script, "get", f"http://127.0.0.1:{port}/x", "-o", str(tmp_path / "x")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert out.stderr.startswith("streamsvc-client: cannot connect") and out.stderr.count("\n") == 1
+    assert "Traceback" not in out.stderr
+    usage = subprocess.run([script, "get"], capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 2 and "usage" in usage.stderr

@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from streamsvc.client.get import ClientError, download
+from streamsvc.client.tail import tail
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -24,6 +25,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      help="take an existing FILE as the start of the download (as curl -C -)")
     get.add_argument("-H", "--header", action="append", default=[], help="an extra 'Name: value' header")
     get.add_argument("--token", help="Bearer token (default: $STREAMSVC_TOKEN)")
+    tail = commands.add_parser("tail", help="print NDJSON lines or Server-Sent Events as they arrive")
+    tail.add_argument("url")
+    tail.add_argument("--events", action="store_true", help="print whole SSE events, not only their data")
+    tail.add_argument("--no-reconnect", dest="reconnect", action="store_false",
+                      help="stop when the connection drops instead of resuming with Last-Event-ID")
+    tail.add_argument("-H", "--header", action="append", default=[], help="an extra 'Name: value' header")
+    tail.add_argument("--token", help="Bearer token (default: $STREAMSVC_TOKEN)")
     return parser.parse_args(argv)
 
 
@@ -63,8 +71,12 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             headers = headers_of(args)
-            output = args.output or os.path.basename(args.url.split("?", 1)[0].rstrip("/")) or "index.html"
-            await download(treq, args.url, output, headers=headers, resume=args.resume)
+            if args.command == "tail":
+                await tail(treq, args.url, reactor=reactor, headers=headers, events=args.events,
+                           reconnect=args.reconnect, write=lambda text: print(text, flush=True))
+            else:
+                output = args.output or os.path.basename(args.url.split("?", 1)[0].rstrip("/")) or "index.html"
+                await download(treq, args.url, output, headers=headers, resume=args.resume)
             outcome["status"] = 0
         except Exception as error:
             print(f"streamsvc-client: {error_line(error)}", file=sys.stderr)

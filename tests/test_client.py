@@ -234,3 +234,134 @@ def test_console_script_one_line_errors(tmp_path: Any) -> None:
     assert "Traceback" not in out.stderr
     usage = subprocess.run([script, "get"], capture_output=True, text=True, timeout=60)
     assert usage.returncode == 2 and "usage" in usage.stderr
+
+
+# --- reading the body: rate and stall -----------------------------------------------
+
+
+class FakeBodyTransport:
+    def __init__(self) -> None:
+        self.paused = False
+        self.pauses = 0
+        self.stopped = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.pauses += 1
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+
+class FakeResponse:
+    def __init__(self) -> None:
+        self.transport = FakeBodyTransport()
+        self.protocol: Any = None
+
+    def deliverBody(self, protocol: Any) -> None:
+        self.protocol = protocol
+        protocol.makeConnection(self.transport)
+
+
+def test_rate_pauses_the_transport_and_holds_the_rate() -> None:
+    from twisted.internet.task import Clock
+
+    from streamsvc.client.body import read_body
+
+    clock = Clock()
+    response = FakeResponse()
+    got: list[bytes] = []
+    done = read_body(response, got.append, reactor=clock, rate=100_000)
+    sent = 0
+    while clock.seconds() < 10:
+        if not response.transport.paused:
+            response.protocol.dataReceived(b"x" * 16384)  # a fast server: whenever we read
+            sent += 16384
+        else:
+            clock.advance(0.01)
+    assert response.transport.pauses > 10
+    assert abs(sent / clock.seconds() - 100_000) / 100_000 < 0.05  # within 5 % over 10 simulated s
+    from twisted.web.client import ResponseDone
+    from twisted.python.failure import Failure
+
+    response.protocol.connectionLost(Failure(ResponseDone()))
+    assert done.called and clock.getDelayedCalls() == []
+
+
+def test_stall_timeout_gives_up_and_cancels_its_timers() -> None:
+    from twisted.internet.task import Clock
+
+    from streamsvc.client.body import BodyStalled, read_body
+
+    clock = Clock()
+    response = FakeResponse()
+    done = read_body(response, lambda data: None, reactor=clock, stall=5)
+    clock.advance(4)
+    response.protocol.dataReceived(b"x")
+    clock.advance(4)
+    assert not done.called  # data moved the deadline
+    clock.advance(1.5)
+    failures: list = []
+    done.addErrback(failures.append)
+    assert failures and failures[0].check(BodyStalled) and response.transport.stopped
+    assert clock.getDelayedCalls() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_rate_limited_get_takes_the_expected_time(tmp_path: Any) -> None:
+    import time
+
+    import treq
+
+    from test_integration import Server
+
+    server = await Server(tmp_path / "srv").start()
+    try:
+        (server.files / "two.bin").write_bytes(os.urandom(2 * 1024 * 1024))
+        started = time.monotonic()
+        await download(treq, server.url + "/files/two.bin", str(tmp_path / "two.bin"), rate=1024 * 1024)
+        elapsed = time.monotonic() - started
+        # 2 MiB at 1 MiB/s; the socket buffers let up to a few hundred KiB in early.
+        assert 1.6 < elapsed < 3.0, elapsed
+        assert open(tmp_path / "two.bin", "rb").read() == (server.files / "two.bin").read_bytes()
+    finally:
+        await server.stop()
+
+
+def test_ctrl_c_leaves_a_resumable_part_and_exits_130(tmp_path: Any) -> None:
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_tap import start_twistd
+
+    (tmp_path / "data" / "files").mkdir(parents=True)
+    (tmp_path / "data" / "files" / "f.bin").write_bytes(os.urandom(4 * 1024 * 1024))
+    proc, port = start_twistd(tmp_path, "--data-dir", str(tmp_path / "data"))
+    script = shutil.which("streamsvc-client", path=os.path.dirname(sys.executable))
+    out = tmp_path / "f.bin"
+    try:
+        client = subprocess.Popen([script, "get", f"http://127.0.0.1:{port}/files/f.bin", "-o", str(out),
+                                   "--rate", "512k"], stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        while not (out.with_name("f.bin.part").exists() and out.with_name("f.bin.part").stat().st_size > 0):
+            assert time.monotonic() < deadline and client.poll() is None
+            time.sleep(0.05)  # waiting for a child process
+        client.send_signal(signal.SIGINT)
+        assert client.wait(timeout=20) == 130
+        assert "f.bin.part kept" in client.stderr.read()
+        part = out.with_name("f.bin.part")
+        assert 0 < part.stat().st_size < 4 * 1024 * 1024 and not out.exists()
+        assert out.with_name("f.bin.part.meta").exists()
+        again = subprocess.run([script, "get", f"http://127.0.0.1:{port}/files/f.bin", "-o", str(out)],
+                               capture_output=True, text=True, timeout=60)
+        assert again.returncode == 0, again.stderr
+        assert out.read_bytes() == (tmp_path / "data" / "files" / "f.bin").read_bytes()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -15,6 +15,18 @@ from streamsvc.client.get import ClientError, download
 from streamsvc.client.tail import tail
 
 
+def _size(text: str) -> int:
+    from streamsvc.config import parse_size
+
+    try:
+        value = parse_size(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 65536, 64k or 1M, not {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="streamsvc-client", description="Stream big bodies over HTTP.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -23,6 +35,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     get.add_argument("-o", "--output", help="the file (default: the URL's last path segment)")
     get.add_argument("-c", "--continue", dest="resume", action="store_true",
                      help="take an existing FILE as the start of the download (as curl -C -)")
+    get.add_argument("--rate", type=_size, help="read no faster than this many bytes/s (64k, 1M...)")
+    get.add_argument("--timeout", type=float, default=60.0,
+                     help="give up when no body byte arrives for this many seconds (default 60; 0 = never)")
     get.add_argument("-H", "--header", action="append", default=[], help="an extra 'Name: value' header")
     get.add_argument("--token", help="Bearer token (default: $STREAMSVC_TOKEN)")
     tail = commands.add_parser("tail", help="print NDJSON lines or Server-Sent Events as they arrive")
@@ -65,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from twisted.internet import task
 
     outcome = {"status": 1}
+    state: dict[str, Any] = {"finished": False}
 
     async def run(reactor: Any) -> None:
         import treq
@@ -76,14 +92,26 @@ def main(argv: list[str] | None = None) -> int:
                            reconnect=args.reconnect, write=lambda text: print(text, flush=True))
             else:
                 output = args.output or os.path.basename(args.url.split("?", 1)[0].rstrip("/")) or "index.html"
-                await download(treq, args.url, output, headers=headers, resume=args.resume)
+                state["output"] = output
+                await download(treq, args.url, output, headers=headers, resume=args.resume,
+                               reactor=reactor, rate=args.rate, stall=args.timeout or None)
             outcome["status"] = 0
         except Exception as error:
             print(f"streamsvc-client: {error_line(error)}", file=sys.stderr)
+        finally:
+            state["finished"] = True
+
+    def interrupted() -> None:
+        """The reactor stops before we are done: Ctrl-C (or SIGTERM). A .part stays, resumable."""
+        if not state["finished"]:
+            outcome["status"] = 130
+            kept = f": {state['output']}.part kept, run again to resume" if "output" in state else ""
+            print(f"streamsvc-client: interrupted{kept}", file=sys.stderr)
 
     def start(reactor: Any) -> Any:
         from twisted.internet.defer import ensureDeferred
 
+        reactor.addSystemEventTrigger("before", "shutdown", interrupted)
         return ensureDeferred(run(reactor))
 
     try:

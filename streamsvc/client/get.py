@@ -15,6 +15,7 @@ from typing import Any
 
 import treq
 
+from streamsvc.client.body import BodyStalled, read_body
 from streamsvc.client.resume import Validator, plan_answer, resume_headers
 
 
@@ -52,12 +53,18 @@ async def download(
     headers: dict[str, str] | None = None,
     resume: bool = False,
     on_data: Callable[[int], None] = lambda n: None,
+    reactor: Any = None,
+    rate: float | None = None,
+    stall: float | None = None,
 ) -> int:
     """
     Download C{url} into C{path}; the number of bytes the file has. With
     C{resume}, an existing C{path} is taken as the start of the download (as
-    C{curl -C -}); a C{path.part} with its C{.meta} always is.
+    C{curl -C -}); a C{path.part} with its C{.meta} always is. C{rate}
+    (bytes/s) and C{stall} (seconds): see L{streamsvc.client.body}.
     """
+    if reactor is None:
+        from twisted.internet import reactor
     part, meta = path + ".part", path + ".part.meta"
     forced = False
     if resume and os.path.exists(path) and not os.path.exists(part):
@@ -87,7 +94,8 @@ async def download(
     else:
         if plan.action == "restart":
             _save_validator(meta, response)
-        await _receive(response, part, append=plan.action == "append", on_data=on_data)
+        await _receive(response, part, append=plan.action == "append", on_data=on_data,
+                       reactor=reactor, rate=rate, stall=stall)
     size = os.path.getsize(part)
     if plan.total is not None and size != plan.total:
         raise ClientError(f"incomplete: {size} of {plan.total} bytes (run again to resume)")
@@ -106,7 +114,7 @@ def _save_validator(meta: str, response: Any) -> None:
         os.unlink(meta)
 
 
-async def _receive(response: Any, part: str, *, append: bool, on_data: Callable[[int], None]) -> None:
+async def _receive(response: Any, part: str, *, append: bool, on_data: Callable[[int], None], **reading: Any) -> None:
     """The body into C{part} as it arrives; the file is closed however the body ends."""
     with open(part, "ab" if append else "wb") as out:
 
@@ -114,4 +122,7 @@ async def _receive(response: Any, part: str, *, append: bool, on_data: Callable[
             out.write(data)
             on_data(len(data))
 
-        await treq.collect(response, write)
+        try:
+            await read_body(response, write, **reading)
+        except BodyStalled as error:
+            raise ClientError(f"the body stalled: {error} (run again to resume)") from None

@@ -365,3 +365,24 @@ def test_ctrl_c_leaves_a_resumable_part_and_exits_130(tmp_path: Any) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_progress_bar_counts_from_the_offset(tmp_path: Any) -> None:
+    import io
+    import sys
+
+    from streamsvc.client.cli import Progress
+
+    stream = io.StringIO()
+    real, sys.stderr = sys.stderr, stream
+    try:
+        with Progress(enabled=True) as progress:
+            progress.start(1000, 400)
+            progress.update(600)
+            assert progress._bar.n == 1000 and progress._bar.total == 1000
+    finally:
+        sys.stderr = real
+    with Progress(enabled=False) as quiet:
+        quiet.start(10, 0)
+        quiet.update(5)
+        assert quiet._bar is None

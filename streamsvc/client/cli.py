@@ -15,6 +15,32 @@ from streamsvc.client.get import ClientError, download
 from streamsvc.client.tail import tail
 
 
+class Progress:
+    """A tqdm bar on stderr (bytes, rate, ETA), or nothing when disabled."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self._enabled = enabled
+        self._bar: Any = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    def start(self, total: int | None, offset: int) -> None:
+        if self._enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+                             file=sys.stderr, leave=False)
+
+    def update(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+
 def _size(text: str) -> int:
     from streamsvc.config import parse_size
 
@@ -38,6 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     get.add_argument("--rate", type=_size, help="read no faster than this many bytes/s (64k, 1M...)")
     get.add_argument("--timeout", type=float, default=60.0,
                      help="give up when no body byte arrives for this many seconds (default 60; 0 = never)")
+    get.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     get.add_argument("-H", "--header", action="append", default=[], help="an extra 'Name: value' header")
     get.add_argument("--token", help="Bearer token (default: $STREAMSVC_TOKEN)")
     tail = commands.add_parser("tail", help="print NDJSON lines or Server-Sent Events as they arrive")
@@ -93,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 output = args.output or os.path.basename(args.url.split("?", 1)[0].rstrip("/")) or "index.html"
                 state["output"] = output
-                await download(treq, args.url, output, headers=headers, resume=args.resume,
-                               reactor=reactor, rate=args.rate, stall=args.timeout or None)
+                with Progress(enabled=not args.quiet and sys.stderr.isatty()) as progress:
+                    await download(treq, args.url, output, headers=headers, resume=args.resume,
+                                   reactor=reactor, rate=args.rate, stall=args.timeout or None,
+                                   on_start=progress.start, on_data=progress.update)
             outcome["status"] = 0
         except Exception as error:
             print(f"streamsvc-client: {error_line(error)}", file=sys.stderr)

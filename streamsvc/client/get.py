@@ -53,6 +53,7 @@ async def download(
     headers: dict[str, str] | None = None,
     resume: bool = False,
     on_data: Callable[[int], None] = lambda n: None,
+    on_start: Callable[[int | None, int], None] = lambda total, offset: None,
     reactor: Any = None,
     rate: float | None = None,
     stall: float | None = None,
@@ -62,6 +63,8 @@ async def download(
     C{resume}, an existing C{path} is taken as the start of the download (as
     C{curl -C -}); a C{path.part} with its C{.meta} always is. C{rate}
     (bytes/s) and C{stall} (seconds): see L{streamsvc.client.body}.
+    C{on_start(total, offset)} once the answer is known (for a progress
+    bar), C{on_data(n)} for every chunk written.
     """
     if reactor is None:
         from twisted.internet import reactor
@@ -94,6 +97,7 @@ async def download(
     else:
         if plan.action == "restart":
             _save_validator(meta, response)
+        on_start(plan.total, plan.offset)
         await _receive(response, part, append=plan.action == "append", on_data=on_data,
                        reactor=reactor, rate=rate, stall=stall)
     size = os.path.getsize(part)

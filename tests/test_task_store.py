@@ -11,7 +11,7 @@ import sqlite3
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
@@ -342,3 +342,55 @@ async def test_real_threads(tmp_path):
     finally:
         await s.close()
     assert s._pools and all(pool._pool.joined for pool in s._pools)
+
+
+def test_cancelling_a_fetch_mid_job_releases_only_after_the_job(tmp_path):
+    """
+    A producer stopped mid-fetch cancels the fetch's Deferred; the statement
+    must not be closed (nor the connection handed on) while the reader thread
+    is still inside fetchmany — that was a segfault in CI.
+    """
+    jobs: list = []
+
+    def later(function, *args):
+        d = Deferred()
+        jobs.append((d, function, args))
+        return d
+
+    s = SQLiteTaskStore(str(tmp_path / "t.db"), writer=_at_once, reader=later, readers=1)
+    result_of(s.create_many([NewTask(f"t{i}") for i in range(10)]))
+    cursor = s.cursor(TaskQuery())
+    first = cursor.fetch(2)
+    d, function, args = jobs.pop()  # the connection, opened in its thread
+    d.callback(function(*args))
+    d, function, args = jobs.pop()  # the first fetch
+    d.callback(function(*args))
+    assert len(result_of(first)) == 2
+    second = cursor.fetch(2)
+    [(d, function, args)] = jobs  # "running in the thread"
+    second.cancel()
+    assert failure_of(second).check(CancelledError)
+    assert s.open_cursors == 1 and s.idle_connections == 0  # still the thread's
+    assert cursor._cursor is not None  # the statement not closed under it
+    d.callback(function(*args))  # the job ends
+    assert s.open_cursors == 0 and s.idle_connections == 1
+    result_of(s.close())
+
+
+def test_closing_while_the_connection_is_being_opened(tmp_path):
+    jobs: list = []
+
+    def later(function, *args):
+        d = Deferred()
+        jobs.append((d, function, args))
+        return d
+
+    s = SQLiteTaskStore(str(tmp_path / "t.db"), writer=_at_once, reader=later, readers=1)
+    cursor = s.cursor(TaskQuery())
+    pending = cursor.fetch(2)
+    cursor.close()
+    d, function, args = jobs.pop()
+    d.callback(function(*args))  # the connection arrives after the close: back to the pool
+    assert result_of(pending) == []
+    assert s.open_cursors == 0 and s.idle_connections == 1 and jobs == []
+    result_of(s.close())

@@ -416,9 +416,18 @@ class _SQLiteCursor:
         self._in_flight = True
         if self._connection is None:
             self._acquiring = self._store._checkout()
-            d = self._acquiring.addCallback(self._got_connection)
-            return d.addCallback(lambda _: self._store._run_reader(self._first, count)).addBoth(self._fetched)
-        return self._store._run_reader(self._next, count).addBoth(self._fetched)
+            job = self._acquiring.addCallback(self._got_connection)
+            job.addCallback(lambda _: self._store._run_reader(self._first, count))
+        else:
+            job = self._store._run_reader(self._next, count)
+        # The caller gets a Deferred of its own: cancelling it (a producer
+        # stopped mid-fetch) closes the cursor, but the connection is given
+        # back only when the thread's job has really ended — releasing it on
+        # the cancellation would close the statement under a running
+        # fetchmany (a segfault in sqlite3).
+        answer: Deferred[list[Task]] = Deferred(lambda d: self.close())
+        job.addBoth(self._fetched).addBoth(lambda result: None if answer.called else answer.callback(result))
+        return answer
 
     def _got_connection(self, connection: sqlite3.Connection) -> None:
         self._acquiring = None
@@ -454,10 +463,13 @@ class _SQLiteCursor:
         if self._closed:
             return
         self._closed = True
-        if self._acquiring is not None:
-            acquiring, self._acquiring = self._acquiring, None
+        acquiring = self._acquiring
+        if acquiring is not None and acquiring in self._store._waiting:
+            # Only a wait in the queue may be cancelled; a connection being
+            # opened in a thread is let finish, then released by _fetched.
+            self._acquiring = None
             acquiring.cancel()
-            return  # _fetched releases (nothing acquired, or the one just acquired)
+            return
         if not self._in_flight:
             self._release()
 

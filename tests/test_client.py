@@ -386,3 +386,51 @@ def test_progress_bar_counts_from_the_offset(tmp_path: Any) -> None:
         quiet.start(10, 0)
         quiet.update(5)
         assert quiet._bar is None
+
+
+# --- put -------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_put_round_trip_with_digest_and_a_refusal_that_sends_nothing(tmp_path: Any) -> None:
+    import treq
+
+    from streamsvc.client.put import upload
+    from streamsvc.config import AuthConfig
+    from test_integration import Server
+
+    server = await Server(tmp_path / "srv", auth=AuthConfig(tokens=("puttoken",))).start()
+    try:
+        src = tmp_path / "up.bin"
+        src.write_bytes(os.urandom(3 * 1024 * 1024 + 7))
+        auth = {"Authorization": "Bearer puttoken"}
+        code, body, producer = await upload(treq, str(src), server.url + "/files/a/up.bin", headers=auth,
+                                            if_none_match=True, hold=0.2)
+        assert code == 201 and producer.started
+        assert (server.files / "a" / "up.bin").read_bytes() == src.read_bytes()
+        # (the server checks the Content-Digest we sent: a wrong one would have been a 400)
+        # If-None-Match: * again: the file exists, 412 at the headers, before any body byte
+        with pytest.raises(ClientError, match="^412"):
+            await upload(treq, str(src), server.url + "/files/a/up.bin", headers=auth, if_none_match=True)
+        # a wrong token: 401 at the headers; the body was never started
+        refused: list = []
+        import streamsvc.client.put as put_module
+
+        real = put_module.HeldFileProducer
+
+        class Recording(real):  # type: ignore[misc, valid-type]
+            def __init__(self, *a: Any, **kw: Any) -> None:
+                super().__init__(*a, **kw)
+                refused.append(self)
+
+        put_module.HeldFileProducer = Recording  # type: ignore[misc]
+        try:
+            with pytest.raises(ClientError, match="^401"):
+                await upload(treq, str(src), server.url + "/files/a/other.bin",
+                             headers={"Authorization": "Bearer wrong"})
+        finally:
+            put_module.HeldFileProducer = real  # type: ignore[misc]
+        assert refused and not refused[0].started and refused[0]._file.closed
+        assert not (server.files / "a" / "other.bin").exists()
+    finally:
+        await server.stop()

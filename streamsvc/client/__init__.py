@@ -5,7 +5,8 @@ C{streamsvc-client}: treq scripts that move big bodies in constant memory.
     for a resumed download (pure);
   - L{streamsvc.client.get}: C{get URL [-o FILE]}, streamed to a C{.part}
     file and renamed on success, resumable;
+  - L{streamsvc.client.body}: reading a body at a rate, with a stall timeout;
+  - L{streamsvc.client.put}: C{put FILE URL}, streamed, with its digest;
+  - L{streamsvc.client.tail}: C{tail URL}, SSE or NDJSON, reconnecting;
   - L{streamsvc.client.cli}: the command line.
-
-(Issue 15, in progress: C{put} and C{tail} are still to come.)
 """

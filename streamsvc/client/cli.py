@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from streamsvc.client.get import ClientError, download
+from streamsvc.client.put import upload
 from streamsvc.client.tail import tail
 
 
@@ -67,6 +68,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     get.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     get.add_argument("-H", "--header", action="append", default=[], help="an extra 'Name: value' header")
     get.add_argument("--token", help="Bearer token (default: $STREAMSVC_TOKEN)")
+    put = commands.add_parser("put", help="upload FILE to URL, streamed, with its Content-Digest")
+    put.add_argument("file")
+    put.add_argument("url")
+    put.add_argument("--no-digest", dest="digest", action="store_false", help="send no Content-Digest")
+    put.add_argument("--if-match", metavar="ETAG", help="replace only the version with this ETag")
+    put.add_argument("--if-none-match", action="store_true", help="create only: fail if URL exists")
+    put.add_argument("-H", "--header", action="append", default=[], help="an extra 'Name: value' header")
+    put.add_argument("--token", help="Bearer token (default: $STREAMSVC_TOKEN)")
     tail = commands.add_parser("tail", help="print NDJSON lines or Server-Sent Events as they arrive")
     tail.add_argument("url")
     tail.add_argument("--events", action="store_true", help="print whole SSE events, not only their data")
@@ -114,7 +123,12 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             headers = headers_of(args)
-            if args.command == "tail":
+            if args.command == "put":
+                code, body, _ = await upload(treq, args.file, args.url, reactor=reactor, headers=headers,
+                                             digest=args.digest, if_match=args.if_match,
+                                             if_none_match=args.if_none_match)
+                print(f"{code} {body.decode('utf-8', 'replace').strip()}")
+            elif args.command == "tail":
                 await tail(treq, args.url, reactor=reactor, headers=headers, events=args.events,
                            reconnect=args.reconnect, write=lambda text: print(text, flush=True))
             else:

@@ -434,3 +434,46 @@ async def test_put_round_trip_with_digest_and_a_refusal_that_sends_nothing(tmp_p
         assert not (server.files / "a" / "other.bin").exists()
     finally:
         await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_retries_resume_after_a_dropped_connection(tmp_path: Any) -> None:
+    import treq
+
+    from streamsvc.client.get import download_with_retries
+    from test_integration import Server
+
+    data = os.urandom(1024 * 1024)
+
+    class Flaky(RangeServer):
+        """Drops the connection halfway through the first answer; honours Range after."""
+
+        def __init__(self) -> None:
+            super().__init__(body=data)
+            self.dropped = False
+
+        def render_GET(self, request: Any) -> Any:
+            if not self.dropped:
+                self.dropped = True
+                request.setHeader(b"etag", self.etag.encode())
+                request.setHeader(b"content-length", b"%d" % len(data))
+                request.write(data[: len(data) // 2])
+                from twisted.internet import reactor
+
+                # once that half is out (an abort drops what is still buffered)
+                reactor.callLater(0.3, request.channel.transport.abortConnection)
+                from twisted.web.server import NOT_DONE_YET
+
+                return NOT_DONE_YET
+            return super().render_GET(request)
+
+    flaky = Flaky()
+    server = await Server(tmp_path / "srv", extra={b"flaky": flaky}).start()
+    try:
+        out = str(tmp_path / "f")
+        await download_with_retries(treq, server.url + "/flaky/file", out, retries=2, backoff=0.05)
+        assert open(out, "rb").read() == data
+        ranged = [r for r in flaky.requests if r["range"]]
+        assert ranged and ranged[0]["if-range"] == '"v1"'  # the second attempt resumed
+    finally:
+        await server.stop()

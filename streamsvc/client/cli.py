@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Any
 
-from streamsvc.client.get import ClientError, download
+from streamsvc.client.get import ClientError, download_with_retries
 from streamsvc.client.put import upload
 from streamsvc.client.tail import tail
 
@@ -65,6 +65,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     get.add_argument("--rate", type=_size, help="read no faster than this many bytes/s (64k, 1M...)")
     get.add_argument("--timeout", type=float, default=60.0,
                      help="give up when no body byte arrives for this many seconds (default 60; 0 = never)")
+    get.add_argument("--retries", type=int, default=0, metavar="N",
+                     help="after a dropped connection, resume up to N times (waiting 1, 2, 4... s)")
     get.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     get.add_argument("-H", "--header", action="append", default=[], help="an extra 'Name: value' header")
     get.add_argument("--token", help="Bearer token (default: $STREAMSVC_TOKEN)")
@@ -135,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                 output = args.output or os.path.basename(args.url.split("?", 1)[0].rstrip("/")) or "index.html"
                 state["output"] = output
                 with Progress(enabled=not args.quiet and sys.stderr.isatty()) as progress:
-                    await download(treq, args.url, output, headers=headers, resume=args.resume,
-                                   reactor=reactor, rate=args.rate, stall=args.timeout or None,
+                    await download_with_retries(treq, args.url, output, headers=headers, resume=args.resume,
+                                   retries=max(0, args.retries), reactor=reactor, rate=args.rate, stall=args.timeout or None,
                                    on_start=progress.start, on_data=progress.update)
             outcome["status"] = 0
         except Exception as error:

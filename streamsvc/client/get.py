@@ -130,3 +130,30 @@ async def _receive(response: Any, part: str, *, append: bool, on_data: Callable[
             await read_body(response, write, **reading)
         except BodyStalled as error:
             raise ClientError(f"the body stalled: {error} (run again to resume)") from None
+
+
+async def download_with_retries(
+    client: Any, url: str, path: str, *, retries: int = 0, reactor: Any = None, backoff: float = 1.0,
+    **options: Any,
+) -> int:
+    """
+    L{download}, resumed after a dropped connection up to C{retries} times
+    (waiting C{backoff}, then twice that...): the C{.part} and its validator
+    make each attempt a resume, not a restart.
+    """
+    from twisted.internet.error import ConnectError, ConnectionLost
+    from twisted.internet.task import deferLater
+    from twisted.web.client import ResponseFailed
+
+    if reactor is None:
+        from twisted.internet import reactor
+    wait = backoff
+    for attempt in range(retries + 1):
+        try:
+            return await download(client, url, path, reactor=reactor, **options)
+        except (ResponseFailed, ConnectionLost, ConnectError) as error:
+            if attempt == retries:
+                raise ClientError(f"connection lost ({error.__class__.__name__}); run again to resume") from None
+        await deferLater(reactor, wait, lambda: None)
+        wait *= 2
+    raise AssertionError("not reached")

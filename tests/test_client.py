@@ -477,3 +477,40 @@ async def test_retries_resume_after_a_dropped_connection(tmp_path: Any) -> None:
         assert ranged and ranged[0]["if-range"] == '"v1"'  # the second attempt resumed
     finally:
         await server.stop()
+
+
+def test_get_of_256_mib_in_flat_memory(tmp_path: Any) -> None:
+    """The installed client downloads 256 MiB with its peak RSS far below the body's size."""
+    import subprocess
+    import sys
+
+    from test_tap import start_twistd
+
+    files = tmp_path / "data" / "files"
+    files.mkdir(parents=True)
+    size = 256 * 1024 * 1024
+    with open(files / "big.bin", "wb") as f:
+        f.truncate(size)  # sparse: the disk is not what this measures
+    proc, port = start_twistd(tmp_path, "--data-dir", str(tmp_path / "data"))
+    wrapper = (
+        "import resource, runpy, sys\n"
+        "sys.argv = ['streamsvc-client'] + sys.argv[1:]\n"
+        "try:\n"
+        "    runpy.run_module('streamsvc.client', run_name='__main__')\n"
+        "finally:\n"
+        "    print('maxrss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", wrapper, "get", f"http://127.0.0.1:{port}/files/big.bin",
+             "-o", str(tmp_path / "big.bin"), "-q"],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert os.path.getsize(tmp_path / "big.bin") == size
+    peak_kib = int(out.stderr.rsplit("maxrss", 1)[1].split()[0])
+    assert peak_kib < 96 * 1024, f"peak RSS {peak_kib} KiB for a {size >> 20} MiB body"
+    print(f"client peak RSS {peak_kib / 1024:.1f} MiB")

@@ -151,7 +151,10 @@ async def download_with_retries(
     for attempt in range(retries + 1):
         try:
             return await download(client, url, path, reactor=reactor, **options)
-        except (ResponseFailed, ConnectionLost, ConnectError) as error:
+        except ConnectError:
+            if attempt == retries:
+                raise  # "cannot connect: ..." (the command line says so)
+        except (ResponseFailed, ConnectionLost) as error:
             if attempt == retries:
                 raise ClientError(f"connection lost ({error.__class__.__name__}); run again to resume") from None
         await deferLater(reactor, wait, lambda: None)

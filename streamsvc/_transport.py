@@ -28,3 +28,8 @@ def host_of(address: Any) -> str:
     address, the whole address otherwise (a UNIX socket's).
     """
     return str(getattr(address, "host", None) or address)
+
+
+def request_over(request: Any) -> bool:
+    """Whether nothing more may be written for C{request}: its client left, or it was answered."""
+    return bool(getattr(request, "_disconnected", False)) or bool(request.finished)

@@ -341,7 +341,7 @@ async def test_real_threads(tmp_path):
         assert got.title == "t499"
     finally:
         await s.close()
-    assert s._pools and all(pool._pool.joined for pool in s._pools)
+    assert s._pools and all(pool.joined for pool in s._pools)
 
 
 def test_cancelling_a_fetch_mid_job_releases_only_after_the_job(tmp_path):

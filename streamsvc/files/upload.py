@@ -30,18 +30,18 @@ import os
 import secrets
 import stat
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
+from streamsvc._threads import PoolRunner
+from streamsvc._transport import request_over
 from streamsvc.auth import TokenSet, check_bearer
 from streamsvc.digests import (
     STORED_ALGORITHM,
@@ -65,11 +65,10 @@ from streamsvc.ranges import http_date, make_etag, write_allowed
 
 log = Logger()
 
-T = TypeVar("T")
 
 #: Runs a blocking call off the reactor and gives its result as a Deferred.
 #: Tests pass one that runs it at once, or holds it to release later.
-RunBlocking = Callable[..., "Deferred[Any]"]
+RunBlocking = Callable[..., Deferred]
 
 #: Bytes an upload keeps while the disk is busy before the socket is paused:
 #: large enough that each thread job writes a good run of bytes, far below
@@ -331,7 +330,7 @@ class Uploads:
                 os.close(folder_fd)
 
         def done(_: None) -> None:
-            if not _gone(request):
+            if not request_over(request):
                 request.setResponseCode(204)
                 request.write(b"")
                 request.finish()
@@ -355,33 +354,14 @@ def _temp_name() -> str:
     return f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
 
 
-class DiskThreadPool:
-    """
-    A L{RunBlocking} on a thread pool of its own, made when first used (so
-    nothing starts threads at import or configuration time) and stopped,
-    after the jobs in hand, at C{reactor}'s shutdown.
-    """
-
-    def __init__(self, reactor: Any, *, threads: int = DISK_THREADS) -> None:
-        self._reactor = reactor
-        self._threads = threads
-        self._pool: ThreadPool | None = None
-
-    def __call__(self, function: Callable[..., T], *args: Any) -> Deferred[T]:
-        if self._pool is None:
-            self._pool = ThreadPool(minthreads=0, maxthreads=self._threads, name="streamsvc-disk")
-            self._pool.start()
-            self._reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
-        return deferToThreadPool(self._reactor, self._pool, function, *args)
-
-
-def _gone(request: IRequest) -> bool:
-    return bool(getattr(request, "_disconnected", False)) or bool(request.finished)
+def DiskThreadPool(reactor: Any, *, threads: int = DISK_THREADS) -> PoolRunner:
+    """The uploads' L{RunBlocking}: a pool of their own, stopped at C{reactor}'s shutdown."""
+    return PoolRunner(reactor, threads, "streamsvc-disk", stop_at_shutdown=True)
 
 
 def _answer_error(request: IRequest, error: HTTPError) -> None:
     """Answer C{error} if the request can still be answered; abort if it began."""
-    if _gone(request):
+    if request_over(request):
         return
     if request.startedWriting:
         request.channel.transport.abortConnection()
@@ -590,7 +570,7 @@ class Upload:
 
     def _answer(self, st: os.stat_result, created: bool) -> None:
         request = self._request
-        if _gone(request):
+        if request_over(request):
             return
         etag = make_etag(st.st_size, st.st_mtime_ns)
         digest = field({STORED_ALGORITHM: self._hashes.digests()[STORED_ALGORITHM]})

@@ -33,6 +33,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
+from streamsvc._transport import request_over
 from streamsvc.errors import ErrorPage, HTTPError, JSONResource, not_found, render_error
 from streamsvc.files.fields import finish_without_body, list_header
 from streamsvc.interfaces import IBodyConsumer, IStreamingBodyResource, ITaskCursor, ITaskStore
@@ -67,13 +68,9 @@ JSON = b"application/json"
 # --- answering -----------------------------------------------------------------------
 
 
-def _gone(request: IRequest) -> bool:
-    return bool(getattr(request, "_disconnected", False) or request.finished)
-
-
 def respond(request: IRequest, code: int, document: Any, headers: dict[bytes, bytes] | None = None) -> None:
     """Answer with a JSON document (or none, for 204/304), from outside C{render}."""
-    if _gone(request):
+    if request_over(request):
         return
     request.setResponseCode(code)
     for name, value in (headers or {}).items():
@@ -91,7 +88,7 @@ def respond(request: IRequest, code: int, document: Any, headers: dict[bytes, by
 
 
 def respond_error(request: IRequest, error: HTTPError) -> None:
-    if _gone(request):
+    if request_over(request):
         return
     body = render_error(request, error)
     if body:

@@ -33,11 +33,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
-from twisted.internet.threads import deferToThreadPool
-from twisted.python.threadpool import ThreadPool
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from zope.interface import implementer
 
+from streamsvc._threads import PoolRunner
 from streamsvc.interfaces import ITaskCursor, ITaskStore
 from streamsvc.tasks.model import NewTask, Task, TaskQuery, now_iso
 
@@ -171,30 +170,6 @@ class _Transaction:
         self._connection.execute("COMMIT" if kind is None else "ROLLBACK")
 
 
-class _Pool:
-    """A thread pool of its own, started when first used, stopped with the store."""
-
-    def __init__(self, reactor: Any, threads: int, name: str) -> None:
-        self._reactor = reactor
-        self._pool = ThreadPool(minthreads=0, maxthreads=threads, name=name)
-        self._started = False
-        self._stopped = False
-
-    def __call__(self, function: Callable[..., Any], *args: Any) -> Deferred:
-        if self._stopped:
-            return fail(RuntimeError("the task store is closed"))
-        if not self._started:
-            self._started = True
-            self._pool.start()
-        return deferToThreadPool(self._reactor, self._pool, function, *args)
-
-    def stop(self) -> None:
-        self._stopped = True
-        if self._started:
-            self._started = False
-            self._pool.stop()
-
-
 def _at_once(function: Callable[..., Any], *args: Any) -> Deferred:
     """A L{Runner} for tests: runs the job right here."""
     return maybeDeferred(function, *args)
@@ -226,7 +201,7 @@ class SQLiteTaskStore:
         self.path = path
         self._now = now
         self._max_readers = readers
-        self._pools: list[_Pool] = []
+        self._pools: list[PoolRunner] = []
         if writer is None:
             writer = self._pool(reactor, 1, "streamsvc-tasks-writer")
         if reader is None:
@@ -263,7 +238,7 @@ class SQLiteTaskStore:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
-        pool = _Pool(reactor, threads, name)
+        pool = PoolRunner(reactor, threads, name)
         self._pools.append(pool)
         return pool
 

@@ -99,3 +99,15 @@ async def test_tail_stops_on_401(tmp_path: Any) -> None:
     finally:
         await server.stop()
         await server.site.task_store.close()
+
+
+def test_a_stream_without_newlines_does_not_grow_the_client() -> None:
+    from streamsvc.client.tail import MAX_LINE
+
+    events: list[Event] = []
+    parser = SSEParser(events.append)
+    for _ in range(10):
+        parser.feed(b"data: " + b"x" * (MAX_LINE // 2))  # 5 MiB, no newline
+    assert parser._lines._held <= MAX_LINE
+    parser.feed(b"\n\ndata: fine\n\n")
+    assert events == [Event(None, "message", "fine")]  # the monster line skipped, the stream goes on

@@ -32,6 +32,17 @@ from streamsvc.testing import MemoryTaskStore
 T0 = 1_764_660_000.0  # 2025-12-02T07:20:00Z
 
 
+def queued_runner(jobs: list):
+    """A reader runner whose jobs wait in C{jobs} until the test runs them: a thread still busy."""
+
+    def later(function, *args):
+        d = Deferred()
+        jobs.append((d, function, args))
+        return d
+
+    return later
+
+
 def result_of(d: Deferred):
     """The result of a Deferred that has already fired (the stores under test answer at once)."""
     box: list = []
@@ -281,11 +292,7 @@ def test_cursor_closed_while_waiting_takes_no_connection(tmp_path):
 def test_cursor_closed_during_a_fetch_releases_after_it(tmp_path):
     """The fetch runs in a thread: close() while it runs returns the connection when it ends."""
     jobs: list = []
-
-    def later(function, *args):
-        d = Deferred()
-        jobs.append((d, function, args))
-        return d
+    later = queued_runner(jobs)
 
     s = SQLiteTaskStore(str(tmp_path / "t.db"), writer=_at_once, reader=later, readers=1)
     result_of(s.create_many([NewTask(f"t{i}") for i in range(4)]))
@@ -351,11 +358,7 @@ def test_cancelling_a_fetch_mid_job_releases_only_after_the_job(tmp_path):
     is still inside fetchmany — that was a segfault in CI.
     """
     jobs: list = []
-
-    def later(function, *args):
-        d = Deferred()
-        jobs.append((d, function, args))
-        return d
+    later = queued_runner(jobs)
 
     s = SQLiteTaskStore(str(tmp_path / "t.db"), writer=_at_once, reader=later, readers=1)
     result_of(s.create_many([NewTask(f"t{i}") for i in range(10)]))
@@ -379,11 +382,7 @@ def test_cancelling_a_fetch_mid_job_releases_only_after_the_job(tmp_path):
 
 def test_closing_while_the_connection_is_being_opened(tmp_path):
     jobs: list = []
-
-    def later(function, *args):
-        d = Deferred()
-        jobs.append((d, function, args))
-        return d
+    later = queued_runner(jobs)
 
     s = SQLiteTaskStore(str(tmp_path / "t.db"), writer=_at_once, reader=later, readers=1)
     cursor = s.cursor(TaskQuery())

@@ -10,7 +10,7 @@ waiting 1, 2, 4... up to 30 s between attempts, reset once data flows again.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import treq
@@ -19,6 +19,19 @@ from twisted.internet.task import deferLater
 from twisted.web.client import ResponseFailed
 
 from streamsvc.client.get import ClientError, _header, _status_error
+from streamsvc.tasks.encoders import LineSplitter
+
+
+#: The longest line kept; a longer one (a broken or hostile stream) is skipped
+#: as it arrives instead of growing the client's memory.
+MAX_LINE = 1024 * 1024
+
+
+def _lines(splitter: LineSplitter, data: bytes) -> Iterator[str]:
+    """The complete lines in C{data} (with what came before), CR stripped; too-long ones skipped."""
+    for line in splitter.feed(data):
+        if line.data is not None:
+            yield line.data.removesuffix(b"\r").decode("utf-8", "replace")
 
 
 class Event(NamedTuple):
@@ -36,17 +49,15 @@ class SSEParser:
 
     def __init__(self, on_event: Callable[[Event], None]) -> None:
         self._on_event = on_event
-        self._buffer = b""
+        self._lines = LineSplitter(MAX_LINE)
         self._data: list[str] = []
         self._event = ""
         self._id: str | None = None
         self.last_id: str | None = None
 
     def feed(self, data: bytes) -> None:
-        self._buffer += data
-        *lines, self._buffer = self._buffer.split(b"\n")
-        for raw in lines:
-            self._line(raw.rstrip(b"\r").decode("utf-8", "replace"))
+        for line in _lines(self._lines, data):
+            self._line(line)
 
     def _line(self, line: str) -> None:
         if not line:
@@ -76,15 +87,12 @@ class NDJSONLines:
 
     def __init__(self, on_line: Callable[[str], None]) -> None:
         self._on_line = on_line
-        self._buffer = b""
+        self._lines = LineSplitter(MAX_LINE)
         self.last_id: str | None = None
 
     def feed(self, data: bytes) -> None:
-        self._buffer += data
-        *lines, self._buffer = self._buffer.split(b"\n")
-        for raw in lines:
-            if raw.strip():
-                line = raw.rstrip(b"\r").decode("utf-8", "replace")
+        for line in _lines(self._lines, data):
+            if line.strip():
                 self._on_line(line)
                 self._learn_id(line)
 

@@ -10,6 +10,7 @@ C{If-Range}; a 200 to that starts over. Works against any HTTP server.
 from __future__ import annotations
 
 import os
+from urllib.parse import urlsplit
 from collections.abc import Callable
 from typing import Any
 
@@ -32,8 +33,7 @@ def _status_error(response: Any, url: str) -> ClientError:
     phrase = getattr(response, "phrase", b"") or b""
     if isinstance(phrase, bytes):
         phrase = phrase.decode("latin-1")
-    path = url.split("://", 1)[-1]
-    path = "/" + path.split("/", 1)[1] if "/" in path else "/"
+    path = urlsplit(url).path or "/"
     return ClientError(f"{response.code} {phrase}: {path}".replace("  ", " "))
 
 

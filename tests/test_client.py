@@ -479,6 +479,7 @@ async def test_retries_resume_after_a_dropped_connection(tmp_path: Any) -> None:
         await server.stop()
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM from Linux's /proc")
 def test_get_of_256_mib_in_flat_memory(tmp_path: Any) -> None:
     """The installed client downloads 256 MiB with its peak RSS far below the body's size."""
     import subprocess
@@ -493,12 +494,13 @@ def test_get_of_256_mib_in_flat_memory(tmp_path: Any) -> None:
         f.truncate(size)  # sparse: the disk is not what this measures
     proc, port = start_twistd(tmp_path, "--data-dir", str(tmp_path / "data"))
     wrapper = (
-        "import resource, runpy, sys\n"
+        "import runpy, sys\n"
         "sys.argv = ['streamsvc-client'] + sys.argv[1:]\n"
         "try:\n"
         "    runpy.run_module('streamsvc.client', run_name='__main__')\n"
         "finally:\n"
-        "    print('maxrss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+        "    hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
+        "    print('maxrss', hwm.split()[1], file=sys.stderr)\n"
     )
     try:
         out = subprocess.run(
@@ -512,9 +514,10 @@ def test_get_of_256_mib_in_flat_memory(tmp_path: Any) -> None:
     assert out.returncode == 0, out.stderr
     assert os.path.getsize(tmp_path / "big.bin") == size
     peak_kib = int(out.stderr.rsplit("maxrss", 1)[1].split()[0])
-    # Alone, 1 GiB peaks at ~48 MiB (the interpreter, Twisted and treq); under
-    # the full suite's load this test has seen up to ~105 MiB, not yet
-    # explained (issue 15's note). The bound still fails a client that holds
-    # the body (256 MiB + the interpreter).
-    assert peak_kib < 160 * 1024, f"peak RSS {peak_kib} KiB for a {size >> 20} MiB body"
+    # VmHWM of the client's own address space, not getrusage's ru_maxrss:
+    # Linux carries the parent's RSS across the vfork + exec that subprocess
+    # uses (exec_mmap keeps the old mm's high-water mark), so ru_maxrss
+    # reported pytest's 70-105 MiB, not the client's. The client alone is
+    # ~50 MiB (the interpreter, Twisted, treq) for any body size.
+    assert peak_kib < 64 * 1024, f"peak RSS {peak_kib} KiB for a {size >> 20} MiB body"
     print(f"client peak RSS {peak_kib / 1024:.1f} MiB")

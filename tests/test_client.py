@@ -188,6 +188,9 @@ def test_cli_usage_errors() -> None:
     assert headers_of(args) == {"X-A": "1", "Authorization": "Bearer t"}
     with pytest.raises(CE, match="Name: value"):
         headers_of(parse_args(["get", "http://x/f", "-H", "nocolon"]))
+    for command in (["get", "https://x/f"], ["put", "f", "https://x/f"], ["tail", "https://x/e"]):
+        args = parse_args([*command, "-k", "--cacert", "ca.pem", "-H", "A: b"])
+        assert args.insecure and args.cacert == "ca.pem" and args.header == ["A: b"]
 
 
 @pytest_twisted.ensureDeferred
@@ -394,6 +397,7 @@ def test_progress_bar_counts_from_the_offset(tmp_path: Any) -> None:
 @pytest_twisted.ensureDeferred
 async def test_put_round_trip_with_digest_and_a_refusal_that_sends_nothing(tmp_path: Any) -> None:
     import treq
+    from twisted.internet import reactor
 
     from streamsvc.client.put import upload
     from streamsvc.config import AuthConfig
@@ -404,9 +408,12 @@ async def test_put_round_trip_with_digest_and_a_refusal_that_sends_nothing(tmp_p
         src = tmp_path / "up.bin"
         src.write_bytes(os.urandom(3 * 1024 * 1024 + 7))
         auth = {"Authorization": "Bearer puttoken"}
+        # streamsvc answers 100 Continue: the body starts then, not after the hold
+        started = reactor.seconds()
         code, body, producer = await upload(treq, str(src), server.url + "/files/a/up.bin", headers=auth,
-                                            if_none_match=True, hold=0.2)
+                                            if_none_match=True, hold=30)
         assert code == 201 and producer.started
+        assert reactor.seconds() - started < 15, "the body waited for the hold, not for the 100"
         assert (server.files / "a" / "up.bin").read_bytes() == src.read_bytes()
         # (the server checks the Content-Digest we sent: a wrong one would have been a 400)
         # If-None-Match: * again: the file exists, 412 at the headers, before any body byte
@@ -475,6 +482,15 @@ async def test_retries_resume_after_a_dropped_connection(tmp_path: Any) -> None:
         assert open(out, "rb").read() == data
         ranged = [r for r in flaky.requests if r["range"]]
         assert ranged and ranged[0]["if-range"] == '"v1"'  # the second attempt resumed
+        # without --retries: one line saying what is kept and how to go on
+        flaky.dropped = False
+        out = str(tmp_path / "g")
+        with pytest.raises(ClientError) as cut:
+            await download_with_retries(treq, server.url + "/flaky/file", out, retries=0)
+        kept = os.path.getsize(out + ".part")
+        assert 0 < kept < len(data)
+        assert str(cut.value) == (f"connection lost at byte {kept}: {out}.part kept, "
+                                  "run again to resume (or use --retries N)")
     finally:
         await server.stop()
 
@@ -521,3 +537,35 @@ def test_get_of_256_mib_in_flat_memory(tmp_path: Any) -> None:
     # ~50 MiB (the interpreter, Twisted, treq) for any body size.
     assert peak_kib < 64 * 1024, f"peak RSS {peak_kib} KiB for a {size >> 20} MiB body"
     print(f"client peak RSS {peak_kib / 1024:.1f} MiB")
+
+
+def test_continue_watch_releases_only_its_own_held_body(tmp_path: Any) -> None:
+    """A dropped 100 for our request starts the body; other events and other requests do not."""
+    from types import SimpleNamespace
+
+    from twisted.internet.task import Clock
+    from twisted.logger import Logger
+    from twisted.internet.testing import StringTransport
+
+    from streamsvc.client.put import ContinueWatch, HeldFileProducer
+
+    (tmp_path / "f").write_bytes(b"body")
+    clock = Clock()
+    ours = HeldFileProducer(str(tmp_path / "f"), reactor=clock, hold=1.0)
+    theirs = HeldFileProducer(str(tmp_path / "f"), reactor=clock, hold=1.0)
+    for p in (ours, theirs):
+        p.startProducing(StringTransport())
+    source = SimpleNamespace(request=SimpleNamespace(bodyProducer=theirs))
+    with ContinueWatch(ours):
+        Logger(source=source).info("Ignoring unexpected {code} response", code=100)
+        mine = SimpleNamespace(request=SimpleNamespace(bodyProducer=ours))
+        Logger(source=mine).info("something else {code}", code=100)
+        Logger(source=mine).info("Ignoring unexpected {code} response", code=103)
+        assert not ours.started and not theirs.started
+        Logger(source=mine).info("Ignoring unexpected {code} response", code=100)
+        assert ours.started and not theirs.started
+    # outside the watch, the other one starts when its hold ends
+    clock.advance(1.0)
+    assert theirs.started
+    for p in (ours, theirs):
+        p.stopProducing()

@@ -11,7 +11,9 @@ import os
 import sys
 from typing import Any
 
-from streamsvc.client.get import ClientError, download_with_retries
+from streamsvc.client.errors import ClientError, error_line
+from streamsvc.client.get import download_with_retries
+from streamsvc.client.http import http_client
 from streamsvc.client.put import upload
 from streamsvc.client.tail import tail
 
@@ -55,9 +57,16 @@ def _size(text: str) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-H", "--header", action="append", default=[], help="an extra 'Name: value' header")
+    common.add_argument("--token", help="Bearer token (default: $STREAMSVC_TOKEN)")
+    common.add_argument("--cacert", metavar="FILE",
+                        help="trust the PEM certificates in FILE (instead of the system's) for https:")
+    common.add_argument("-k", "--insecure", action="store_true",
+                        help="https: without checking the server's certificate")
     parser = argparse.ArgumentParser(prog="streamsvc-client", description="Stream big bodies over HTTP.")
     commands = parser.add_subparsers(dest="command", required=True)
-    get = commands.add_parser("get", help="download URL to FILE, resumably")
+    get = commands.add_parser("get", parents=[common], help="download URL to FILE, resumably")
     get.add_argument("url")
     get.add_argument("-o", "--output", help="the file (default: the URL's last path segment)")
     get.add_argument("-c", "--continue", dest="resume", action="store_true",
@@ -68,23 +77,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     get.add_argument("--retries", type=int, default=0, metavar="N",
                      help="after a dropped connection, resume up to N times (waiting 1, 2, 4... s)")
     get.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    get.add_argument("-H", "--header", action="append", default=[], help="an extra 'Name: value' header")
-    get.add_argument("--token", help="Bearer token (default: $STREAMSVC_TOKEN)")
-    put = commands.add_parser("put", help="upload FILE to URL, streamed, with its Content-Digest")
+    put = commands.add_parser("put", parents=[common], help="upload FILE to URL, streamed, with its Content-Digest")
     put.add_argument("file")
     put.add_argument("url")
     put.add_argument("--no-digest", dest="digest", action="store_false", help="send no Content-Digest")
     put.add_argument("--if-match", metavar="ETAG", help="replace only the version with this ETag")
     put.add_argument("--if-none-match", action="store_true", help="create only: fail if URL exists")
-    put.add_argument("-H", "--header", action="append", default=[], help="an extra 'Name: value' header")
-    put.add_argument("--token", help="Bearer token (default: $STREAMSVC_TOKEN)")
-    tail = commands.add_parser("tail", help="print NDJSON lines or Server-Sent Events as they arrive")
+    tail = commands.add_parser("tail", parents=[common], help="print NDJSON lines or Server-Sent Events as they arrive")
     tail.add_argument("url")
     tail.add_argument("--events", action="store_true", help="print whole SSE events, not only their data")
     tail.add_argument("--no-reconnect", dest="reconnect", action="store_false",
                       help="stop when the connection drops instead of resuming with Last-Event-ID")
-    tail.add_argument("-H", "--header", action="append", default=[], help="an extra 'Name: value' header")
-    tail.add_argument("--token", help="Bearer token (default: $STREAMSVC_TOKEN)")
     return parser.parse_args(argv)
 
 
@@ -101,18 +104,6 @@ def headers_of(args: argparse.Namespace) -> dict[str, str]:
     return headers
 
 
-def error_line(failure: Any) -> str:
-    """A failure as one line: ours say it themselves; connection errors name the address."""
-    from twisted.internet.error import ConnectError
-
-    error = getattr(failure, "value", failure)
-    if isinstance(error, ClientError):
-        return str(error)
-    if isinstance(error, ConnectError):
-        return f"cannot connect: {str(error).rstrip('.')}"
-    return f"{error.__class__.__name__}: {error}"
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from twisted.internet import task
@@ -121,23 +112,22 @@ def main(argv: list[str] | None = None) -> int:
     state: dict[str, Any] = {"finished": False}
 
     async def run(reactor: Any) -> None:
-        import treq
-
         try:
             headers = headers_of(args)
+            client = http_client(reactor, cacert=args.cacert, insecure=args.insecure)
             if args.command == "put":
-                code, body, _ = await upload(treq, args.file, args.url, reactor=reactor, headers=headers,
+                code, body, _ = await upload(client, args.file, args.url, reactor=reactor, headers=headers,
                                              digest=args.digest, if_match=args.if_match,
                                              if_none_match=args.if_none_match)
                 print(f"{code} {body.decode('utf-8', 'replace').strip()}")
             elif args.command == "tail":
-                await tail(treq, args.url, reactor=reactor, headers=headers, events=args.events,
+                await tail(client, args.url, reactor=reactor, headers=headers, events=args.events,
                            reconnect=args.reconnect, write=lambda text: print(text, flush=True))
             else:
                 output = args.output or os.path.basename(args.url.split("?", 1)[0].rstrip("/")) or "index.html"
                 state["output"] = output
                 with Progress(enabled=not args.quiet and sys.stderr.isatty()) as progress:
-                    await download_with_retries(treq, args.url, output, headers=headers, resume=args.resume,
+                    await download_with_retries(client, args.url, output, headers=headers, resume=args.resume,
                                    retries=max(0, args.retries), reactor=reactor, rate=args.rate, stall=args.timeout or None,
                                    on_start=progress.start, on_data=progress.update)
             outcome["status"] = 0

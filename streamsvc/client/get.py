@@ -17,11 +17,8 @@ from typing import Any
 import treq
 
 from streamsvc.client.body import BodyStalled, read_body
+from streamsvc.client.errors import ClientError, tls_problem
 from streamsvc.client.resume import Validator, plan_answer, resume_headers
-
-
-class ClientError(Exception):
-    """A failure worth one line to the user (no traceback)."""
 
 
 def _header(response: Any, name: str) -> str | None:
@@ -132,6 +129,16 @@ async def _receive(response: Any, part: str, *, append: bool, on_data: Callable[
             raise ClientError(f"the body stalled: {error} (run again to resume)") from None
 
 
+def _lost(path: str, retries: int) -> str:
+    """What a cut connection left behind, and how to go on."""
+    part = path + ".part"
+    if not os.path.exists(part):
+        return "connection lost before the body"
+    tries = f" after {retries + 1} attempts" if retries else ""
+    hint = "" if retries else " (or use --retries N)"
+    return f"connection lost{tries} at byte {os.path.getsize(part)}: {part} kept, run again to resume{hint}"
+
+
 async def download_with_retries(
     client: Any, url: str, path: str, *, retries: int = 0, reactor: Any = None, backoff: float = 1.0,
     **options: Any,
@@ -155,8 +162,10 @@ async def download_with_retries(
             if attempt == retries:
                 raise  # "cannot connect: ..." (the command line says so)
         except (ResponseFailed, ConnectionLost) as error:
+            if tls_problem(error):
+                raise  # a refused certificate stays refused
             if attempt == retries:
-                raise ClientError(f"connection lost ({error.__class__.__name__}); run again to resume") from None
+                raise ClientError(_lost(path, retries)) from None
         await deferLater(reactor, wait, lambda: None)
         wait *= 2
     raise AssertionError("not reached")

@@ -6,11 +6,13 @@ end or on failure), with C{Content-Digest} (sha-256, computed in a first
 pass off the reactor) for the server to verify, and C{If-Match} /
 C{If-None-Match: *} for a safe replace or create.
 
-C{Expect: 100-continue}: Twisted's HTTP client never shows us the server's
-C{100 Continue} (it drops 1xx answers) and starts the body at once, so, as
-curl does with a server that sends no 100, the body is held for up to
-C{hold} seconds (default 1): a refusal (401, 412, 413...) arrives within
-that time and the upload then costs no body bytes at all.
+C{Expect: 100-continue}: Twisted's HTTP client has no API for the server's
+C{100 Continue} (it drops 1xx answers) and would start the body at once, so
+the body is held: a refusal (401, 412, 413...) then costs no body bytes at
+all. The dropped 100 is still visible as the client's log event ("Ignoring
+unexpected 100 response", from the parser of our request), and
+L{ContinueWatch} starts the body when it sees it; a server that sends no
+100 gets the body after C{hold} seconds (default 1), as curl does.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
-from streamsvc.client.get import ClientError, _status_error
+from streamsvc.client.errors import ClientError
+from streamsvc.client.get import _status_error
 from streamsvc.digests import field
 
 
@@ -49,10 +52,12 @@ class HeldFileProducer:
         self._hold = hold
         self._inner: FileBodyProducer | None = None
         self._timer: Any = None
+        self._consumer: Any = None
         self._done: Deferred[None] = Deferred()
         self.started = False
 
     def startProducing(self, consumer: Any) -> Deferred[None]:
+        self._consumer = consumer
         if self._hold > 0:
             self._timer = self._reactor.callLater(self._hold, self._start, consumer)
         else:
@@ -66,6 +71,12 @@ class HeldFileProducer:
         self.started = True
         self._inner = FileBodyProducer(self._file)
         self._inner.startProducing(consumer).chainDeferred(self._done)
+
+    def release(self) -> None:
+        """The server said C{100 Continue}: start the body now, not at the end of the hold."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+            self._start(self._consumer)
 
     def answered(self) -> None:
         """The final answer came before the body started: it never will."""
@@ -87,6 +98,36 @@ class HeldFileProducer:
         if self._inner is not None:
             self._inner.stopProducing()
         self._file.close()
+
+
+class ContinueWatch:
+    """
+    Releases a held body when Twisted's client logs that it dropped a
+    C{100} for that body's request. It reads a log message, not an API: if
+    Twisted words it differently the hold's timer still starts the body, one
+    C{hold} later, so the degradation is a delay, never a hang.
+    """
+
+    def __init__(self, producer: HeldFileProducer) -> None:
+        self._producer = producer
+
+    def __enter__(self) -> ContinueWatch:
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.removeObserver(self)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if event.get("code") != 100 or "Ignoring unexpected" not in (event.get("log_format") or ""):
+            return
+        request = getattr(event.get("log_source"), "request", None)
+        if getattr(request, "bodyProducer", None) is self._producer:
+            self._producer.release()
 
 
 async def upload(
@@ -116,7 +157,8 @@ async def upload(
     asked["Expect"] = "100-continue"
     producer = HeldFileProducer(path, reactor=reactor, hold=hold)
     try:
-        response = await client.put(url, data=producer, headers=asked)
+        with ContinueWatch(producer):
+            response = await client.put(url, data=producer, headers=asked)
     finally:
         producer.answered()
     body = await response.content()

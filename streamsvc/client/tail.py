@@ -18,7 +18,8 @@ from twisted.internet.error import ConnectError
 from twisted.internet.task import deferLater
 from twisted.web.client import ResponseFailed
 
-from streamsvc.client.get import ClientError, _header, _status_error
+from streamsvc.client.errors import ClientError
+from streamsvc.client.get import _header, _status_error
 from streamsvc.tasks.encoders import LineSplitter
 
 

@@ -23,13 +23,16 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
-from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from streamsvc.client.errors import ClientError
 from streamsvc.client.get import _status_error
 from streamsvc.digests import field
+from streamsvc.producers import FileProducer
+
+#: How much of the file one write hands the transport.
+CHUNK = 256 * 1024
 
 
 def file_digest(path: str) -> bytes:
@@ -50,7 +53,7 @@ class HeldFileProducer:
         self.length = os.fstat(self._file.fileno()).st_size
         self._reactor = reactor
         self._hold = hold
-        self._inner: FileBodyProducer | None = None
+        self._inner: FileProducer | None = None
         self._timer: Any = None
         self._consumer: Any = None
         self._done: Deferred[None] = Deferred()
@@ -69,7 +72,10 @@ class HeldFileProducer:
         if self._file.closed:
             return
         self.started = True
-        self._inner = FileBodyProducer(self._file)
+        # streamsvc's own file producer, the one downloads use: 256 KiB preads
+        # written until the transport pauses it. (FileBodyProducer runs on a
+        # cooperator that works 10 ms, then idles 10 ms: half the speed.)
+        self._inner = FileProducer.for_range(self._file, 0, self.length, chunk_size=CHUNK)
         self._inner.startProducing(consumer).chainDeferred(self._done)
 
     def release(self) -> None:

@@ -146,6 +146,7 @@ def build_resource(
         max_ranges=config.stream.max_ranges,
         gzip=config.stream.gzip,
         gzip_level=config.stream.gzip_level,
+        sendfile=config.stream.sendfile,
         clock=clock,
         uploads=Uploads(files_dir(config), tokens, reactor=clock, run_blocking=run_blocking),
         max_upload_bytes=config.limits.max_upload_bytes,

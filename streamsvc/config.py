@@ -86,6 +86,7 @@ class StreamConfig:
     max_ranges: int = 16
     gzip: bool = True
     gzip_level: int = 6
+    sendfile: bool = True
 
 
 @attrs.frozen
@@ -380,6 +381,7 @@ _SCHEMA: Final[Mapping[str, tuple[type, Mapping[str, _Key]]]] = MappingProxyType
                 "max_ranges": _Key(_integer(1, 1000)),
                 "gzip": _Key(_parse_boolean),
                 "gzip_level": _Key(_integer(1, 9)),
+                "sendfile": _Key(_parse_boolean),
             },
         ),
         "auth": (

@@ -175,6 +175,7 @@ def test_head_does_not_read_the_file(files: Files, monkeypatch: Any) -> None:
         raise AssertionError("HEAD created a producer")
 
     monkeypatch.setattr(module, "FileProducer", boom)
+    monkeypatch.setattr(module, "SendfileProducer", boom)
     assert files.get("/files/big.bin", method="HEAD").code == 200
 
 

@@ -30,11 +30,24 @@ from twisted.web.server import NOT_DONE_YET
 
 import streamsvc.files.resource
 from streamsvc.app import build_site, prepare_data_dir
-from streamsvc.config import Config, ServerConfig
+from streamsvc.config import Config, ServerConfig, StreamConfig
 from streamsvc.producers import BodySent, IterableProducer, Outcome, send_body
 from streamsvc.testing import parse_response, parse_responses, record_resumes
 
 MiB = 1024 * 1024
+
+
+#: Whether the Servers of this run send file bodies with sendfile; the
+#: C{send_path} fixture runs this module's tests once each way.
+SEND_PATH = {"sendfile": True}
+
+
+@pytest.fixture(autouse=True, params=["sendfile", "buffered"])
+def send_path(request: Any) -> Any:
+    """Every test here against both ways of sending a file (issue 16: same tests, both paths)."""
+    SEND_PATH["sendfile"] = request.param == "sendfile"
+    yield request.param
+    SEND_PATH["sendfile"] = True
 
 
 class Server:
@@ -47,6 +60,7 @@ class Server:
         extra: dict[bytes, Resource] | None = None,
         **sections: Any,
     ) -> None:
+        sections.setdefault("stream", StreamConfig(sendfile=SEND_PATH["sendfile"]))
         self.config = Config(server=ServerConfig(data_dir=str(data_dir)), **sections)
         self.files = data_dir / "files"
         prepare_data_dir(self.config)

@@ -160,14 +160,14 @@ def test_reader_that_stops_is_aborted_after_send_timeout_and_its_file_closed(
     closed: list[bool] = []
     import streamsvc.files.resource as resource
 
-    real = resource.FileProducer
+    real = resource.SendfileProducer  # (a FileProducer on this fake transport)
 
     def recording(file: Any, *args: Any, **kwargs: Any) -> Any:
         producer = real(file, *args, **kwargs)
         closed.append(file)
         return producer
 
-    monkeypatch.setattr(resource, "FileProducer", recording)
+    monkeypatch.setattr(resource, "SendfileProducer", recording)
     conn = site.connect()
     conn.send(b"GET /files/big HTTP/1.1\r\nHost: x\r\n\r\n")
     site.clock.advance(0)

@@ -27,6 +27,7 @@ from streamsvc.files.media import ACTIVE_TYPES, content_disposition, last_suffix
 from streamsvc.files.paths import LIST_FLAGS, Target, open_failed, open_inside, open_regular, resolve
 from streamsvc.files.upload import DEFAULT_MAX_UPLOAD_BYTES, Uploads
 from streamsvc.interfaces import IBodyConsumer, IStreamingBodyResource, IStreamProducer
+from streamsvc._sendfile import SendfileProducer
 from streamsvc.producers import DEFAULT_CHUNK_SIZE, FileProducer, IterableProducer, send_body
 from streamsvc.ranges import (
     ByteRange,
@@ -73,6 +74,8 @@ class FilesResource(JSONResource):
         are refused (403).
     @param max_upload_bytes: the longest PUT body (C{[limits]
         max_upload_bytes}).
+    @param sendfile: send unencoded bodies to a plain TCP socket with
+        C{os.sendfile} (L{streamsvc._sendfile}); the buffered path otherwise.
     """
 
     isLeaf = True
@@ -89,6 +92,7 @@ class FilesResource(JSONResource):
         clock: IReactorTime | None = None,
         uploads: Uploads | None = None,
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+        sendfile: bool = True,
     ) -> None:
         super().__init__()
         if not 1 <= gzip_level <= 9:
@@ -104,6 +108,7 @@ class FilesResource(JSONResource):
         self.clock = clock
         self.uploads = uploads
         self.max_body_bytes = max_upload_bytes
+        self.sendfile = sendfile
 
     # IStreamingBodyResource: the body of a PUT goes to disk as it arrives.
 
@@ -145,7 +150,8 @@ class FilesResource(JSONResource):
             decided = self._file(request, target, st, head=head)
             if not isinstance(decided, _Body):
                 return decided
-            producer = FileProducer(
+            kind = SendfileProducer if self.sendfile and not decided.gzip else FileProducer
+            producer = kind(
                 file,
                 decided.spans,
                 chunk_size=min(self.chunk_size, GZIP_CHUNK_SIZE) if decided.gzip else self.chunk_size,

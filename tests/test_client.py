@@ -194,10 +194,15 @@ def test_cli_usage_errors() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_get_against_streamsvc_over_loopback(tmp_path: Any) -> None:
+async def test_get_against_streamsvc_over_loopback(tmp_path: Any, monkeypatch: Any) -> None:
     import treq
 
+    import streamsvc.client.body as body_module
     from test_integration import Server
+
+    applied: list[bool] = []
+    real_set = body_module.set_read_size
+    monkeypatch.setattr(body_module, "set_read_size", lambda t, n: applied.append(real_set(t, n)) or applied[-1])
 
     server = await Server(tmp_path / "srv").start()
     try:
@@ -212,6 +217,7 @@ async def test_get_against_streamsvc_over_loopback(tmp_path: Any) -> None:
         open(out + ".part.meta", "w").write(Validator(etag).dumps())
         assert await download(treq, server.url + "/files/big.bin", out) == len(data)
         assert open(out, "rb").read() == data
+        assert applied and all(applied)  # the real TCP transport under treq's proxy took the read size
         with pytest.raises(ClientError, match="^404 Not Found: /files/nope$"):
             await download(treq, server.url + "/files/nope", str(tmp_path / "nope"))
     finally:
@@ -569,3 +575,15 @@ def test_continue_watch_releases_only_its_own_held_body(tmp_path: Any) -> None:
     assert theirs.started
     for p in (ours, theirs):
         p.stopProducing()
+
+
+def test_set_read_size_through_the_client_body_proxy() -> None:
+    """The body protocol's transport is a proxy; the TCP connection under it reads bigger chunks."""
+    from types import SimpleNamespace
+
+    from streamsvc._transport import set_read_size
+
+    tcp = SimpleNamespace(bufferSize=65536, doRead=lambda: None)
+    assert set_read_size(SimpleNamespace(_producer=tcp), 256 * 1024) and tcp.bufferSize == 256 * 1024
+    assert set_read_size(tcp, 1024) and tcp.bufferSize == 1024
+    assert not set_read_size(SimpleNamespace(), 1024)  # a fake, or Twisted changed: left alone

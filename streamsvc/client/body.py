@@ -21,7 +21,11 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
+from streamsvc._transport import set_read_size
 from streamsvc.stages import TokenBucket
+
+#: Bytes per recv while a body streams in (Twisted reads 64 KiB by default).
+READ_SIZE = 256 * 1024
 
 
 class BodyStalled(Exception):
@@ -39,6 +43,8 @@ class _Reader(Protocol):
         self.done: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
+        if self._bucket is None:  # (with --rate, small reads keep the pace smooth)
+            set_read_size(self.transport, READ_SIZE)
         self._arm()
 
     def dataReceived(self, data: bytes) -> None:

@@ -42,12 +42,13 @@ def plain_tcp(consumer: Any) -> Any | None:
     """
     The TCP transport under C{consumer} (a twisted.web request) if a
     C{sendfile} to it is safe: a plain socket (no TLS, no wrapper between),
-    the body not chunked, the platform has C{os.sendfile}. Else None.
+    the platform has C{os.sendfile}. Else None. (Whether the body is chunked
+    is known only once the headers are written: see C{_take_next}.)
     """
     if not hasattr(os, "sendfile"):
         return None
     transport = getattr(getattr(consumer, "channel", None), "transport", None)
-    if transport is None or getattr(transport, "TLS", False) or getattr(consumer, "chunked", False):
+    if transport is None or getattr(transport, "TLS", False):
         return None
     try:
         usable = (
@@ -94,20 +95,14 @@ class SendfileProducer(FileProducer):
             if getattr(self._consumer, "chunked", False):  # framing we cannot bypass
                 self._transport = None
                 return
-        while self._index < len(self.spans):
-            span = self.spans[self._index]
-            if isinstance(span, bytes):
-                self._index += 1
-                self._deliver(span)
-                return
-            left = span.length - self._done_in_span
-            if left <= 0:
-                self._index += 1
-                self._done_in_span = 0
-                continue
-            self._send(span.start + self._done_in_span, left)
-            return
-        self._deliver(None)
+        span = self._next_span()
+        if span is None:
+            self._deliver(None)  # the end of the body
+        elif isinstance(span, bytes):
+            self._index += 1
+            self._deliver(span)  # multipart part headers, by write
+        else:
+            self._send(span.start + self._done_in_span, span.length - self._done_in_span)
 
     def _send(self, offset: int, left: int) -> None:
         transport = self._transport

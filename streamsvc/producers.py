@@ -415,28 +415,35 @@ class FileProducer(StreamProducer):
         spans = [ByteRange(offset, length)] if length else []
         return cls(file, spans, **kwargs)
 
-    def _next_chunk(self) -> bytes | None:
+    def _next_span(self) -> Span | None:
+        """
+        The span the body goes on with: literal bytes (the caller moves past
+        them) or a range with bytes left (from C{_done_in_span}); None at
+        the end. Finished and empty ranges are skipped. Shared with the
+        zero-copy sender (L{streamsvc._sendfile}), which only moves the
+        range's bytes another way.
+        """
         while self._index < len(self.spans):
             span = self.spans[self._index]
-            if isinstance(span, bytes):
-                self._index += 1
+            if isinstance(span, bytes) or span.length > self._done_in_span:
                 return span
-            left = span.length - self._done_in_span
-            if left <= 0:
-                self._index += 1
-                self._done_in_span = 0
-                continue
-            data = os.pread(
-                self._fd, min(self._chunk_size, left), span.start + self._done_in_span
-            )
-            if not data:
-                raise SourceTruncated(
-                    f"file ended at offset {span.start + self._done_in_span}, "
-                    f"inside range {span.start}-{span.end}"
-                )
-            self._done_in_span += len(data)
-            return data
+            self._index += 1
+            self._done_in_span = 0
         return None
+
+    def _next_chunk(self) -> bytes | None:
+        span = self._next_span()
+        if span is None:
+            return None
+        if isinstance(span, bytes):
+            self._index += 1
+            return span
+        offset = span.start + self._done_in_span
+        data = os.pread(self._fd, min(self._chunk_size, span.length - self._done_in_span), offset)
+        if not data:
+            raise SourceTruncated(f"file ended at offset {offset}, inside range {span.start}-{span.end}")
+        self._done_in_span += len(data)
+        return data
 
     def _release(self) -> None:
         self.file.close()

@@ -62,12 +62,12 @@ class HeldFileProducer:
     def startProducing(self, consumer: Any) -> Deferred[None]:
         self._consumer = consumer
         if self._hold > 0:
-            self._timer = self._reactor.callLater(self._hold, self._start, consumer)
+            self._timer = self._reactor.callLater(self._hold, self._start)
         else:
-            self._start(consumer)
+            self._start()
         return self._done
 
-    def _start(self, consumer: Any) -> None:
+    def _start(self) -> None:
         self._timer = None
         if self._file.closed:
             return
@@ -76,13 +76,13 @@ class HeldFileProducer:
         # written until the transport pauses it. (FileBodyProducer runs on a
         # cooperator that works 10 ms, then idles 10 ms: half the speed.)
         self._inner = FileProducer.for_range(self._file, 0, self.length, chunk_size=CHUNK)
-        self._inner.startProducing(consumer).chainDeferred(self._done)
+        self._inner.startProducing(self._consumer).chainDeferred(self._done)
 
     def release(self) -> None:
         """The server said C{100 Continue}: start the body now, not at the end of the hold."""
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
-            self._start(self._consumer)
+            self._start()
 
     def answered(self) -> None:
         """The final answer came before the body started: it never will."""

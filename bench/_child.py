@@ -210,6 +210,19 @@ class PortFileServer(ChildServer):
         return out
 
 
+def interrupt_on_signals() -> None:
+    """
+    SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt in the script, so its
+    C{finally} (L{end_run}) stops the servers and removes the temporary
+    directory. Set explicitly for SIGINT too: a shell may start us with
+    SIGINT ignored.
+    """
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+
 def run_failed(error: BaseException, servers: list) -> int:
     """A script's run failed: say why, with the end of each child's log; exit status 1."""
     log(f"error: {error}")

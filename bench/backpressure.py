@@ -89,7 +89,6 @@ import json
 import os
 import platform
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
@@ -98,7 +97,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from _child import PortFileServer, clean_env, end_run, log, publish_and_run, run_failed  # bench/ is sys.path[0] when run as a script
+from _child import PortFileServer, clean_env, end_run, interrupt_on_signals, log, publish_and_run, run_failed  # bench/ is sys.path[0] when run as a script
 from _machine import other_cpu_users, tool_version, tree_check
 from _report import Results, table
 from _proc import fd_count, kib_to_mib, proc_status, reset_hwm
@@ -761,11 +760,7 @@ def main() -> int:
         ap.error("--cap-gib must be between 0.1 and 8")
     cap_kib = int(args.cap_gib * GiB / 1024)
 
-    def on_signal(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    # Explicitly, also for SIGINT: a shell may start us with SIGINT ignored.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+    interrupt_on_signals()
 
     started = time.monotonic()
     tmp = tempfile.mkdtemp(prefix="streamsvc-backpressure-", dir=args.tmpdir)

@@ -74,7 +74,6 @@ import os
 import platform
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -83,7 +82,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from _child import ChildServer, clean_env, end_run, log, run_failed  # bench/ is sys.path[0] when run as a script
+from _child import ChildServer, clean_env, end_run, interrupt_on_signals, log, run_failed  # bench/ is sys.path[0] when run as a script
 from _machine import filesystem_of, other_cpu_users, tool_version, tree_check
 from _proc import kib_to_mib, proc_status
 from _report import Results, table
@@ -484,11 +483,7 @@ def main() -> int:
     for line in skipped:
         log(line)
 
-    def on_signal(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    # Explicitly, also for SIGINT: a shell may start us with SIGINT ignored.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+    interrupt_on_signals()
 
     started = time.monotonic()
     tmp = tempfile.mkdtemp(prefix="streamsvc-client-", dir=args.tmpdir)

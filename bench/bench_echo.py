@@ -87,7 +87,6 @@ import os
 import platform
 import select
 import shlex
-import signal
 import socket
 import statistics
 import subprocess
@@ -98,7 +97,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from _child import PortFileServer, end_run, log, publish_and_run, run_failed  # bench/ is sys.path[0] when run as a script
+from _child import PortFileServer, end_run, interrupt_on_signals, log, publish_and_run, run_failed  # bench/ is sys.path[0] when run as a script
 from _machine import filesystem_of, other_cpu_users, tree_check
 from _proc import Watch, fd_count, kib_to_mib, proc_status, reset_hwm
 
@@ -633,11 +632,7 @@ def main() -> int:
         ap.error(f"unknown scenarios in --only: {', '.join(sorted(unknown))}")
     selected = [s for s in SCENARIOS if s in selected]
 
-    def on_signal(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    # Explicitly, also for SIGINT: a shell may start us with SIGINT ignored.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+    interrupt_on_signals()
 
     started = time.monotonic()
     print("command: " + shlex.join([sys.executable] + sys.argv), flush=True)

@@ -43,7 +43,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from _child import ChildServer, clean_env, log, run_failed  # bench/ is sys.path[0] when run as a script
+from _child import ChildServer, clean_env, interrupt_on_signals, log, run_failed  # bench/ is sys.path[0] when run as a script
 from _proc import fd_count
 
 HOST = "127.0.0.1"
@@ -473,11 +473,7 @@ def main() -> int:
         ap.error(f"unknown metrics in --only: {', '.join(sorted(unknown))}")
     metrics = [m for m in all_metrics if m[0] in selected]
 
-    def on_signal(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    # Explicitly, also for SIGINT: a shell may start us with SIGINT ignored.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+    interrupt_on_signals()
 
     started = time.monotonic()
     print("command: " + shlex.join([sys.executable] + sys.argv), flush=True)

@@ -95,7 +95,6 @@ import platform
 import random
 import shlex
 import shutil
-import signal
 import socket
 import sqlite3
 import statistics
@@ -105,7 +104,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from _child import PortFileServer, clean_env, end_run, log, run_failed  # bench/ is sys.path[0] when run as a script
+from _child import PortFileServer, clean_env, end_run, interrupt_on_signals, log, run_failed  # bench/ is sys.path[0] when run as a script
 from _machine import filesystem_of, other_cpu_users, tool_version, tree_check
 from _report import Results, table
 from _proc import Watch, fd_count, kib_to_mib, proc_status, reset_hwm
@@ -645,11 +644,7 @@ def main() -> int:
     if not os.path.exists(args.twistd):
         ap.error(f"twistd not found at {args.twistd} (use --twistd)")
 
-    def on_signal(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    # Explicitly, also for SIGINT: a shell may start us with SIGINT ignored.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+    interrupt_on_signals()
 
     started = time.monotonic()
     tmp = tempfile.mkdtemp(prefix="streamsvc-tasks-", dir=args.tmpdir)

@@ -85,7 +85,6 @@ import os
 import platform
 import shlex
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -95,7 +94,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from _child import PortFileServer, clean_env, end_run, log, publish_and_run, run_failed  # bench/ is sys.path[0] when run as a script
+from _child import PortFileServer, clean_env, end_run, interrupt_on_signals, log, publish_and_run, run_failed  # bench/ is sys.path[0] when run as a script
 from _machine import filesystem_of, other_cpu_users, tool_version, tree_check
 from _report import table
 from _proc import Watch, fd_count, kib_to_mib, proc_status, reset_hwm
@@ -704,11 +703,7 @@ def main() -> int:
     if any(s < 1 for s in sizes):
         ap.error("sizes must be at least 1 MiB")
 
-    def on_signal(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    # Explicitly, also for SIGINT: a shell may start us with SIGINT ignored.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+    interrupt_on_signals()
 
     started = time.monotonic()
     tmp = tempfile.mkdtemp(prefix="streamsvc-upload-", dir=args.tmpdir)

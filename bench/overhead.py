@@ -90,7 +90,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from _child import ChildServer, clean_env, log  # bench/ is sys.path[0] when run as a script
+from _child import ChildServer, clean_env, interrupt_on_signals, log  # bench/ is sys.path[0] when run as a script
 from _machine import other_cpu_users, tool_version, tree_check
 from _report import table
 
@@ -705,10 +705,7 @@ def main() -> int:
     if tool is None:
         ap.error("wrk or ab is required")
 
-    def on_signal(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+    interrupt_on_signals()
 
     started = time.monotonic()
     tmp = tempfile.mkdtemp(prefix="streamsvc-overhead-", dir=args.tmpdir)

@@ -101,7 +101,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 
-from _child import PortFileServer, log, publish_and_run, run_failed  # bench/ is sys.path[0] when run as a script
+from _child import PortFileServer, interrupt_on_signals, log, publish_and_run, run_failed  # bench/ is sys.path[0] when run as a script
 from _machine import other_cpu_users, tree_check
 
 HOST = "127.0.0.1"
@@ -799,10 +799,7 @@ def main() -> int:
         ap.error(f"unknown scenarios in --only: {', '.join(sorted(unknown))}")
     selected = [s for s in SCENARIOS if s in selected]
 
-    def on_signal(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+    interrupt_on_signals()
 
     started = time.monotonic()
     print("command: " + shlex.join([sys.executable] + sys.argv), flush=True)

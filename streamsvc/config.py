@@ -76,6 +76,7 @@ class ServerConfig:
     metrics: bool = True
     access_log: str = "combined"
     access_log_file: str | None = None
+    workers: int = 1
 
 
 @attrs.frozen
@@ -319,6 +320,28 @@ def _integer(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+#: The most worker processes C{[server] workers} may ask for.
+MAX_WORKERS: Final = 64
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on (what C{workers = auto} means)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def parse_workers(value: str) -> int:
+    """C{auto} (one per CPU) or a count from 1 to L{MAX_WORKERS}."""
+    if value.strip().lower() == "auto":
+        return min(cpu_count(), MAX_WORKERS)
+    try:
+        return _integer(1, MAX_WORKERS)(value.strip())
+    except ValueError:
+        raise ValueError(f"expected auto or an integer from 1 to {MAX_WORKERS}") from None
+
+
 def _parse_boolean(value: str) -> bool:
     try:
         return _BOOLEANS[value.lower()]
@@ -372,6 +395,7 @@ _SCHEMA: Final[Mapping[str, tuple[type, Mapping[str, _Key]]]] = MappingProxyType
                 "metrics": _Key(_parse_boolean),
                 "access_log": _Key(_parse_access_log),
                 "access_log_file": _Key(_parse_optional_path),
+                "workers": _Key(parse_workers),
             },
         ),
         "stream": (
@@ -583,7 +607,11 @@ def load_config(path: str | None, *, required: bool) -> Config:
 
 
 def apply_overrides(
-    config: Config, *, listen: Sequence[str] | None = None, data_dir: str | None = None
+    config: Config,
+    *,
+    listen: Sequence[str] | None = None,
+    data_dir: str | None = None,
+    workers: str | None = None,
 ) -> Config:
     """
     C{config} with the command-line values, which win over the file.
@@ -605,6 +633,11 @@ def apply_overrides(
             server = attrs.evolve(server, data_dir=_parse_path(data_dir))
         except ValueError as e:
             raise ConfigError(f"--data-dir {data_dir!r}: {e}") from None
+    if workers is not None:
+        try:
+            server = attrs.evolve(server, workers=parse_workers(workers))
+        except ValueError as e:
+            raise ConfigError(f"--workers {workers!r}: {e}") from None
     return attrs.evolve(config, server=server)
 
 

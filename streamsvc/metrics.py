@@ -14,10 +14,12 @@ a status class, a timeout kind. No path, no client address.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 from twisted.web.iweb import IRequest
 
 from streamsvc.errors import HTTPError, JSONResource
@@ -26,6 +28,20 @@ from streamsvc.errors import HTTPError, JSONResource
 KINDS = ("file", "listing", "generate", "echo", "tasks", "export", "events", "other")
 #: Kinds whose stream holds an open file (or folder) descriptor.
 FILE_KINDS = frozenset({"file", "listing"})
+
+
+#: With several workers (prometheus_client's multiprocess mode), a gauge
+#: is the sum over the workers alive: streams, connections, subscribers.
+LIVE = "livesum"
+
+
+def multiprocess_dir() -> str | None:
+    """
+    Where the workers' metric files are, when this process is one of
+    several workers (L{streamsvc.workers} sets it before Python starts:
+    prometheus_client reads it at import).
+    """
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
 def kind_of(kind: str) -> str:
@@ -39,10 +55,12 @@ class Metrics:
         self.registry = registry = CollectorRegistry()
         p = "streamsvc_"
         self.streams_active = Gauge(
-            p + "streams_active", "Response bodies streaming now", ["kind"], registry=registry
+            p + "streams_active", "Response bodies streaming now", ["kind"],
+            registry=registry, multiprocess_mode=LIVE,
         )
         self.open_files = Gauge(
-            p + "open_files", "Files and folders held open by streams now", registry=registry
+            p + "open_files", "Files and folders held open by streams now",
+            registry=registry, multiprocess_mode=LIVE,
         )
         self.bytes_sent = Counter(
             p + "bytes_sent", "Body bytes sent by streams", ["kind"], registry=registry
@@ -65,7 +83,8 @@ class Metrics:
             p + "responses", "Responses, by status class", ["status"], registry=registry
         )
         self.connections_open = Gauge(
-            p + "connections_open", "Connections open now", registry=registry
+            p + "connections_open", "Connections open now",
+            registry=registry, multiprocess_mode=LIVE,
         )
         self.connections_rejected = Counter(
             p + "connections_rejected", "Connections refused (503) past the limits",
@@ -76,7 +95,8 @@ class Metrics:
             registry=registry,
         )
         self.event_subscribers = Gauge(
-            p + "event_subscribers", "Clients following /tasks/events now", registry=registry
+            p + "event_subscribers", "Clients following /tasks/events now",
+            registry=registry, multiprocess_mode=LIVE,
         )
         self.events_dropped = Counter(
             p + "events_dropped", "Events dropped for subscribers that fell behind",
@@ -95,6 +115,18 @@ class Metrics:
             f"{n}xx": self.responses.labels(f"{n}xx") for n in range(1, 6)
         }
         self._outcomes: dict[tuple[str, str], Any] = {}
+
+    def scrape(self) -> CollectorRegistry:
+        """
+        What C{/metrics} shows: this process's registry or, with several
+        workers, all of theirs summed (each worker may answer the scrape).
+        """
+        folder = multiprocess_dir()
+        if folder is None:
+            return self.registry
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=folder)
+        return merged
 
     # streams
 
@@ -173,7 +205,7 @@ class MetricsResource(JSONResource):
             raise HTTPError(404, "not found")
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
         request.setHeader(b"cache-control", b"no-store")
-        return generate_latest(self._metrics.registry)
+        return generate_latest(self._metrics.scrape())
 
     def render_HEAD(self, request: IRequest) -> bytes:
         body = self.render_GET(request)

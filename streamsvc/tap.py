@@ -8,19 +8,20 @@ non-zero exit — never a traceback, and not buried under the usage text.
 
 from __future__ import annotations
 
-import signal
 import sys
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python import usage
 
 from streamsvc.app import build_site, prepare_data_dir
-from streamsvc.limits import Drain, raise_fd_limit
+from streamsvc.limits import DrainService, raise_fd_limit
+from streamsvc.workers import WorkerPool
 from streamsvc.config import (
     DEFAULT_CONFIG_NAME,
     Config,
@@ -54,6 +55,13 @@ class Options(usage.Options):
             "Data directory; files are served from DATA_DIR/files and it is "
             "created if missing [default: ./data, or [server] data_dir]",
         ],
+        [
+            "workers",
+            "w",
+            None,
+            "Worker processes sharing the listening sockets: a number, or auto "
+            "(one per CPU) [default: 1, or [server] workers]",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -75,7 +83,7 @@ class Options(usage.Options):
         """The effective configuration; raises L{ConfigError}."""
         config = load_config(self["config"], required=self["config"] is not None)
         config = apply_overrides(
-            config, listen=self["listen"] or None, data_dir=self["data-dir"]
+            config, listen=self["listen"] or None, data_dir=self["data-dir"], workers=self["workers"]
         )
         prepare_data_dir(config)
         try:
@@ -93,80 +101,42 @@ class Options(usage.Options):
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
-    """One endpoint service per C{listen} entry, all serving the same Site."""
+    """
+    One endpoint service per C{listen} entry, all serving the same Site;
+    or, with C{[server] workers} above 1, the same endpoints held open
+    for the worker processes that L{WorkerPool} starts.
+    """
     if reactor is None:
         from twisted.internet import reactor
     config = options.config if options.config is not None else options.resolve()
-    site = build_site(config, reactor=reactor)
     top = MultiService()
-    _Draining(site, reactor, config.server.shutdown_timeout).setServiceParent(top)
+    if config.server.workers > 1:
+        listeners = [
+            _Listener(d, serverFromString(reactor, d), HeldForWorkers(), accept=False)
+            for d in config.server.listen
+        ]
+        for listener in listeners:
+            listener.setServiceParent(top)
+        def ports() -> list[tuple[str, Any]]:
+            return [(listener.description, listener.port) for listener in listeners]
+
+        WorkerPool(config, ports, reactor).setServiceParent(top)
+        return top
+    site = build_site(config, reactor=reactor)
+    DrainService(site, reactor, config.server.shutdown_timeout).setServiceParent(top)
     for description in config.server.listen:
         _Listener(description, serverFromString(reactor, description), site).setServiceParent(top)
     return top
 
 
-class _Draining(Service):
+class HeldForWorkers(Factory):
     """
-    At stop, drains the Site (L{Drain}): the listeners stop at the same
-    time (their services are siblings), the requests in hand get up to
-    C{shutdown_timeout} seconds, and a second SIGTERM or SIGINT meanwhile
-    stops everything at once.
+    The factory of a port the supervisor holds open for its workers: it
+    never accepts there (the log then reads "HeldForWorkers starting on
+    8080").
     """
 
-    def __init__(self, site: Any, reactor: Any, timeout: float) -> None:
-        self._site = site
-        self._reactor = reactor
-        self._timeout = timeout
-
-    def stopService(self) -> Any:
-        super().stopService()
-        drain = Drain(self._site, self._reactor, self._timeout)
-        restore = _on_second_signal(lambda: self._reactor.callFromThread(drain.abort))
-        log.info(
-            "Stopping: finishing {n} connection(s), for up to {timeout} s",
-            n=len(self._site.open_channels),
-            timeout=self._timeout,
-        )
-        return drain.start().addCallback(self._stopped_cleanly, restore).addCallback(self._close_store)
-
-    def _close_store(self, _: None) -> Any:
-        """Once no request can use it: the task store's connections and threads."""
-        store = getattr(self._site, "task_store", None)
-        if store is None:
-            return None
-        return store.close().addErrback(lambda f: log.failure("Closing the task store failed", f))
-
-    def _stopped_cleanly(self, _: None, restore: Any) -> None:
-        """
-        twistd ends a process stopped by a signal by re-raising it (exit
-        status 143 for SIGTERM); a stop that went through the drain (whether
-        everything finished or what was left was stopped at the timeout or a
-        second signal, files closed either way) is the orderly exit issue 13
-        asks for, status 0.
-        """
-        restore()
-        if getattr(self._reactor, "_exitSignal", None) is not None:
-            self._reactor._exitSignal = None
-
-
-def _on_second_signal(abort: Any) -> Any:
-    """
-    Have SIGTERM and SIGINT call C{abort} while a stop drains (twistd's
-    handlers only stop the reactor, once); return what puts the previous
-    handlers back.
-    """
-    previous: dict[int, Any] = {}
-    for number in (signal.SIGTERM, signal.SIGINT):
-        try:
-            previous[number] = signal.signal(number, lambda *_: abort())
-        except ValueError:  # not the main thread: no signals to take
-            break
-
-    def restore() -> None:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-
-    return restore
+    noisy = False
 
 
 class ListenError(Exception):
@@ -186,20 +156,33 @@ class _Listener(StreamServerEndpointService):
     interpreter's traceback for it is silenced.
     """
 
-    def __init__(self, description: str, endpoint: Any, factory: Any) -> None:
+    def __init__(self, description: str, endpoint: Any, factory: Any, *, accept: bool = True) -> None:
         super().__init__(endpoint, factory)
         self.description = description
+        self.port: Any = None
+        self._accept = accept
         self._raiseSynchronously = True
 
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
+            self._waitingForPort.addCallback(self._listening)
         except Exception as e:
             message = f"cannot listen on {self.description!r}: {_reason(e)}"
             log.critical("{message}", message=message)
             (sys.__stderr__ or sys.stderr).write(f"streamsvc: error: {message}\n")
             sys.excepthook = _without_traceback_for(ListenError, sys.excepthook)
             raise ListenError(message) from None
+
+    def _listening(self, port: Any) -> Any:
+        """
+        Keep the port; one held for worker processes (C{accept=False}) is
+        never read here: its connections wait for a worker's accept.
+        """
+        self.port = port
+        if not self._accept:
+            port.stopReading()
+        return port
 
 
 def _without_traceback_for(kind: type[BaseException], previous: Any) -> Any:

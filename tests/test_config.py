@@ -279,7 +279,7 @@ def test_unknown_section(section: str) -> None:
 def test_unknown_key() -> None:
     """A key the section does not have is named, with the section's keys."""
     assert error_of("[server]\nport = 8080\n") == (
-        "tap.conf: [server] unknown key 'port' (known: listen, data_dir, shutdown_timeout, metrics, access_log, access_log_file)"
+        "tap.conf: [server] unknown key 'port' (known: listen, data_dir, shutdown_timeout, metrics, access_log, access_log_file, workers)"
     )
     assert error_of("[auth]\ntoken = x\n") == (
         "tap.conf: [auth] unknown key 'token' (known: tokens, tokens_file, protect_downloads, protect_metrics)"

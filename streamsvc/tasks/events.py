@@ -50,6 +50,7 @@ from __future__ import annotations
 import json
 import re
 from collections import deque
+from collections.abc import Callable
 from itertools import islice
 from typing import Any
 
@@ -228,9 +229,10 @@ class EventHub:
         """The newest event's id; 0 before the first."""
         return self._last_seq
 
-    def publish(self, kind: str, data: dict[str, Any]) -> int:
+    def publish(self, kind: str, data: dict[str, Any]) -> int | None:
         """
-        Send an event to every subscriber; returns its id.
+        Send an event to every subscriber; returns its id (None when a
+        L{relay} numbers it: the id is known only once it comes back).
 
         @raises ValueError: C{kind} is empty, holds a line break (it would
             end the SSE field), or is one of L{RESERVED_KINDS}.
@@ -244,13 +246,46 @@ class EventHub:
         # json.dumps escapes every control character in strings, and UTF-8
         # never uses bytes below 0x80 inside a multi-byte character.
         assert b"\n" not in payload and b"\r" not in payload
-        self._last_seq += 1
-        event = _Event(self._last_seq, kind, payload)
+        if self.relay is not None:
+            self.relay(kind, payload)
+            return None
+        return self.deliver(self._last_seq + 1, kind, payload)
+
+    #: With several worker processes (L{streamsvc.workers}): called with
+    #: C{(kind, payload)} instead of numbering the event here. The relay
+    #: numbers every worker's events in one sequence and hands each back
+    #: to every worker's hub through L{deliver}, so that a subscriber on
+    #: any worker sees every change, with ids that mean the same on all.
+    relay: Callable[[str, bytes], None] | None = None
+
+    def deliver(self, seq: int, kind: str, payload: bytes) -> int:
+        """
+        Offer an event numbered C{seq} (by L{publish}, or by a relay) to
+        every subscriber. An id not above the last one is ignored.
+        """
+        if seq <= self._last_seq:
+            return self._last_seq
+        if seq != self._last_seq + 1:
+            # Ids we never had (a worker that started late): the history
+            # cannot replay across them.
+            self._history.clear()
+        self._last_seq = seq
+        event = _Event(seq, kind, payload)
         self._history.append(event)
         # A copy: a subscription may end (and leave) while being offered to.
         for subscription in list(self._subscriptions):
             subscription._offer(event)
-        return event.seq
+        return seq
+
+    def advance_to(self, seq: int) -> None:
+        """
+        Start numbering after C{seq} (a worker joining a relay that is
+        already at C{seq}): a client that saw event C{seq} elsewhere then
+        resumes here with nothing missed; one that saw less is reset.
+        """
+        if seq > self._last_seq:
+            self._history.clear()
+            self._last_seq = seq
 
     def subscribe(
         self, *, last_event_id: str | None = None, fmt: str = "sse", opening: bool = False

@@ -71,12 +71,17 @@ class SendfileProducer(FileProducer):
     file's ranges with C{os.sendfile} and its literal spans (multipart part
     headers) with C{write}. Anywhere else (pull mode, TLS, a stage such as
     gzip or a throttle between it and the request, no C{sendfile}) it is
-    exactly a L{FileProducer}. C{bytes_written} counts what the kernel took,
-    so metrics, the access log and C{send_timeout} stay right.
+    exactly a L{FileProducer}, and so it is for a body of one chunk.
+    C{bytes_written} counts what the kernel took, so metrics, the access
+    log and C{send_timeout} stay right.
     """
 
     def startProducing(self, consumer: Any) -> Any:
-        self._transport = plain_tcp(consumer) if self.streaming else None
+        # A body of one chunk goes out with its headers in one write: an
+        # extra system call and a turn of the reactor would cost more than
+        # the copy sendfile saves.
+        big = self.length > self._chunk_size
+        self._transport = plain_tcp(consumer) if self.streaming and big else None
         self._headers_flushed = False
         return super().startProducing(consumer)
 

@@ -154,6 +154,15 @@ class Metrics:
         if throttled:
             self.throttled_seconds.labels(kind).inc(throttled)
 
+    def sent_at_once(self, kind: str, sent: int) -> None:
+        """A body written whole, with its headers (L{streamsvc.producers.send_at_once})."""
+        kind = kind_of(kind)
+        counter = self._outcomes.get((kind, "complete"))
+        if counter is None:
+            counter = self._outcomes[(kind, "complete")] = self.streams.labels(kind, "complete")
+        counter.inc()
+        self._sent[kind].inc(sent)
+
     # responses and connections
 
     def response(self, code: int) -> None:

@@ -157,6 +157,10 @@ class StreamProducer:
     def _release(self) -> None:
         """Close the source. Called exactly once, whatever the ending."""
 
+    def _one_step(self) -> bool:
+        """Whether the whole body is known to be one chunk (then it is sent at once)."""
+        return False
+
     # -- IStreamProducer ----------------------------------------------------
 
     @property
@@ -174,8 +178,13 @@ class StreamProducer:
         self._done = Deferred(lambda d: self.stopProducing())
         done = self._done
         if self.streaming:
-            # On the next turn, with every other body started in this one.
-            self._tick = self._get_clock().callLater(0, self._on_tick)
+            if self._one_step():
+                # Nothing to be fair about: the whole body now, in the
+                # same write as the headers, with no turn of the reactor.
+                self._run()
+            else:
+                # On the next turn, with every other body started in this one.
+                self._tick = self._get_clock().callLater(0, self._on_tick)
         return done
 
     def pauseProducing(self) -> None:
@@ -447,6 +456,9 @@ class FileProducer(StreamProducer):
 
     def _release(self) -> None:
         self.file.close()
+
+    def _one_step(self) -> bool:
+        return self.length <= self._chunk_size and len(self.spans) <= 1
 
 
 class IterableProducer(StreamProducer):
@@ -920,6 +932,46 @@ def send_body(
     stops the body from the server side (L{Outcome.CANCELLED}).
     """
     return start_body(request, producer, clock=clock, rate=rate, kind=kind).done
+
+
+def throttled(request: IRequest) -> bool:
+    """Whether the Site's rate limits apply to C{request}'s body."""
+    site = getattr(request, "site", None)
+    return bool(getattr(site, "rate_limit", 0)) or getattr(site, "client_buckets", None) is not None
+
+
+def read_spans(fd: int, spans: Sequence[Span]) -> bytes:
+    """
+    The whole body C{spans} make, read now (for a body of one chunk, which
+    L{send_at_once} sends); L{SourceTruncated} if the file is shorter.
+    """
+    parts = []
+    for span in spans:
+        if isinstance(span, bytes):
+            parts.append(span)
+            continue
+        data = os.pread(fd, span.length, span.start)
+        if len(data) != span.length:
+            raise SourceTruncated(f"file ended inside range {span.start}-{span.end}")
+        parts.append(data)
+    return b"".join(parts)
+
+
+def send_at_once(request: IRequest, data: bytes, *, kind: str = "other") -> bytes:
+    """
+    Count C{data} as a body sent whole and return it, for C{render} to
+    return: twisted.web then writes it with the headers, in one write.
+
+    For bodies of one chunk, with no throttle (L{throttled}): a producer
+    would write the same single chunk, only after a Deferred's round trip
+    and a stream's bookkeeping, which cost more than the write. Nothing is
+    held: the data is in the transport's buffer (one chunk) at once, and
+    the metrics and the access log count it as a stream that completed.
+    """
+    metrics = getattr(getattr(request, "site", None), "metrics", None)
+    if metrics is not None:
+        metrics.sent_at_once(kind, len(data))
+    return data
 
 
 def _throttled(

@@ -102,6 +102,42 @@ def test_metrics_can_be_protected_or_off(tmp_path: Any) -> None:
 # -- access log ----------------------------------------------------------------------------
 
 
+def test_a_body_of_one_chunk_is_written_at_once_and_counted_as_a_stream(tmp_path: Any) -> None:
+    site = Site(tmp_path)
+    (site.files / "small.bin").write_bytes(os.urandom(4096))
+    fds = len(os.listdir("/proc/self/fd"))
+    with capturedLogs() as events:
+        response = site.get("/files/small.bin")
+    assert response.code == 200 and len(response.body) == 4096
+    assert response.header("content-length") == "4096"
+    assert site.metric("streamsvc_bytes_sent_total", kind="file") == 4096
+    assert site.metric("streamsvc_streams_total", kind="file", outcome="complete") == 1
+    assert site.metric("streamsvc_open_files") == 0
+    (line,) = access_lines(events)
+    assert '" 200 4096 ' in line and "outcome=complete" in line
+    assert len(os.listdir("/proc/self/fd")) == fds  # the file is closed
+    assert site.clock.getDelayedCalls() == [] or all(
+        c.func.__name__ == "_expired" for c in site.clock.getDelayedCalls()
+    )
+
+
+def test_a_small_file_cut_after_its_stat_is_a_500_not_a_short_body(tmp_path: Any, monkeypatch: Any) -> None:
+    from streamsvc.files import resource
+    from streamsvc.producers import read_spans
+    from streamsvc.ranges import ByteRange
+
+    def shrunk(fd: int, spans: Any) -> bytes:  # as if it lost its tail after the fstat
+        return read_spans(fd, [ByteRange(0, 5000)])
+
+    site = Site(tmp_path)
+    (site.files / "small.bin").write_bytes(os.urandom(4096))
+    monkeypatch.setattr(resource, "read_spans", shrunk)
+
+    response = site.get("/files/small.bin")
+    assert response.code == 500 and json.loads(response.body) == {"error": "the file could not be read"}
+    assert site.metric("streamsvc_bytes_sent_total", kind="file") == 0
+
+
 def access_lines(events: list[dict[str, Any]]) -> list[str]:
     return [str(e["line"]) for e in events if e.get("log_namespace") == "streamsvc.access"]
 

@@ -146,12 +146,23 @@ def test_file_completion_closes_file(datafile: str) -> None:
     """Success fires the Deferred with None and closes the file."""
     clock = Clock()
     consumer = RecordingConsumer()
-    producer = file_producer(datafile, clock, chunk_size=len(DATA))
+    producer = file_producer(datafile, clock, chunk_size=len(DATA) - 1)
     done = producer.startProducing(consumer)
     run_one_turn(clock)
     assert consumer.data == DATA
     assert done.called and done.result is None
     assert producer.file.closed
+
+
+def test_a_body_of_one_chunk_is_written_at_once_without_a_turn(datafile: str) -> None:
+    """No callLater: the whole body goes out inside startProducing, and the file is closed."""
+    clock = Clock()
+    consumer = RecordingConsumer()
+    producer = file_producer(datafile, clock, chunk_size=len(DATA))
+    done = producer.startProducing(consumer)
+    assert consumer.chunks == [DATA]
+    assert done.called and done.result is None
+    assert producer.file.closed and clock.getDelayedCalls() == []
 
 
 def test_file_stop_closes_at_once_and_fails_deferred(datafile: str) -> None:

@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
@@ -28,7 +29,16 @@ from streamsvc.files.paths import LIST_FLAGS, Target, open_failed, open_inside, 
 from streamsvc.files.upload import DEFAULT_MAX_UPLOAD_BYTES, Uploads
 from streamsvc.interfaces import IBodyConsumer, IStreamingBodyResource, IStreamProducer
 from streamsvc._sendfile import SendfileProducer
-from streamsvc.producers import DEFAULT_CHUNK_SIZE, FileProducer, IterableProducer, send_body
+from streamsvc.producers import (
+    DEFAULT_CHUNK_SIZE,
+    FileProducer,
+    IterableProducer,
+    SourceTruncated,
+    read_spans,
+    send_at_once,
+    send_body,
+    throttled,
+)
 from streamsvc.ranges import (
     ByteRange,
     RangeNotSatisfiable,
@@ -49,6 +59,9 @@ from streamsvc.stages import GzipStage, accepts_gzip, is_compressible
 #: 500 ms here (256 KiB still ~7 ms: zlib does ~40 MiB/s on this kind of
 #: machine); 64 KiB is a couple of milliseconds (BENCHMARKS.md).
 GZIP_CHUNK_SIZE = 64 * 1024
+
+log = Logger()
+
 
 @attrs.frozen
 class _Body:
@@ -150,6 +163,13 @@ class FilesResource(JSONResource):
             decided = self._file(request, target, st, head=head)
             if not isinstance(decided, _Body):
                 return decided
+            if not decided.gzip and body_length(decided.spans) <= self.chunk_size and not throttled(request):
+                try:
+                    data = read_spans(file.fileno(), decided.spans)
+                except (OSError, SourceTruncated) as error:
+                    log.error("Reading {path} failed: {error}", path=target.real, error=error)
+                    raise HTTPError(500, "the file could not be read") from None
+                return send_at_once(request, data, kind="file")
             kind = SendfileProducer if self.sendfile and not decided.gzip else FileProducer
             producer = kind(
                 file,

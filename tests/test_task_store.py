@@ -218,6 +218,32 @@ def test_schema_created_in_wal_mode_with_a_version(tmp_path):
     assert prepare_database(str(path)) == SCHEMA_VERSION  # nothing to migrate the second time
 
 
+def test_a_migration_another_process_did_meanwhile_is_not_run_twice(tmp_path):
+    """Two servers starting on one data dir: the second reads version 0, then finds it done."""
+    from streamsvc.tasks.store import connect, migrate
+
+    path = tmp_path / "tasks.sqlite3"
+    prepare_database(str(path))  # the other process, between our read and our lock
+
+    class StaleFirstRead:
+        def __init__(self, connection):
+            self.connection, self.reads = connection, 0
+
+        def execute(self, sql, *args):
+            if sql == "PRAGMA user_version":
+                self.reads += 1
+                if self.reads == 1:
+                    return self.connection.execute("SELECT 0")
+            return self.connection.execute(sql, *args)
+
+    connection = connect(str(path))
+    try:
+        assert migrate(StaleFirstRead(connection)) == 0  # no "table tasks already exists"
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        connection.close()
+
+
 def test_a_newer_schema_is_refused(tmp_path):
     path = tmp_path / "tasks.sqlite3"
     db = sqlite3.connect(path)

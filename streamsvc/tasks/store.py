@@ -124,6 +124,12 @@ def migrate(connection: sqlite3.Connection) -> int:
     for number in range(version, SCHEMA_VERSION):
         connection.execute("BEGIN IMMEDIATE")
         try:
+            # Read again under the write lock: another process starting on
+            # the same data dir may have migrated since the read above.
+            (current,) = connection.execute("PRAGMA user_version").fetchone()
+            if current > number:
+                connection.execute("COMMIT")
+                continue
             for statement in MIGRATIONS[number].split(";"):
                 if statement.strip():
                     connection.execute(statement)

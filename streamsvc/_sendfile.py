@@ -69,9 +69,12 @@ class SendfileProducer(FileProducer):
     """
     A L{FileProducer} that, in push mode to a plain TCP socket, moves the
     file's ranges with C{os.sendfile} and its literal spans (multipart part
-    headers) with C{write}. Anywhere else (pull mode, TLS, a stage such as
-    gzip or a throttle between it and the request, no C{sendfile}) it is
-    exactly a L{FileProducer}, and so it is for a body of one chunk.
+    headers) with C{write}. Behind a throttle (L{streamsvc.stages.ThrottleStage})
+    each call sends at most what the buckets allow (at least a chunk) and
+    the stage counts it, so the rate holds as on the buffered path. Anywhere
+    else (pull mode, TLS, a stage such as gzip between it and the request,
+    no C{sendfile}) it is exactly a L{FileProducer}, and so it is for a body
+    of one chunk.
     C{bytes_written} counts what the kernel took, so metrics, the access
     log and C{send_timeout} stay right.
     """
@@ -81,7 +84,11 @@ class SendfileProducer(FileProducer):
         # extra system call and a turn of the reactor would cost more than
         # the copy sendfile saves.
         big = self.length > self._chunk_size
-        self._transport = plain_tcp(consumer) if self.streaming and big else None
+        # Behind a throttle (ThrottleStage) the bytes still go straight to
+        # the request's socket; the stage counts them and says how many may go.
+        self._stage = consumer if hasattr(consumer, "sent_beside") else None
+        self._request = consumer.downstream if self._stage is not None else consumer
+        self._transport = plain_tcp(self._request) if self.streaming and big else None
         self._headers_flushed = False
         return super().startProducing(consumer)
 
@@ -97,7 +104,7 @@ class SendfileProducer(FileProducer):
         if not self._headers_flushed:
             self._headers_flushed = True
             self._consumer.write(b"")  # twisted.web writes the status line and headers now
-            if getattr(self._consumer, "chunked", False):  # framing we cannot bypass
+            if getattr(self._request, "chunked", False):  # framing we cannot bypass
                 self._transport = None
                 return
         span = self._next_span()
@@ -114,8 +121,13 @@ class SendfileProducer(FileProducer):
         if unsent_bytes(transport):
             self._wait()  # what was written before must reach the kernel first
             return
+        limit = min(left, SLICE)
+        if self._stage is not None:
+            # What the buckets hold, but at least a chunk, as the buffered
+            # path sends a chunk and then waits out the debt it made.
+            limit = min(limit, max(self._chunk_size, int(self._stage.allowance())))
         try:
-            sent = os.sendfile(transport.socket.fileno(), self._fd, offset, min(left, SLICE))
+            sent = os.sendfile(transport.socket.fileno(), self._fd, offset, limit)
         except BlockingIOError:
             self._wait()
             return
@@ -132,6 +144,8 @@ class SendfileProducer(FileProducer):
             raise SourceTruncated(f"file ended at offset {offset}, {left} bytes before its range's end")
         self._done_in_span += sent
         self.bytes_written += sent
+        if self._stage is not None:
+            self._stage.sent_beside(sent)  # may pause us until the buckets refill
 
     def _wait(self) -> None:
         """Paused until the socket is writable and the transport's buffer empty (see the module)."""

@@ -198,6 +198,11 @@ class TokenBucket:
         self._refill()
         self._tokens -= amount
 
+    def available(self) -> float:
+        """Bytes that may go now without running into debt (0 when in debt)."""
+        self._refill()
+        return max(0.0, self._tokens)
+
     def wait(self) -> float:
         """
         Seconds until the bucket is out of debt: 0 when it is (a debt under
@@ -304,9 +309,30 @@ class ThrottleStage:
     def write(self, data: bytes) -> None:
         if self._consumer is None:
             return
-        before = self.bytes_written
-        self.bytes_written += len(data)
         self._consumer.write(data)
+        self.sent_beside(len(data))
+
+    # For a zero-copy sender (streamsvc._sendfile), which moves the bytes
+    # to the request's socket itself and only has them counted here.
+
+    @property
+    def downstream(self) -> IConsumer | None:
+        """Whom the bytes go to (the request), while the stream runs."""
+        return self._consumer
+
+    def allowance(self) -> float:
+        """Bytes that may go now: the free start (C{after}), then what every bucket holds."""
+        free = self._after - self.bytes_written
+        if free > 0:
+            return float(free)
+        return min(bucket.available() for bucket in self._buckets)
+
+    def sent_beside(self, amount: int) -> None:
+        """Count C{amount} bytes sent (by L{write}, or beside it), and throttle if due."""
+        if self._consumer is None:
+            return
+        before = self.bytes_written
+        self.bytes_written += amount
         counted = self.bytes_written - max(before, self._after)
         if counted <= 0:
             return

@@ -1,8 +1,9 @@
 """
 Zero-copy sends (issue 16, L{streamsvc._sendfile}): over real loopback
 sockets the file goes through C{os.sendfile}, ranges and multipart ranges
-included, with the bytes and the accounting right; gzip, pull mode, a
-throttle, C{sendfile = no} and fake transports take the buffered path. (The
+included, throttled bodies too (at the rate), with the bytes and the
+accounting right; gzip, pull mode, C{sendfile = no} and fake transports take
+the buffered path. (The
 integration tests of C{test_integration} run both ways too: slow reader,
 disconnect, truncated file.)
 """
@@ -28,13 +29,14 @@ DATA = os.urandom(3 * 1024 * 1024 + 17)
 @pytest.fixture
 def calls(monkeypatch: Any) -> dict[str, Any]:
     """Count os.sendfile calls and the bytes they moved; record the producers /files made."""
-    seen: dict[str, Any] = {"calls": 0, "bytes": 0, "producers": []}
+    seen: dict[str, Any] = {"calls": 0, "bytes": 0, "producers": [], "asked": []}
     real_sendfile = os.sendfile
 
     def counting(*args: Any) -> int:
         sent = real_sendfile(*args)
         seen["calls"] += 1
         seen["bytes"] += sent
+        seen["asked"].append(args[3])
         return sent
 
     monkeypatch.setattr(os, "sendfile", counting)
@@ -89,9 +91,8 @@ async def test_whole_file_single_and_multipart_ranges_go_through_sendfile(
         ({"stream": StreamConfig(sendfile=False)}, True, "/files/f.bin", {}),
         ({}, False, "/files/f.bin", {}),  # pull mode
         ({}, True, "/files/notes.txt", {"Accept-Encoding": "gzip"}),
-        ({"limits": LimitsConfig(rate_limit=64 * 1024 * 1024)}, True, "/files/f.bin", {}),
     ],
-    ids=["sendfile-no", "pull", "gzip", "throttled"],
+    ids=["sendfile-no", "pull", "gzip"],
 )
 @pytest_twisted.ensureDeferred
 async def test_the_buffered_path_where_sendfile_cannot_or_may_not(
@@ -110,6 +111,32 @@ async def test_the_buffered_path_where_sendfile_cannot_or_may_not(
         assert calls["calls"] == 0
         producer = calls["producers"][-1]
         assert not getattr(producer, "zero_copy", False)
+    finally:
+        await server.stop()
+
+
+@pytest.mark.parametrize("limit", ["rate_limit", "client_rate_limit"])
+@pytest_twisted.ensureDeferred
+async def test_a_throttled_body_goes_by_sendfile_at_the_rate(
+    tmp_path: Any, calls: dict[str, Any], limit: str
+) -> None:
+    """Each call sends what the buckets allow (at least a chunk); the stage counts it and holds the rate."""
+    from twisted.internet import reactor
+
+    rate = 8 * 1024 * 1024
+    server = await started(tmp_path, limits=LimitsConfig(**{limit: rate}))
+    try:
+        started_at = reactor.seconds()
+        response = await treq.get(server.url + "/files/f.bin")
+        assert await response.content() == DATA
+        elapsed = reactor.seconds() - started_at
+        producer = calls["producers"][-1]
+        assert producer.zero_copy and calls["bytes"] == len(DATA)
+        assert max(calls["asked"]) <= rate // 10  # a bucket's capacity, never a 4 MiB slice
+        stage = producer._stage
+        assert stage.bytes_written == len(DATA) and stage.delayed > 0
+        # 3 MiB at 8 MiB/s, less the bucket's first tenth of a second: >= 0.25 s.
+        assert elapsed >= 0.25
     finally:
         await server.stop()
 

@@ -208,15 +208,69 @@ def check_endpoint(description: str) -> None:
     """
     if not description.strip():
         raise ValueError("empty endpoint string")
+    guess = _looks_like_an_address(description.strip())
+    if guess is not None:
+        raise ValueError(f"not an endpoint string: did you mean {guess}?")
     try:
         endpoint = serverFromString(MemoryReactor(), description)
     except Exception as e:
-        raise ValueError(_one_line(str(e)) or type(e).__name__) from None
+        raise ValueError(explain_endpoint_error(description, e)) from None
     # Twisted accepts any integer as a TCP port and only fails when binding,
     # after other endpoints may have started: catch it here instead.
     port = getattr(endpoint, "_port", None)
     if isinstance(port, int) and not 0 <= port <= 65535:
         raise ValueError(f"port {port} is out of range 0-65535")
+
+
+#: The options of the endpoint types people use, for "unknown option" errors.
+_ENDPOINT_OPTIONS: Final = MappingProxyType(
+    {
+        "tcp": "port, interface, backlog",
+        "tcp6": "port, interface, backlog",
+        "unix": "address, mode, backlog, lockfile",
+        "ssl": "port, privateKey, certKey, interface, backlog, extraCertChain, dhParameters, sslmethod",
+    }
+)
+_HOST_PORT = re.compile(r"(?:(\[[0-9a-fA-F:.]+\]|[0-9.]+|localhost|\*)?:)?([0-9]{1,5})")
+
+
+def _looks_like_an_address(description: str) -> str | None:
+    """C{18110} or C{127.0.0.1:8080} (not endpoint strings): the one meant."""
+    match = _HOST_PORT.fullmatch(description)
+    if match is None:
+        return None
+    host, port = match.groups()
+    if host is None or host in ("", "*"):
+        return f"tcp:{port}"
+    if host.startswith("["):
+        return f"tcp6:{port}:interface={host[1:-1].replace(':', chr(92) + ':')}"
+    return f"tcp:{port}:interface={host}"
+
+
+def explain_endpoint_error(description: str, error: Exception) -> str:
+    """
+    One line saying which part of C{description} Twisted refused, and why,
+    instead of its own words (C{_parseTCP() got an unexpected keyword...}).
+    """
+    kind = description.split(":", 1)[0]
+    text = _one_line(str(error)) or type(error).__name__
+    unknown = re.search(r"unexpected keyword argument '([^']+)'", text)
+    if unknown is not None:
+        known = _ENDPOINT_OPTIONS.get(kind)
+        hint = f" (known: {known})" if known else ""
+        return f"{kind}: unknown option {unknown.group(1)!r}{hint}"
+    if text.startswith("Unknown endpoint type"):
+        return f"unknown endpoint type {kind!r} (use tcp:, tcp6:, unix:, ssl: or systemd:)"
+    missing = re.search(r"missing \d+ required positional argument: '([^']+)'", text)
+    if missing is not None:
+        return f"{kind}: the {missing.group(1)} is missing ({kind}:{missing.group(1).upper()})"
+    number = re.search(r"invalid literal for int\(\) with base \d+: '([^']*)'", text)
+    if number is not None:
+        return f"{kind}: {number.group(1)!r} is not a number (the port, backlog or mode)"
+    if isinstance(error, OSError) and error.filename is not None:
+        return (f"{kind}: cannot read {error.filename!r} (privateKey=, certKey=): "
+                f"{error.strerror or text}")
+    return f"{kind}: {text}"
 
 
 def parse_tokens(text: str, source: str) -> tuple[str, ...]:

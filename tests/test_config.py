@@ -366,6 +366,27 @@ def test_check_endpoint_rejects(description: str) -> None:
     assert_one_line(str(info.value))
 
 
+@pytest.mark.parametrize(
+    "description, says",
+    [
+        ("18110", "not an endpoint string: did you mean tcp:18110?"),
+        ("127.0.0.1:8080", "did you mean tcp:8080:interface=127.0.0.1?"),
+        ("[::1]:8080", "did you mean tcp6:8080:interface=\\:\\:1?"),
+        ("tcp:abc", "tcp: 'abc' is not a number"),
+        ("tcp:80:interfac=1", "tcp: unknown option 'interfac' (known: port, interface, backlog)"),
+        ("nonsense:1", "unknown endpoint type 'nonsense'"),
+        ("tcp", "tcp: the port is missing (tcp:PORT)"),
+        ("unix:/x.sock:mode=abc", "unix: 'abc' is not a number"),
+        ("ssl:8443:privateKey=/nonexistent/k.pem", "ssl: cannot read '/nonexistent/k.pem'"),
+    ],
+)
+def test_endpoint_errors_name_the_part_and_help(description: str, says: str) -> None:
+    with pytest.raises(ValueError) as info:
+        check_endpoint(description)
+    assert says in str(info.value)
+    assert_one_line(str(info.value))
+
+
 @pytest.mark.parametrize("description", [d for d in BAD_ENDPOINTS if d])
 def test_bad_endpoint_in_file(description: str) -> None:
     """A bad endpoint in [server] listen names the file, section, key and endpoint."""

@@ -183,7 +183,7 @@ def test_download_parameter_sets_disposition(files: Files) -> None:
     """?download=1 adds an RFC 8187 attachment disposition with the UTF-8 name."""
     r = files.get("/files/sub/caf%C3%A9%20%C3%BC.txt?download=1")
     assert r.code == 200
-    assert r.header("content-disposition") == "attachment; filename*=UTF-8''caf%C3%A9%20%C3%BC.txt"
+    assert r.header("content-disposition") == 'attachment; filename="cafe u.txt"; filename*=UTF-8\'\'caf%C3%A9%20%C3%BC.txt'
     assert files.get("/files/hello.txt").header("content-disposition") is None
 
 
@@ -1230,3 +1230,29 @@ def test_property_hostile_headers_never_5xx(
         assert r.header("content-length") == str(len(HOSTILE_BODY))
     if len(fields.get("Range", [])) > 1 or len(fields.get("If-Range", [])) > 1:
         assert r.code != 206, lines
+
+
+@pytest.mark.parametrize(
+    "name, fallback",
+    [("café \"1\".txt", "cafe _1_.txt"), ("日本.txt", "__.txt"), ("a\\b.bin", "a_b.bin"),
+     ("\udcffx.bin", "_x.bin"), ("", "download")],
+)
+def test_content_disposition_has_an_ascii_fallback_for_curl_oj(name: str, fallback: str) -> None:
+    from streamsvc.files.media import content_disposition
+
+    header = content_disposition(name).decode("ascii")
+    assert header.startswith(f'attachment; filename="{fallback}"; filename*=UTF-8\'\'')
+
+
+@pytest.mark.parametrize(
+    "suffix, media",
+    [(".mkv", "video/x-matroska"), (".webm", "video/webm"), (".m4a", "audio/mp4"), (".m4v", "video/mp4"),
+     (".flac", "audio/flac"), (".ogg", "audio/ogg"), (".opus", "audio/ogg"), (".ts", "video/mp2t"),
+     (".m3u8", "application/vnd.apple.mpegurl"), (".mpd", "application/dash+xml"), (".vtt", "text/vtt"),
+     (".srt", "application/x-subrip"), (".log", "text/plain"), (".toml", "application/toml"),
+     (".avif", "image/avif"), (".heic", "image/heic")],
+)
+def test_media_types_people_stream(suffix: str, media: str) -> None:
+    from streamsvc.files.media import content_type_for
+
+    assert content_type_for("clip" + suffix) == media

@@ -8,21 +8,44 @@ from __future__ import annotations
 
 import functools
 import mimetypes
+import unicodedata
+from typing import Final
 from urllib.parse import quote
 
 from streamsvc.stages import is_compressible
 
-#: Built from Python's own table only, not /etc/mime.types, so a file gets
-#: the same type on every machine.
-_MIME = mimetypes.MimeTypes()
-for _type, _ext in [
+#: Our own types, beside (and over) Python's table: what people stream and
+#: what Python misses or calls otherwise. C{.ts} is an MPEG transport
+#: stream (HLS segments), not TypeScript. Listed in the README.
+OWN_TYPES: Final = (
     ("application/x-ndjson", ".ndjson"),
     ("application/x-ndjson", ".jsonl"),
     ("text/markdown", ".md"),
     ("application/yaml", ".yaml"),
     ("application/yaml", ".yml"),
     ("application/wasm", ".wasm"),
-]:
+    ("video/x-matroska", ".mkv"),
+    ("video/webm", ".webm"),
+    ("audio/mp4", ".m4a"),
+    ("video/mp4", ".m4v"),
+    ("audio/flac", ".flac"),
+    ("audio/ogg", ".ogg"),
+    ("audio/ogg", ".opus"),
+    ("video/mp2t", ".ts"),
+    ("application/vnd.apple.mpegurl", ".m3u8"),
+    ("application/dash+xml", ".mpd"),
+    ("text/vtt", ".vtt"),
+    ("application/x-subrip", ".srt"),
+    ("text/plain", ".log"),
+    ("application/toml", ".toml"),
+    ("image/avif", ".avif"),
+    ("image/heic", ".heic"),
+)
+
+#: Built from Python's own table only, not /etc/mime.types, so a file gets
+#: the same type on every machine.
+_MIME = mimetypes.MimeTypes()
+for _type, _ext in OWN_TYPES:
     _MIME.add_type(_type, _ext)
 
 #: A file that mimetypes calls "encoded" (x.tar.gz) is served as the archive
@@ -77,7 +100,21 @@ def type_of_suffixes(suffixes: str) -> tuple[str, bool]:
 
 
 def content_disposition(name: str) -> bytes:
-    """C{attachment; filename*=UTF-8''...} (RFC 6266 / RFC 8187)."""
-    return b"attachment; filename*=UTF-8''" + quote(name, safe="").encode("ascii")
+    """
+    C{attachment; filename="..."; filename*=UTF-8''...} (RFC 6266 / RFC 8187):
+    the UTF-8 name, and before it an ASCII one for clients that read only
+    C{filename=} (C{curl -OJ}): accents dropped, anything else non-ASCII,
+    quotes, backslashes, path separators and control characters as C{_}.
+    """
+    return (
+        b'attachment; filename="' + ascii_fallback(name).encode("ascii") + b'"; '
+        # A name that is not UTF-8 on disk (surrogate escapes) keeps its bytes.
+        b"filename*=UTF-8''" + quote(name.encode("utf-8", "surrogateescape"), safe="").encode("ascii")
+    )
 
 
+def ascii_fallback(name: str) -> str:
+    """C{café "1".txt} → C{cafe _1_.txt}; never empty."""
+    letters = (c for c in unicodedata.normalize("NFKD", name) if not unicodedata.combining(c))
+    safe = "".join(c if " " <= c < "\x7f" and c not in '"\\/' else "_" for c in letters)
+    return safe or "download"

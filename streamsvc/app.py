@@ -22,6 +22,7 @@ from streamsvc.accesslog import AccessLog
 from streamsvc.auth import BearerGuard, TokenSet
 from streamsvc.metrics import Metrics, MetricsResource
 from streamsvc.config import Config, ConfigError
+from streamsvc.cors import CORSPolicy, CORSResource
 from streamsvc.body import BodyRequest
 from streamsvc.limits import ConnectionLimits, GuardedChannel
 from streamsvc.echo import EchoResource
@@ -150,6 +151,7 @@ def build_resource(
         clock=clock,
         uploads=Uploads(files_dir(config), tokens, reactor=clock, run_blocking=run_blocking),
         max_upload_bytes=config.limits.max_upload_bytes,
+        sandbox_html=config.files.sandbox_html,
     )
     if config.auth.protect_downloads:
         files = BearerGuard(files, tokens)
@@ -232,18 +234,17 @@ def build_site(
     if task_store is None and config.tasks.enabled:
         task_store = open_task_store(config, reactor)
     events = build_events(config, reactor, metrics) if task_store is not None else None
-    site = Site(
-        build_resource(
-            config,
-            clock=reactor,
-            run_blocking=run_blocking,
-            metrics=metrics,
-            task_store=task_store,
-            events=events,
-        ),
-        reactor=reactor,
-        parsePOSTFormSubmission=False,
+    root: IResource = build_resource(
+        config,
+        clock=reactor,
+        run_blocking=run_blocking,
+        metrics=metrics,
+        task_store=task_store,
+        events=events,
     )
+    if config.server.cors_origins:
+        root = CORSResource(root, CORSPolicy(config.server.cors_origins))
+    site = Site(root, reactor=reactor, parsePOSTFormSubmission=False)
     site.task_store = task_store  # type: ignore[attr-defined]
     site.events = events  # type: ignore[attr-defined]
     site.drain_hooks = [events.close] if events is not None else []  # type: ignore[attr-defined]

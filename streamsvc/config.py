@@ -77,6 +77,7 @@ class ServerConfig:
     access_log: str = "combined"
     access_log_file: str | None = None
     workers: int = 1
+    cors_origins: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -143,6 +144,13 @@ class EventsConfig:
 
 
 @attrs.frozen
+class FilesConfig:
+    """C{[files]}: how C{/files} serves what is below the data dir."""
+
+    sandbox_html: bool = True
+
+
+@attrs.frozen
 class Config:
     """The whole configuration; C{Config()} is the built-in defaults."""
 
@@ -152,6 +160,7 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     tasks: TasksConfig = TasksConfig()
     events: EventsConfig = EventsConfig()
+    files: FilesConfig = FilesConfig()
 
 
 # --- values -----------------------------------------------------------------
@@ -315,6 +324,23 @@ def _parse_listen(value: str) -> tuple[str, ...]:
     return tuple(descriptions)
 
 
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?", re.ASCII)
+
+
+def _parse_origins(value: str) -> tuple[str, ...]:
+    """C{*}, or origins (C{https://app.example:8443}) separated by spaces or commas; empty: none."""
+    origins = [o for o in re.split(r"[\s,]+", value.strip()) if o]
+    for origin in origins:
+        if origin != "*" and _ORIGIN.fullmatch(origin) is None:
+            raise ValueError(
+                f"{origin!r} is not an origin: expected * or scheme://host[:port] "
+                "(no path, no trailing slash), e.g. https://app.example.com"
+            )
+    if "*" in origins and len(origins) > 1:
+        raise ValueError("* already allows every origin; give it alone")
+    return _unique(origins)
+
+
 def _parse_path(value: str) -> str:
     if not value:
         raise ValueError("expected a path, not an empty value")
@@ -450,6 +476,7 @@ _SCHEMA: Final[Mapping[str, tuple[type, Mapping[str, _Key]]]] = MappingProxyType
                 "access_log": _Key(_parse_access_log),
                 "access_log_file": _Key(_parse_optional_path),
                 "workers": _Key(parse_workers),
+                "cors_origins": _Key(_parse_origins),
             },
         ),
         "stream": (
@@ -503,6 +530,12 @@ _SCHEMA: Final[Mapping[str, tuple[type, Mapping[str, _Key]]]] = MappingProxyType
                 "queue_max": _Key(_integer(1, 1_000_000)),
                 "queue_max_bytes": _Key(_size_at_most(MAX_BODY_BYTES_CAP, "64MiB", "1048576 or 1MiB")),
                 "overflow": _Key(_parse_overflow),
+            },
+        ),
+        "files": (
+            FilesConfig,
+            {
+                "sandbox_html": _Key(_parse_boolean),
             },
         ),
     }

@@ -17,6 +17,7 @@ from streamsvc.config import (
     DEFAULT_CONFIG_NAME,
     KNOWN_KEYS,
     EventsConfig,
+    FilesConfig,
     TasksConfig,
     LimitsConfig,
     AuthConfig,
@@ -139,8 +140,9 @@ def test_known_keys_match_the_config_classes() -> None:
         "limits": LimitsConfig,
         "tasks": TasksConfig,
         "events": EventsConfig,
+        "files": FilesConfig,
     }
-    assert list(KNOWN_KEYS) == ["server", "stream", "auth", "limits", "tasks", "events"]
+    assert list(KNOWN_KEYS) == ["server", "stream", "auth", "limits", "tasks", "events", "files"]
     for section, cls in classes.items():
         assert KNOWN_KEYS[section] == tuple(f.name for f in attrs.fields(cls))
 
@@ -272,14 +274,14 @@ def test_bad_booleans(section: str, key: str, value: str) -> None:
 def test_unknown_section(section: str) -> None:
     """A section the parser does not know stops parsing and lists the known ones."""
     assert error_of(f"[server]\n[{section}]\nx = 1\n") == (
-        f"tap.conf: unknown section [{section}] (known: server, stream, auth, limits, tasks, events)"
+        f"tap.conf: unknown section [{section}] (known: server, stream, auth, limits, tasks, events, files)"
     )
 
 
 def test_unknown_key() -> None:
     """A key the section does not have is named, with the section's keys."""
     assert error_of("[server]\nport = 8080\n") == (
-        "tap.conf: [server] unknown key 'port' (known: listen, data_dir, shutdown_timeout, metrics, access_log, access_log_file, workers)"
+        "tap.conf: [server] unknown key 'port' (known: listen, data_dir, shutdown_timeout, metrics, access_log, access_log_file, workers, cors_origins)"
     )
     assert error_of("[auth]\ntoken = x\n") == (
         "tap.conf: [auth] unknown key 'token' (known: tokens, tokens_file, protect_downloads, protect_metrics)"

@@ -12,6 +12,18 @@ import re
 from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 
+def add_vary(request: IRequest, name: bytes) -> None:
+    """
+    Add C{name} to the response's C{Vary} (several parts of the server add
+    to it: gzip negotiation, CORS, content negotiation), once.
+    """
+    current = request.responseHeaders.getRawHeaders(b"vary") or []
+    names = [part.strip() for value in current for part in value.split(b",") if part.strip()]
+    if name.lower() not in (n.lower() for n in names):
+        names.append(name)
+    request.responseHeaders.setRawHeaders(b"vary", [b", ".join(names)])
+
+
 def list_header(request: IRequest, name: bytes) -> str | None:
     """
     The value of the list-valued field C{name} (If-Match, If-None-Match,

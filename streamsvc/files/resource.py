@@ -22,7 +22,7 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from streamsvc.errors import HTTPError, JSONResource, render_error
-from streamsvc.files.fields import escape_query, finish_without_body, list_header, singleton_header
+from streamsvc.files.fields import add_vary, escape_query, finish_without_body, list_header, singleton_header
 from streamsvc.files.listing import DirectoryListing
 from streamsvc.files.media import ACTIVE_TYPES, content_disposition, last_suffixes, type_of_suffixes
 from streamsvc.files.paths import LIST_FLAGS, Target, open_failed, open_inside, open_regular, resolve
@@ -106,8 +106,10 @@ class FilesResource(JSONResource):
         uploads: Uploads | None = None,
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
         sendfile: bool = True,
+        sandbox_html: bool = True,
     ) -> None:
         super().__init__()
+        self.sandbox_html = sandbox_html
         if not 1 <= gzip_level <= 9:
             raise ValueError(f"gzip_level must be 1-9, not {gzip_level}")
         if chunk_size <= 0:
@@ -220,13 +222,13 @@ class FilesResource(JSONResource):
 
         request.setHeader(b"content-type", content_type.encode("ascii"))
         request.setHeader(b"x-content-type-options", b"nosniff")
-        if content_type in ACTIVE_TYPES:
+        if self.sandbox_html and content_type in ACTIVE_TYPES:
             request.setHeader(b"content-security-policy", b"sandbox")
         request.setHeader(b"accept-ranges", b"bytes")
         request.setHeader(b"last-modified", http_date(mtime).encode("ascii"))
         request.setHeader(b"etag", etag.encode("ascii"))
         if self.gzip and compressible:
-            request.setHeader(b"vary", b"Accept-Encoding")
+            add_vary(request, b"Accept-Encoding")
         if request.args.get(b"download", [b""])[0].lower() in (b"1", b"true", b"yes"):
             request.setHeader(b"content-disposition", content_disposition(name))
 
@@ -317,7 +319,7 @@ class FilesResource(JSONResource):
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"x-content-type-options", b"nosniff")
         if self.gzip:
-            request.setHeader(b"vary", b"Accept-Encoding")
+            add_vary(request, b"Accept-Encoding")
         if gzip:
             request.setHeader(b"content-encoding", b"gzip")
         if head:

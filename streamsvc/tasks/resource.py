@@ -35,7 +35,7 @@ from zope.interface import implementer
 
 from streamsvc._transport import request_over
 from streamsvc.errors import ErrorPage, HTTPError, JSONResource, not_found, render_error
-from streamsvc.files.fields import finish_without_body, list_header
+from streamsvc.files.fields import add_vary, finish_without_body, list_header
 from streamsvc.interfaces import IBodyConsumer, IStreamingBodyResource, ITaskCursor, ITaskStore
 from streamsvc.producers import StreamProducer, start_body
 from streamsvc.ranges import etag_matches
@@ -286,7 +286,7 @@ class _Listing:
         if self._disposition is not None:
             request.setHeader(b"content-disposition", self._disposition)
         if owner.gzip:
-            request.setHeader(b"vary", b"Accept-Encoding")
+            add_vary(request, b"Accept-Encoding")
         if gzip:
             request.setHeader(b"content-encoding", b"gzip")
         if head:

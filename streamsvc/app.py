@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sqlite3
 
 from twisted.internet.interfaces import IReactorTime
@@ -23,6 +24,7 @@ from streamsvc.auth import BearerGuard, TokenSet
 from streamsvc.metrics import Metrics, MetricsResource
 from streamsvc.config import Config, ConfigError
 from streamsvc.cors import CORSPolicy, CORSResource
+from streamsvc.signing import LinkSigner
 from streamsvc.body import BodyRequest
 from streamsvc.limits import ConnectionLimits, GuardedChannel
 from streamsvc.echo import EchoResource
@@ -36,6 +38,23 @@ from streamsvc.tasks.events import EventHub
 from streamsvc.tasks.importer import ImportResource
 from streamsvc.tasks.resource import EventsResource, TasksResource
 from streamsvc.tasks.store import SchemaTooNew, SQLiteTaskStore, prepare_database
+
+
+#: The link secret of this process when C{[auth] link_secret} is unset (the
+#: supervisor of several workers makes one and hands it to all of them).
+_PROCESS_LINK_SECRET = secrets.token_bytes(32)
+
+
+def link_secret(config: Config) -> bytes:
+    """The key of signed links: C{[auth] link_secret}, else this process's random one."""
+    secret = config.auth.link_secret
+    return secret.encode("utf-8") if secret is not None else _PROCESS_LINK_SECRET
+
+
+def _default_clock() -> IReactorTime:
+    from twisted.internet import reactor
+
+    return reactor  # type: ignore[return-value]
 
 
 def files_dir(config: Config) -> str:
@@ -141,6 +160,7 @@ def build_resource(
     """
     root = Root()
     tokens = TokenSet(config.auth.tokens)
+    links = LinkSigner(link_secret(config), clock if clock is not None else _default_clock())
     files: IResource = FilesResource(
         files_dir(config),
         chunk_size=config.stream.chunk_size,
@@ -152,9 +172,10 @@ def build_resource(
         uploads=Uploads(files_dir(config), tokens, reactor=clock, run_blocking=run_blocking),
         max_upload_bytes=config.limits.max_upload_bytes,
         sandbox_html=config.files.sandbox_html,
+        links=links,
     )
     if config.auth.protect_downloads:
-        files = BearerGuard(files, tokens)
+        files = BearerGuard(files, tokens, links=links)
     root.putChild(b"files", files)
     root.putChild(
         b"echo", EchoResource(max_body_bytes=config.limits.max_upload_bytes, clock=clock)

@@ -123,10 +123,13 @@ class BearerGuard(Resource):
     checks before descending).
     """
 
-    def __init__(self, wrapped: IResource, tokens: TokenSet) -> None:
+    def __init__(self, wrapped: IResource, tokens: TokenSet, *, links: Any = None) -> None:
         super().__init__()
         self._wrapped = wrapped
         self._tokens = tokens
+        # A signed link (streamsvc.signing.LinkSigner) stands in for a token
+        # on GET and HEAD of the path it was made for.
+        self._links = links
         self.isLeaf = getattr(wrapped, "isLeaf", False)
         if IStreamingBodyResource.providedBy(wrapped):
             # A leaf that takes bodies must still be seen to take them, and
@@ -143,14 +146,23 @@ class BearerGuard(Resource):
             raise error
         return self._wrapped.body_consumer(request)  # type: ignore[attr-defined]
 
+    def _check(self, request: IRequest) -> HTTPError | None:
+        if self._links is not None:
+            try:
+                if self._links.verify(request):
+                    return None
+            except HTTPError as error:
+                return error
+        return check_bearer(request, self._tokens)
+
     def getChildWithDefault(self, path: bytes, request: IRequest) -> IResource:
-        error = check_bearer(request, self._tokens)
+        error = self._check(request)
         if error is not None:
             return ErrorPage(error)
         return self._wrapped.getChildWithDefault(path, request)
 
     def render(self, request: IRequest) -> bytes | int:
-        error = check_bearer(request, self._tokens)
+        error = self._check(request)
         if error is not None:
             return render_error(request, error)
         return self._wrapped.render(request)

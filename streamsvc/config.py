@@ -104,6 +104,7 @@ class AuthConfig:
     tokens_file: str | None = None
     protect_downloads: bool = False
     protect_metrics: bool = False
+    link_secret: str | None = attrs.field(default=None, repr=False)
 
 
 @attrs.frozen
@@ -327,6 +328,16 @@ def _parse_listen(value: str) -> tuple[str, ...]:
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?", re.ASCII)
 
 
+def _parse_link_secret(value: str) -> str | None:
+    """At least 32 characters (a random one is made at start-up when empty)."""
+    secret = value.strip()
+    if not secret:
+        return None
+    if len(secret) < 32:
+        raise ValueError("must be at least 32 characters (e.g. the output of: openssl rand -hex 32)")
+    return secret
+
+
 def _parse_origins(value: str) -> tuple[str, ...]:
     """C{*}, or origins (C{https://app.example:8443}) separated by spaces or commas; empty: none."""
     origins = [o for o in re.split(r"[\s,]+", value.strip()) if o]
@@ -496,6 +507,7 @@ _SCHEMA: Final[Mapping[str, tuple[type, Mapping[str, _Key]]]] = MappingProxyType
                 "tokens_file": _Key(_parse_path),
                 "protect_downloads": _Key(_parse_boolean),
                 "protect_metrics": _Key(_parse_boolean),
+                "link_secret": _Key(_parse_link_secret, secret=True),
             },
         ),
         "limits": (

@@ -50,6 +50,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import secrets
 import shutil
 import signal
 import socket
@@ -136,6 +137,9 @@ class WorkerPool(Service):
         spawn: Any = None,
         executable: str = sys.executable,
     ) -> None:
+        if config.auth.link_secret is None:
+            # One secret for all the workers, so a link made by one is good on all.
+            config = attrs.evolve(config, auth=attrs.evolve(config.auth, link_secret=secrets.token_hex(32)))
         self.config = config
         self._ports = ports
         self._reactor = reactor

@@ -284,7 +284,7 @@ def test_unknown_key() -> None:
         "tap.conf: [server] unknown key 'port' (known: listen, data_dir, shutdown_timeout, metrics, access_log, access_log_file, workers, cors_origins)"
     )
     assert error_of("[auth]\ntoken = x\n") == (
-        "tap.conf: [auth] unknown key 'token' (known: tokens, tokens_file, protect_downloads, protect_metrics)"
+        "tap.conf: [auth] unknown key 'token' (known: tokens, tokens_file, protect_downloads, protect_metrics, link_secret)"
     )
     # A key from another section is unknown here too.
     assert "[stream] unknown key 'listen'" in error_of("[stream]\nlisten = tcp:1\n")

@@ -188,11 +188,11 @@ def test_download_parameter_sets_disposition(files: Files) -> None:
 
 
 def test_method_not_allowed_is_json(files: Files) -> None:
-    """POST /files/x is a JSON 405 with Allow."""
-    r = files.get("/files/hello.txt", method="POST")
+    """PATCH /files/x is a JSON 405 with Allow (POST is there for signed links)."""
+    r = files.get("/files/hello.txt", method="PATCH")
     assert r.code == 405
     assert json.loads(r.body) == {"error": "method not allowed"}
-    assert r.header("allow") == "DELETE, GET, HEAD, PUT"
+    assert r.header("allow") == "DELETE, GET, HEAD, POST, PUT"
 
 
 def test_missing_file_is_json_404(files: Files) -> None:

@@ -521,12 +521,16 @@ def test_get_with_a_small_body_is_answered_as_usual(server: Server) -> None:
     assert conn.response().code == 200 and conn.response().body == b"content"
 
 
-def test_post_to_files_is_a_405_at_the_headers(server: Server) -> None:
+def test_patch_to_files_is_a_405_and_a_post_body_a_413_at_the_headers(server: Server) -> None:
     conn = server.connect()
-    conn.send(b"POST /files/f HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n")
+    conn.send(b"PATCH /files/f HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n")
     conn.read_until_quiet(server.clock)
     response = conn.response()
-    assert response.code == 405 and response.header("allow") == "DELETE, GET, HEAD, PUT"
+    assert response.code == 405 and response.header("allow") == "DELETE, GET, HEAD, POST, PUT"
+    conn = server.connect()
+    conn.send(b"POST /files/f?sign=60 HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n")
+    conn.read_until_quiet(server.clock)
+    assert conn.response().code == 413  # a POST here takes no body: refused unread
 
 
 def test_protected_downloads_still_take_uploads(tmp_path: Any) -> None:

@@ -9,6 +9,7 @@ spelling. Uploads (PUT/DELETE) are L{streamsvc.files.upload}'s.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from typing import BinaryIO
@@ -29,6 +30,7 @@ from streamsvc.files.paths import LIST_FLAGS, Target, open_failed, open_inside, 
 from streamsvc.files.upload import DEFAULT_MAX_UPLOAD_BYTES, Uploads
 from streamsvc.interfaces import IBodyConsumer, IStreamingBodyResource, IStreamProducer
 from streamsvc._sendfile import SendfileProducer
+from streamsvc.signing import LinkSigner
 from streamsvc.producers import (
     DEFAULT_CHUNK_SIZE,
     FileProducer,
@@ -107,9 +109,11 @@ class FilesResource(JSONResource):
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
         sendfile: bool = True,
         sandbox_html: bool = True,
+        links: LinkSigner | None = None,
     ) -> None:
         super().__init__()
         self.sandbox_html = sandbox_html
+        self.links = links
         if not 1 <= gzip_level <= 9:
             raise ValueError(f"gzip_level must be 1-9, not {gzip_level}")
         if chunk_size <= 0:
@@ -151,7 +155,28 @@ class FilesResource(JSONResource):
     def render_HEAD(self, request: IRequest) -> bytes | int:
         return self._respond(request, head=True)
 
+    def render_POST(self, request: IRequest) -> bytes:
+        """
+        C{POST /files/<path>?sign=SECONDS} (a Bearer token, as for uploads):
+        a signed link to GET that path for C{SECONDS} (L{streamsvc.signing}).
+        """
+        raw = request.args.get(b"sign")
+        if self.links is None:
+            raise HTTPError(405, "method not allowed", {b"allow": b"GET, HEAD, PUT, DELETE"})
+        if raw is None or set(request.args) != {b"sign"} or len(raw) != 1:
+            raise HTTPError(400, "POST /files/<path> takes one parameter: ?sign=SECONDS")
+        self._uploads().authorize(request)
+        if not raw[0].isdigit() or len(raw[0]) > 9:
+            raise HTTPError(400, "sign must be a number of seconds from 1 to 604800 (7 days)")
+        resolve(self.root, request.postpath)  # a 404 for what is not there
+        url, expires = self.links.link(request.prepath + request.postpath, int(raw[0]))
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return json.dumps({"url": url, "expires": expires}).encode("ascii") + b"\n"
+
     def _respond(self, request: IRequest, *, head: bool) -> bytes | int:
+        if self.links is not None:
+            self.links.verify(request)  # a bad or expired link is a 403, even on a public file
         target = resolve(self.root, request.postpath)
         if target.is_dir:
             if not target.slash:

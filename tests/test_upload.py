@@ -278,7 +278,7 @@ def test_chunked_upload_passing_the_limit_is_a_413(tmp_path: Any) -> None:
         ("/files/a%00b", 400),
         ("/files/a//b", 400),
         ("/files/%ff", 400),
-        ("/files/dir/", 409),
+        ("/files/dir/", 400),  # a folder, with a body
         ("/files", 409),
         ("/files/", 409),
     ],
@@ -289,6 +289,19 @@ def test_bad_paths_are_refused_and_nothing_is_written(server: Server, path: str,
     assert "error" in json.loads(response.body)
     everything = {p.name for p in server.root.parent.parent.rglob("*")}
     assert "escape" not in everything and server.leftovers() == []
+
+
+def test_a_put_of_a_path_ending_in_slash_without_a_body_makes_the_folder(server: Server) -> None:
+    assert server.request("PUT", "/files/a/b/", "Content-Length: 0").code == 401
+    r = server.request("PUT", "/files/a/b/", AUTH, "Content-Length: 0")
+    assert r.code == 201 and json.loads(r.body) == {"folder": "a/b", "created": True}
+    assert (server.root / "a" / "b").is_dir()
+    r = server.request("PUT", "/files/a/b/", AUTH, "Content-Length: 0")
+    assert r.code == 200 and json.loads(r.body)["created"] is False
+    (server.root / "f").write_bytes(b"x")
+    assert server.request("PUT", "/files/f/sub/", AUTH, "Content-Length: 0").code == 409
+    assert server.request("PUT", "/files/.git/", AUTH, "Content-Length: 0").code == 400
+    assert server.leftovers() == []
 
 
 def test_symlinked_folder_leading_outside_is_not_followed(server: Server, tmp_path: Any) -> None:

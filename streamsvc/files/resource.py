@@ -134,6 +134,9 @@ class FilesResource(JSONResource):
     def body_consumer(self, request: IRequest) -> IBodyConsumer | None:
         if request.method != b"PUT":
             return None  # no other method here takes a body
+        if request.postpath and request.postpath[-1] == b"" and len(request.postpath) > 1:
+            self._uploads().authorize(request)
+            raise HTTPError(400, "a PUT of a folder (a path ending in /) takes no body")
         return self._uploads().put(request)
 
     def _uploads(self) -> Uploads:
@@ -142,7 +145,9 @@ class FilesResource(JSONResource):
         return self.uploads
 
     def render_PUT(self, request: IRequest) -> int:
-        """A PUT without a body (the only kind rendered): an empty file."""
+        """A PUT without a body (the only kind rendered): an empty file, or a folder."""
+        if request.postpath and request.postpath[-1] == b"" and len(request.postpath) > 1:
+            return self._uploads().make_folder(request)
         self._uploads().put(request).body_done()
         return NOT_DONE_YET  # type: ignore[no-any-return]
 

@@ -350,6 +350,37 @@ class Uploads:
         return NOT_DONE_YET  # type: ignore[no-any-return]
 
 
+    def make_folder(self, request: IRequest) -> int:
+        """
+        C{PUT /files/<path>/} without a body: the folder (and those on the
+        way) made, 201, or 200 when it was there already; 409 when a file
+        is in the way. The folders holding the new ones are fsync'ed in a
+        thread before the answer, as after an upload.
+        """
+        self.authorize(request)
+        segments = write_segments(request.postpath[:-1])
+        path = os.path.join(self.root, *segments)
+        try:
+            fd, created = open_folder(self.root, segments, create=True)
+        except OSError as error:
+            raise write_failed(error, path) from None
+        os.close(fd)
+
+        def done(_: None) -> None:
+            if not request_over(request):
+                request.setResponseCode(201 if created else 200)
+                request.setHeader(b"content-type", b"application/json")
+                request.write(json.dumps({"folder": "/".join(segments), "created": bool(created)}).encode() + b"\n")
+                request.finish()
+
+        def failed(reason: Failure) -> None:
+            log.failure("PUT {path}/: could not sync the new folder", failure=reason, path=path)
+            _answer_error(request, HTTPError(500, "could not create the folder"))
+
+        self._run_blocking(fsync_folders, self.root, segments, created).addCallbacks(done, failed)
+        return NOT_DONE_YET  # type: ignore[no-any-return]
+
+
 def _temp_name() -> str:
     return f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
 

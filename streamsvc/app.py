@@ -24,7 +24,9 @@ from streamsvc.auth import BearerGuard, TokenSet
 from streamsvc.metrics import Metrics, MetricsResource
 from streamsvc.config import Config, ConfigError
 from streamsvc.cors import CORSPolicy, CORSResource
+from streamsvc.pages import UIResource
 from streamsvc.signing import LinkSigner
+from streamsvc.status import StatusResource, StreamsFeed
 from streamsvc.body import BodyRequest
 from streamsvc.limits import ConnectionLimits, GuardedChannel
 from streamsvc.echo import EchoResource
@@ -149,6 +151,7 @@ def build_resource(
     metrics: Metrics | None = None,
     task_store: ITaskStore | None = None,
     events: EventHub | None = None,
+    status_feed: StreamsFeed | None = None,
 ) -> Resource:
     """
     The whole tree: C{/files}, C{/echo}, C{/generate}, C{/tasks}, C{/healthz},
@@ -191,6 +194,15 @@ def build_resource(
             tasks = BearerGuard(_tasks(config, task_store, events, clock), tokens)
         root.putChild(b"tasks", tasks)
     root.putChild(b"healthz", Health())
+    # The dashboard's page is open (a browser cannot send a token to load a
+    # page, and it holds no data); its feed is guarded like /metrics.
+    root.putChild(b"ui", UIResource())
+    if status_feed is None:
+        status_feed = StreamsFeed(clock if clock is not None else _default_clock())
+    status: IResource = StatusResource(status_feed)
+    if config.auth.protect_metrics:
+        status = BearerGuard(status, tokens)
+    root.putChild(b"status", status)
     if metrics is not None:
         page: IResource = MetricsResource(metrics)
         if config.auth.protect_metrics:
@@ -255,6 +267,7 @@ def build_site(
     if task_store is None and config.tasks.enabled:
         task_store = open_task_store(config, reactor)
     events = build_events(config, reactor, metrics) if task_store is not None else None
+    feed = StreamsFeed(reactor)
     root: IResource = build_resource(
         config,
         clock=reactor,
@@ -262,6 +275,7 @@ def build_site(
         metrics=metrics,
         task_store=task_store,
         events=events,
+        status_feed=feed,
     )
     if config.server.cors_origins:
         root = CORSResource(root, CORSPolicy(config.server.cors_origins))
@@ -269,6 +283,7 @@ def build_site(
     site.task_store = task_store  # type: ignore[attr-defined]
     site.events = events  # type: ignore[attr-defined]
     site.drain_hooks = [events.close] if events is not None else []  # type: ignore[attr-defined]
+    site.drain_hooks.append(feed.close)  # type: ignore[attr-defined]
     site.requestFactory = BodyRequest
     site.protocol = GuardedChannel
     limits = config.limits

@@ -25,7 +25,7 @@ from twisted.web.iweb import IRequest
 from streamsvc.errors import HTTPError, JSONResource
 
 #: The kinds of stream a response can be; anything else counts as "other".
-KINDS = ("file", "listing", "generate", "echo", "tasks", "export", "events", "other")
+KINDS = ("file", "listing", "generate", "echo", "tasks", "export", "events", "status", "other")
 #: Kinds whose stream holds an open file (or folder) descriptor.
 FILE_KINDS = frozenset({"file", "listing"})
 

@@ -656,6 +656,13 @@ class BodyStream:
     def bytes_sent(self) -> int:
         return int(self.producer.bytes_written)
 
+    def paused_so_far(self) -> float:
+        """Seconds this body has spent paused by its client, the pause going on included."""
+        paused = self._paused_for
+        if self._paused_at is not None:
+            paused += self._get_clock().seconds() - self._paused_at
+        return paused
+
     def stop(self, outcome: Outcome) -> None:
         """
         Stop the body from the server side: the producer is stopped (its

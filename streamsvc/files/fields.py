@@ -12,6 +12,8 @@ import re
 from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 
+from streamsvc.errors import HTTPError
+
 def add_vary(request: IRequest, name: bytes) -> None:
     """
     Add C{name} to the response's C{Vary} (several parts of the server add
@@ -22,6 +24,46 @@ def add_vary(request: IRequest, name: bytes) -> None:
     if name.lower() not in (n.lower() for n in names):
         names.append(name)
     request.responseHeaders.setRawHeaders(b"vary", [b", ".join(names)])
+
+
+def _quality(accept: str, media: str) -> float:
+    """The q a C{Accept} value gives C{media}: its own entry, else C{type/*}, else C{*/*}."""
+    main = media.split("/")[0] + "/*"
+    found: dict[str, float] = {}
+    for part in accept.split(","):
+        name, *params = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = max(0.0, min(1.0, float(value)))
+                except ValueError:
+                    q = 0.0
+        found.setdefault(name.lower(), q)
+    for candidate in (media, main, "*/*"):
+        if candidate in found:
+            return found[candidate]
+    return 0.0
+
+
+def wants_html(request: IRequest) -> bool:
+    """
+    Whether a listing should be the HTML page: C{?format=html}, or an
+    C{Accept} that prefers C{text/html} to C{application/json} (a browser's
+    does; curl's C{*/*} and fetch()'s do not, so programs keep JSON).
+
+    @raise HTTPError: 400 for a C{format} other than C{html} or C{json}.
+    """
+    formats = request.args.get(b"format")
+    if formats is not None:
+        if formats not in ([b"html"], [b"json"]):
+            raise HTTPError(400, "format must be html or json")
+        return formats == [b"html"]
+    accept = list_header(request, b"accept")
+    if accept is None:
+        return False
+    return _quality(accept, "text/html") > _quality(accept, "application/json")
 
 
 def list_header(request: IRequest, name: bytes) -> str | None:

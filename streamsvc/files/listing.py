@@ -1,13 +1,23 @@
 # -*- test-case-name: tests.test_files -*-
 """
-Folder listings as a streamed JSON array, a bounded batch of entries per step.
+Folder listings, streamed a bounded batch of entries per step: a JSON
+array for programs, an HTML page for people (L{HTMLPage}), the same walk.
+
+Every entry carries an C{href}: its name percent-encoded from the raw
+bytes on disk, so a name that is not UTF-8 still links to a URL that
+downloads it; its C{name} is for display (bytes that are not UTF-8 shown
+as U+FFFD).
 """
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import stat
+import time
+from typing import Any
+from urllib.parse import quote
 
 from streamsvc.files.paths import inside, is_safe_segment
 
@@ -15,10 +25,97 @@ from streamsvc.files.paths import inside, is_safe_segment
 #: chunk's stat() calls stay well under a millisecond or so.
 LISTING_BATCH = 64
 
+
+class JSONArray:
+    """A listing as C{[{...},{...}]}: one object per entry."""
+
+    content_type = b"application/json"
+
+    def head(self) -> bytes:
+        return b"["
+
+    def entry(self, item: dict[str, Any], first: bool) -> bytes:
+        return (b"" if first else b",") + json.dumps(item).encode("utf-8")
+
+    def end(self, count: int) -> bytes:
+        return b"]\n"
+
+
+class HTMLPage:
+    """
+    A listing as a page: breadcrumbs, one table row per entry (in directory
+    order: sorting, folders first and filtering are done by the page's
+    script, /ui/listing.js, which also converts times to the viewer's
+    local time), and the script and style of C{/ui/}, never inline (the
+    page's CSP allows only C{script-src 'self'}).
+    """
+
+    content_type = b"text/html; charset=utf-8"
+
+    def __init__(self, segments: tuple[bytes, ...]) -> None:
+        #: The folder's URL path segments below /files, raw bytes.
+        self._segments = segments
+
+    def head(self) -> bytes:
+        path = "/files/" + "".join(quote(s, safe="") + "/" for s in self._segments)
+        crumbs = ['<a href="/files/">files</a>']
+        for depth, segment in enumerate(self._segments, start=1):
+            href = "/files/" + "".join(quote(s, safe="") + "/" for s in self._segments[:depth])
+            crumbs.append(f'<a href="{html.escape(href)}">{html.escape(_display(segment))}</a>')
+        title = html.escape("/files/" + "".join(_display(s) + "/" for s in self._segments))
+        return (
+            '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{title}</title>"
+            '<link rel="stylesheet" href="/ui/style.css"><script src="/ui/listing.js" defer></script>'
+            f'</head>\n<body class="listing" data-path="{html.escape(path)}">\n'
+            f'<header><nav class="crumbs">{" / ".join(crumbs)}</nav><div id="tools"></div></header>\n'
+            '<main><table id="listing"><thead><tr><th data-key="name">Name</th>'
+            '<th data-key="size">Size</th><th data-key="mtime">Modified</th>'
+            '<th class="actions"></th></tr></thead>\n<tbody>\n'
+        ).encode("utf-8")
+
+    def entry(self, item: dict[str, Any], first: bool) -> bytes:
+        kind, href, name = item["type"], html.escape(item["href"]), html.escape(item["name"])
+        size = "" if item["size"] is None else str(item["size"])
+        shown = name + "/" if kind == "dir" else name
+        mtime = float(item["mtime"])
+        stamp = time.gmtime(mtime)
+        return (
+            f'<tr class="{kind}" data-name="{name}" data-size="{size}" data-mtime="{mtime!r}" '
+            f'data-href="{href}"><td><a href="{href}">{shown}</a></td>'
+            f"<td>{'' if item['size'] is None else human_size(item['size'])}</td>"
+            f'<td><time datetime="{time.strftime("%Y-%m-%dT%H:%M:%SZ", stamp)}">'
+            f'{time.strftime("%Y-%m-%d %H:%M UTC", stamp)}</time></td><td class="actions"></td></tr>\n'
+        ).encode("utf-8")
+
+    def end(self, count: int) -> bytes:
+        noun = "entry" if count == 1 else "entries"
+        return (
+            f'</tbody></table></main>\n<footer data-count="{count}">{count} {noun}</footer>\n'
+            "</body></html>\n"
+        ).encode("utf-8")
+
+
+def human_size(size: int) -> str:
+    """C{1048576} → C{1.0 MiB}; bytes below 1 KiB as they are."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _display(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
 class DirectoryListing:
     """
-    A directory as a JSON array, a batch of entries per item, in directory
-    order (sorting would mean holding every name in memory first).
+    A directory in C{form} (L{JSONArray} by default, or L{HTMLPage}), a
+    batch of entries per item, in directory order (sorting would mean
+    holding every name in memory first).
 
     C{path} names the directory; C{fd}, when given, is the directory already
     opened safely (see L{open_inside}), is what is actually read, and
@@ -26,7 +123,7 @@ class DirectoryListing:
 
     The directory is opened by the constructor, so one that cannot be read
     is an C{OSError} the resource answers (404) before any byte is sent,
-    rather than a body that breaks off after its C{[}. L{close} releases
+    rather than a body that breaks off after its start. L{close} releases
     the handle whether or not iteration ever began; L{IterableProducer}
     calls it at once when the client goes away.
 
@@ -36,16 +133,27 @@ class DirectoryListing:
     """
 
     def __init__(
-        self, path: str, root: str, *, fd: int | None = None, batch: int = LISTING_BATCH
+        self,
+        path: str,
+        root: str,
+        *,
+        fd: int | None = None,
+        batch: int = LISTING_BATCH,
+        form: JSONArray | HTMLPage | None = None,
     ) -> None:
         self._entries = os.scandir(path if fd is None else fd)
         self._fd = fd  # owned from here on: the entries stat() through it
         self._path = path
         self._root = root
         self._batch = batch
+        self._form = form if form is not None else JSONArray()
         self._started = False
-        self._empty = True
+        self._count = 0
         self._ended = False
+
+    @property
+    def content_type(self) -> bytes:
+        return self._form.content_type
 
     def __iter__(self) -> DirectoryListing:
         return self
@@ -53,19 +161,19 @@ class DirectoryListing:
     def __next__(self) -> bytes:
         if self._ended:
             raise StopIteration
-        parts = [] if self._started else [b"["]
+        parts = [] if self._started else [self._form.head()]
         self._started = True
         for _ in range(self._batch):
             entry = next(self._entries, None)
             if entry is None:
-                parts.append(b"]\n")
+                parts.append(self._form.end(self._count))
                 self._ended = True
                 self.close()
                 break
             item = _entry(entry, self._path, self._root)
             if item is not None:
-                parts.append((b"" if self._empty else b",") + json.dumps(item).encode("utf-8"))
-                self._empty = False
+                parts.append(self._form.entry(item, self._count == 0))
+                self._count += 1
         return b"".join(parts)
 
     def close(self) -> None:
@@ -91,4 +199,6 @@ def _entry(entry: os.DirEntry[str], folder: str, root: str) -> dict[str, object]
         kind, size = "file", st.st_size
     else:
         return None
-    return {"name": entry.name, "size": size, "mtime": st.st_mtime, "type": kind}
+    raw = os.fsencode(entry.name)
+    href = quote(raw, safe="") + ("/" if kind == "dir" else "")
+    return {"name": _display(raw), "href": href, "size": size, "mtime": st.st_mtime, "type": kind}

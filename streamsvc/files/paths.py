@@ -82,16 +82,15 @@ def resolve(root: str, postpath: list[bytes]) -> Target:
     That costs one system call per segment in the common case, where
     C{os.path.realpath} would re-walk the root's own components every time.
 
-    @raise HTTPError: 400 for a path that is not UTF-8, 404 for everything
-        that is not a servable name (no hint as to why), 503 when the system
+    @raise HTTPError: 404 for everything that is not a servable name (no hint as to why), 503 when the system
         fails to look (see L{open_failed}).
     """
     slash = bool(postpath) and postpath[-1] == b""
     raw = postpath[:-1] if slash else postpath
-    try:
-        segments = tuple(s.decode("utf-8") for s in raw)
-    except UnicodeDecodeError:
-        raise HTTPError(400, "path is not valid UTF-8") from None
+    # A name that is not UTF-8 on disk is read as the bytes it is (the
+    # listing's href spells them): surrogate escapes give the OS the same
+    # bytes back.
+    segments = tuple(s.decode("utf-8", "surrogateescape") for s in raw)
     if not all(is_safe_segment(s) for s in segments):
         raise HTTPError(404, "not found")
     path = root

@@ -23,8 +23,15 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from streamsvc.errors import HTTPError, JSONResource, render_error
-from streamsvc.files.fields import add_vary, escape_query, finish_without_body, list_header, singleton_header
-from streamsvc.files.listing import DirectoryListing
+from streamsvc.files.fields import (
+    add_vary,
+    escape_query,
+    finish_without_body,
+    list_header,
+    singleton_header,
+    wants_html,
+)
+from streamsvc.files.listing import DirectoryListing, HTMLPage, JSONArray
 from streamsvc.files.media import ACTIVE_TYPES, content_disposition, last_suffixes, type_of_suffixes
 from streamsvc.files.paths import LIST_FLAGS, Target, open_failed, open_inside, open_regular, resolve
 from streamsvc.files.upload import DEFAULT_MAX_UPLOAD_BYTES, Uploads
@@ -63,6 +70,14 @@ from streamsvc.stages import GzipStage, accepts_gzip, is_compressible
 GZIP_CHUNK_SIZE = 64 * 1024
 
 log = Logger()
+
+#: The policy of the pages streamsvc makes (listings, /ui): its own scripts,
+#: styles and media only, never inline, no frames, no plug-ins.
+PAGE_CSP = (
+    b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    b"connect-src 'self'; media-src 'self'; base-uri 'none'; form-action 'self'; "
+    b"frame-ancestors 'none'"
+)
 
 
 @attrs.frozen
@@ -336,18 +351,25 @@ class FilesResource(JSONResource):
         return finish_without_body(request)
 
     def _listing(self, request: IRequest, target: Target, *, head: bool) -> int:
+        page = wants_html(request)
         try:
             fd = open_inside(target, self.root, LIST_FLAGS)
         except OSError as error:
             raise open_failed(error, target.real) from None
+        form = HTMLPage(tuple(request.postpath[:-1])) if page else JSONArray()
         try:
-            listing = DirectoryListing(target.real, self.root, fd=fd)
+            listing = DirectoryListing(target.real, self.root, fd=fd, form=form)
         except OSError as error:
             os.close(fd)
             raise open_failed(error, target.real) from None
-        gzip = self._gzip_wanted(request, is_compressible("application/json"))
-        request.setHeader(b"content-type", b"application/json")
+        content_type = "text/html" if page else "application/json"
+        gzip = self._gzip_wanted(request, is_compressible(content_type))
+        request.setHeader(b"content-type", listing.content_type)
         request.setHeader(b"x-content-type-options", b"nosniff")
+        add_vary(request, b"Accept")
+        if page:
+            request.setHeader(b"content-security-policy", PAGE_CSP)
+            request.setHeader(b"cache-control", b"no-cache")
         if self.gzip:
             add_vary(request, b"Accept-Encoding")
         if gzip:

@@ -235,6 +235,29 @@ def test_upload_50_mb_by_the_file_input(browser: Any, public: Streamsvc, shots: 
     assert hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(source.read_bytes()).digest()
 
 
+def test_new_folder_delete_and_a_signed_link_from_the_page(browser: Any, public: Streamsvc, shots: Path) -> None:
+    (public.files / "share.txt").write_bytes(b"shared")
+    (public.files / "doomed.txt").write_bytes(b"bye")
+    with_token(browser, public.url + "/files/")
+    wait_for(lambda: browser.find_elements(By.ID, "new-folder-name"), "the write tools")
+    browser.find_element(By.ID, "new-folder-name").send_keys("made here")
+    browser.find_element(By.ID, "new-folder").click()
+    wait_for(lambda: (public.files / "made here").is_dir(), "the folder on disk")
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, 'tr.dir[data-name="made here"]'), "its row")
+    browser.execute_script("window.confirm = () => true;")
+    browser.find_element(By.CSS_SELECTOR, 'tr[data-name="doomed.txt"] button.delete').click()
+    wait_for(lambda: not (public.files / "doomed.txt").exists(), "the file deleted")
+    wait_for(lambda: not browser.find_elements(By.CSS_SELECTOR, 'tr[data-name="doomed.txt"]'), "its row gone")
+    browser.find_element(By.CSS_SELECTOR, 'tr[data-name="share.txt"] button.sign').click()
+    link = wait_for(lambda: browser.execute_script(
+        "const i = document.querySelector('tr[data-name=\"share.txt\"] input.signed-url'); return i && i.value;"),
+        "the signed link")
+    browser.save_screenshot(str(shots / "actions.png"))
+    assert link.startswith(public.url + "/files/share.txt?expires=")
+    with urllib.request.urlopen(link, timeout=30) as answer:  # no token: the link is enough
+        assert answer.read() == b"shared"
+
+
 def leftovers(folder: Path) -> list[str]:
     return [p.name for p in folder.rglob(".streamsvc-upload-*")]
 

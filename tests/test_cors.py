@@ -11,30 +11,15 @@ import json
 from typing import Any
 
 import pytest
-from twisted.internet.task import Clock
-
-from streamsvc.app import build_site, prepare_data_dir
-from streamsvc.config import AuthConfig, Config, ConfigError, FilesConfig, ServerConfig, parse_config
-from streamsvc.testing import SiteConnection
+from configured_site import ConfiguredSite
+from streamsvc.config import AuthConfig, ConfigError, FilesConfig, parse_config
 
 APP = "https://app.example"
 
 
-class Site:
+class Site(ConfiguredSite):
     def __init__(self, tmp_path: Any, origins: tuple[str, ...] = (), **sections: Any) -> None:
-        self.clock = Clock()
-        config = Config(server=ServerConfig(data_dir=str(tmp_path), cors_origins=origins), **sections)
-        prepare_data_dir(config)
-        self.files = tmp_path / "files"
-        self.site = build_site(config, reactor=self.clock)
-
-    def request(self, method: str, path: str, *headers: str) -> Any:
-        conn = SiteConnection(self.site)
-        lines = [f"{method} {path} HTTP/1.1", "Host: x", *headers]
-        conn.send(("\r\n".join(lines) + "\r\n\r\n").encode())
-        conn.read_until_quiet(self.clock)
-        conn.disconnect()
-        return conn.response()
+        super().__init__(tmp_path, server={"cors_origins": origins}, **sections)
 
 
 def test_no_cors_without_origins_configured(tmp_path: Any) -> None:

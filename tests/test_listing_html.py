@@ -13,32 +13,15 @@ from html.parser import HTMLParser
 from typing import Any
 
 import pytest
-from twisted.internet.task import Clock
 
-from streamsvc.app import build_site, prepare_data_dir
-from streamsvc.config import Config, ServerConfig
+from configured_site import ConfiguredSite
 from streamsvc.files.fields import _quality
 from streamsvc.files.listing import DirectoryListing, HTMLPage, human_size
-from streamsvc.testing import SiteConnection
 
 BROWSER = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
 
 
-class Site:
-    def __init__(self, tmp_path: Any) -> None:
-        self.clock = Clock()
-        config = Config(server=ServerConfig(data_dir=str(tmp_path)))
-        prepare_data_dir(config)
-        self.files = tmp_path / "files"
-        self.site = build_site(config, reactor=self.clock)
-
-    def get(self, path: str, *headers: str) -> Any:
-        conn = SiteConnection(self.site)
-        lines = [f"GET {path} HTTP/1.1", "Host: x", *headers]
-        conn.send(("\r\n".join(lines) + "\r\n\r\n").encode())
-        conn.read_until_quiet(self.clock)
-        conn.disconnect()
-        return conn.response()
+Site = ConfiguredSite
 
 
 @pytest.mark.parametrize(
@@ -112,7 +95,7 @@ def test_the_page_lists_every_entry_escaped_with_its_own_scripts_only(tmp_path: 
     page = Page()
     page.feed(r.body.decode("utf-8"))
     assert not page.inline_script
-    assert page.scripts == [{"src": "/ui/listing.js", "defer": None}]
+    assert page.scripts == [{"src": "/ui/common.js", "defer": None}, {"src": "/ui/listing.js", "defer": None}]
     rows = {row["data-name"]: row for row in page.rows}
     assert set(rows) == {'<b>&"x".txt', "inner"}
     assert rows['<b>&"x".txt']["data-href"] == "%3Cb%3E%26%22x%22.txt"

@@ -7,34 +7,19 @@ import os
 from typing import Any
 
 import pytest
-from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
+from configured_site import ConfiguredSite
 from streamsvc.accesslog import redact_query
-from streamsvc.app import build_site, prepare_data_dir
-from streamsvc.config import AuthConfig, Config, LimitsConfig, ServerConfig
+from streamsvc.config import AuthConfig, LimitsConfig
 from streamsvc.testing import SiteConnection, parse_response
 
 
-class Site:
+class Site(ConfiguredSite):
     def __init__(self, tmp_path: Any, *, auth: AuthConfig | None = None, **server: Any) -> None:
-        self.clock = Clock()
-        config = Config(
-            server=ServerConfig(data_dir=str(tmp_path), **server),
-            auth=auth or AuthConfig(),
-            limits=LimitsConfig(max_connections=2),
+        super().__init__(
+            tmp_path, server=server, auth=auth or AuthConfig(), limits=LimitsConfig(max_connections=2)
         )
-        prepare_data_dir(config)
-        self.files = tmp_path / "files"
-        self.site = build_site(config, reactor=self.clock)
-
-    def get(self, path: str, *headers: str) -> Any:
-        conn = SiteConnection(self.site)
-        lines = [f"GET {path} HTTP/1.1", "Host: x", *headers]
-        conn.send(("\r\n".join(lines) + "\r\n\r\n").encode())
-        conn.read_until_quiet(self.clock)
-        conn.disconnect()
-        return conn.response()
 
     def metric(self, name: str, **labels: str) -> float:
         value = self.site.metrics.registry.get_sample_value(name, labels or None)

@@ -14,34 +14,20 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
-from streamsvc.app import build_site, prepare_data_dir
-from streamsvc.config import AuthConfig, Config, ConfigError, ServerConfig, parse_config
+from configured_site import ConfiguredSite
+from streamsvc.config import AuthConfig, ConfigError, parse_config
 from streamsvc.signing import LinkSigner, canonical_path
-from streamsvc.testing import SiteConnection
 
 TOKEN = "s1gning-token"
 AUTH = f"Authorization: Bearer {TOKEN}"
 
 
-class Site:
+class Site(ConfiguredSite):
     def __init__(self, tmp_path: Any, *, protect: bool = True, secret: str | None = None) -> None:
-        self.clock = Clock()
-        self.clock.advance(1_800_000_000)
-        config = Config(
-            server=ServerConfig(data_dir=str(tmp_path)),
-            auth=AuthConfig(tokens=(TOKEN,), protect_downloads=protect, link_secret=secret),
+        super().__init__(
+            tmp_path, auth=AuthConfig(tokens=(TOKEN,), protect_downloads=protect, link_secret=secret)
         )
-        prepare_data_dir(config)
-        self.files = tmp_path / "files"
-        self.site = build_site(config, reactor=self.clock)
-
-    def request(self, method: str, path: str, *headers: str) -> Any:
-        conn = SiteConnection(self.site)
-        lines = [f"{method} {path} HTTP/1.1", "Host: x", *headers]
-        conn.send(("\r\n".join(lines) + "\r\n\r\n").encode())
-        conn.read_until_quiet(self.clock)
-        conn.disconnect()
-        return conn.response(head=method == "HEAD")
+        self.clock.advance(1_800_000_000)
 
     def sign(self, path: str, seconds: int = 60) -> str:
         r = self.request("POST", f"{path}?sign={seconds}", AUTH, "Content-Length: 0")

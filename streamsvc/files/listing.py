@@ -68,7 +68,7 @@ class HTMLPage:
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{title}</title>"
             '<link rel="icon" href="data:,"><link rel="stylesheet" href="/ui/style.css">'
-            '<script src="/ui/listing.js" defer></script>'
+            '<script src="/ui/common.js" defer></script><script src="/ui/listing.js" defer></script>'
             f'</head>\n<body class="listing" data-path="{html.escape(path)}">\n'
             f'<header><nav class="crumbs">{" / ".join(crumbs)}</nav><div id="tools"></div></header>\n'
             '<main><table id="listing"><thead><tr><th data-key="name">Name</th>'

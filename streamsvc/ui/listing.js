@@ -6,7 +6,7 @@
 'use strict';
 
 (() => {
-  const TOKEN_KEY = 'streamsvc.token';
+  const {getToken, setToken, humanSize} = window.streamsvcUI;
   const SIGN_SECONDS = 3600;
   const PARALLEL_UPLOADS = 2;  // more only splits the same bandwidth
 
@@ -34,15 +34,6 @@
     return node;
   }
 
-  function getToken() {
-    try { return sessionStorage.getItem(TOKEN_KEY) || ''; } catch { return ''; }
-  }
-  function setToken(token) {
-    try {
-      if (token) sessionStorage.setItem(TOKEN_KEY, token);
-      else sessionStorage.removeItem(TOKEN_KEY);
-    } catch { /* storage disabled: the token just does not stick */ }
-  }
   function authHeaders() {
     const token = getToken();
     return token ? {Authorization: 'Bearer ' + token} : {};
@@ -53,15 +44,6 @@
   function encodeName(name) {
     return encodeURIComponent(name).replace(/[!'()*]/g,
       (c) => '%' + c.charCodeAt(0).toString(16).toUpperCase());
-  }
-
-  // As the server's listing: bytes below 1 KiB as they are, then one decimal.
-  function humanSize(bytes) {
-    if (!(bytes >= 1024)) return `${bytes} B`;
-    const units = ['KiB', 'MiB', 'GiB', 'TiB'];
-    let value = bytes / 1024, unit = 0;
-    while (value >= 1024 && unit < units.length - 1) { value /= 1024; unit += 1; }
-    return `${value.toFixed(1)} ${units[unit]}`;
   }
 
   function humanDuration(seconds) {

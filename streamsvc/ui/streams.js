@@ -6,7 +6,7 @@
 'use strict';
 
 (() => {
-  const TOKEN_KEY = 'streamsvc.token';
+  const {getToken, setToken, humanSize} = window.streamsvcUI;
   const FEED = '/status/streams';
   const RETRY_MS = 2000;
   const STALL_MS = 10000;       // the server sends every second: silence this long is a dead link
@@ -30,29 +30,11 @@
 
   // ---------- helpers ----------
 
-  function getToken() {
-    try { return sessionStorage.getItem(TOKEN_KEY) || ''; } catch { return ''; }
-  }
-  function setToken(token) {
-    try {
-      if (token) sessionStorage.setItem(TOKEN_KEY, token);
-      else sessionStorage.removeItem(TOKEN_KEY);
-    } catch { /* storage disabled */ }
-  }
-
   function el(tag, className, ...children) {
     const node = document.createElement(tag);
     if (className) node.className = className;
     node.append(...children);
     return node;
-  }
-
-  function humanSize(bytes) {
-    if (!(bytes >= 1024)) return `${Number(bytes) || 0} B`;
-    const units = ['KiB', 'MiB', 'GiB', 'TiB'];
-    let value = bytes / 1024, unit = 0;
-    while (value >= 1024 && unit < units.length - 1) { value /= 1024; unit += 1; }
-    return `${value.toFixed(1)} ${units[unit]}`;
   }
 
   // Rates in decimal megabytes a second, as labelled.

@@ -210,6 +210,14 @@ def test_listing_page_and_folder_navigation(browser: Any, public: Streamsvc, sho
     assert row.get_attribute("data-name") == "song & dance.txt"
     crumbs = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "nav.crumbs a")]
     assert crumbs == ["files", "music"]
+    # The token field keeps the token for the tab, and Forget drops it.
+    browser.find_element(By.ID, "token").send_keys(TOKEN)
+    browser.find_element(By.ID, "token-save").click()
+    stored = "return sessionStorage.getItem('streamsvc.token')"
+    assert browser.execute_script(stored) == TOKEN
+    assert browser.find_element(By.ID, "upload-input")  # the write tools are offered
+    browser.find_element(By.ID, "token-forget").click()
+    assert browser.execute_script(stored) is None
     assert browser.get_log("browser") == [] or all(
         "Content Security Policy" not in entry["message"] for entry in browser.get_log("browser")
     )

@@ -25,5 +25,27 @@ window.streamsvcUI = (() => {
     return `${value.toFixed(1)} ${units[unit]}`;
   }
 
-  return {getToken, setToken, humanSize};
+  // The token form of either page: Save keeps the typed token, Forget drops
+  // it; then changed() (which redraws, reconnects...).
+  function wireTokenForm(form, input, forget, changed) {
+    if (form && input) {
+      form.addEventListener('submit', (event) => {
+        event.preventDefault();
+        const token = input.value.trim();
+        if (!token) { input.focus(); return; }
+        setToken(token);
+        input.value = '';
+        changed();
+      });
+    }
+    if (forget) {
+      forget.addEventListener('click', () => {
+        setToken('');
+        if (input) input.value = '';
+        changed();
+      });
+    }
+  }
+
+  return {getToken, setToken, humanSize, wireTokenForm};
 })();

@@ -6,7 +6,7 @@
 'use strict';
 
 (() => {
-  const {getToken, setToken, humanSize} = window.streamsvcUI;
+  const {getToken, humanSize, wireTokenForm} = window.streamsvcUI;
   const SIGN_SECONDS = 3600;
   const PARALLEL_UPLOADS = 2;  // more only splits the same bandwidth
 
@@ -115,19 +115,7 @@
     return true;
   }
 
-  tokenForm.addEventListener('submit', (event) => {
-    event.preventDefault();
-    const token = tokenInput.value.trim();
-    if (!token) { tokenInput.focus(); return; }
-    setToken(token);
-    tokenInput.value = '';
-    showTokenState();
-  });
-  tokenForget.addEventListener('click', () => {
-    setToken('');
-    tokenInput.value = '';
-    showTokenState();
-  });
+  wireTokenForm(tokenForm, tokenInput, tokenForget, showTokenState);
 
   // fetch() with the token; never throws: {ok, status, data, error}.
   async function call(method, url) {

@@ -6,7 +6,7 @@
 'use strict';
 
 (() => {
-  const {getToken, setToken, humanSize} = window.streamsvcUI;
+  const {getToken, humanSize, wireTokenForm} = window.streamsvcUI;
   const FEED = '/status/streams';
   const RETRY_MS = 2000;
   const STALL_MS = 10000;       // the server sends every second: silence this long is a dead link
@@ -74,24 +74,7 @@
     if (tokenInput) tokenInput.placeholder = has ? 'token saved' : 'token (if metrics are protected)';
   }
 
-  if (tokenForm && tokenInput) {
-    tokenForm.addEventListener('submit', (event) => {
-      event.preventDefault();
-      const token = tokenInput.value.trim();
-      if (!token) { tokenInput.focus(); return; }
-      setToken(token);
-      tokenInput.value = '';
-      showTokenState();
-      connect();
-    });
-  }
-  if (tokenForget) {
-    tokenForget.addEventListener('click', () => {
-      setToken('');
-      showTokenState();
-      connect();
-    });
-  }
+  wireTokenForm(tokenForm, tokenInput, tokenForget, () => { showTokenState(); connect(); });
 
   // ---------- the feed ----------
 

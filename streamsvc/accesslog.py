@@ -167,7 +167,9 @@ class AccessLog:
             "status": status,
             "bytes": sent,
             "range": _first(headers.getRawHeaders(b"range")),
-            "referer": _first(headers.getRawHeaders(b"referer")),
+            # A Referer may be a signed link's URL (a listing page opened by
+            # one loads its scripts): its query values are dropped too.
+            "referer": redact_query(_first(headers.getRawHeaders(b"referer")).encode("latin-1")),
             "user_agent": _first(headers.getRawHeaders(b"user-agent")),
             "duration": max(0.0, now - started),
             "outcome": outcome,
@@ -212,13 +214,19 @@ class AppendLines:
         data = b"".join(self._lines)
         self._lines.clear()
         self._size = 0
+        whole = len(data)
         while data:
             try:
                 written = os.write(self._fd, data)
             except OSError as e:
                 # A full disk must not take the server down, nor loop here.
                 _problems.warn("access log write failed, {count} bytes lost: {error}",
-                         count=len(data), error=e)
+                               count=len(data), error=e)
+                if len(data) < whole:
+                    try:  # end the cut line, so the next one starts on its own
+                        os.write(self._fd, b"\n")
+                    except OSError:
+                        pass
                 return
             data = data[written:]
 

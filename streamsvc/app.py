@@ -195,12 +195,14 @@ def build_resource(
         root.putChild(b"tasks", tasks)
     root.putChild(b"healthz", Health())
     # The dashboard's page is open (a browser cannot send a token to load a
-    # page, and it holds no data); its feed is guarded like /metrics.
+    # page, and it holds no data); its feed is guarded like /metrics and /files.
     root.putChild(b"ui", UIResource())
     if status_feed is None:
         status_feed = StreamsFeed(clock if clock is not None else _default_clock())
     status: IResource = StatusResource(status_feed)
-    if config.auth.protect_metrics:
+    # It shows every stream's path and client: as private as the files or
+    # the metrics, whichever is protected.
+    if config.auth.protect_metrics or config.auth.protect_downloads:
         status = BearerGuard(status, tokens)
     root.putChild(b"status", status)
     if metrics is not None:

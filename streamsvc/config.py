@@ -705,6 +705,28 @@ def load_config(path: str | None, *, required: bool) -> Config:
     )
 
 
+#: Endpoint types a worker can adopt from the supervisor.
+WORKER_ENDPOINTS: Final = ("tcp", "tcp6", "unix", "ssl")
+
+
+def check_workers(config: Config) -> None:
+    """
+    With several workers, every endpoint must be one a worker can adopt
+    (a C{systemd:} socket is handed to one process only).
+
+    @raise ConfigError: naming the endpoint.
+    """
+    if config.server.workers <= 1:
+        return
+    for description in config.server.listen:
+        kind = description.split(":", 1)[0].lower()
+        if kind not in WORKER_ENDPOINTS:
+            raise ConfigError(
+                f"workers = {config.server.workers}: {description!r}: with several workers, "
+                f"listen on {', '.join(k + ':' for k in WORKER_ENDPOINTS)} endpoints (or run one worker)"
+            )
+
+
 def apply_overrides(
     config: Config,
     *,

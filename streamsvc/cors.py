@@ -82,7 +82,10 @@ class CORSResource:
     def _mark(self, request: IRequest) -> Preflight | None:
         origin = request.getHeader(b"origin")
         allowed = self._policy.allow_origin(origin)
-        if origin is not None and not self._policy.any:
+        if not self._policy.any:
+            # Even without an Origin: a cache must not give this answer
+            # (no Allow-Origin) to a page that sends one, nor one origin's
+            # answer to another.
             add_vary(request, b"Origin")
         if request.method == b"OPTIONS" and origin is not None and request.getHeader(
             b"access-control-request-method"

@@ -71,6 +71,7 @@ class UIResource(JSONResource):
         body, content_type, etag = self._find(request)
         request.setHeader(b"content-type", content_type)
         request.setHeader(b"content-security-policy", PAGE_CSP)
+        request.setHeader(b"referrer-policy", b"no-referrer")
         request.setHeader(b"x-content-type-options", b"nosniff")
         request.setHeader(b"cache-control", b"no-cache")
         request.setHeader(b"etag", etag.encode("ascii"))

@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
+from streamsvc.accesslog import redact_query
 from streamsvc.errors import HTTPError, render_error
 from streamsvc.interfaces import IStreamProducer
 from streamsvc.pull import DEFAULT_BURST, DEFAULT_TURN_BUDGET, PullDriver
@@ -650,7 +651,7 @@ class BodyStream:
         self._unsent_mark: int | None = None
 
     def __repr__(self) -> str:
-        return f"<BodyStream {self.request.uri!r} {self.producer!r}>"
+        return f"<BodyStream {redact_query(self.request.uri or b'')!r} {self.producer!r}>"
 
     @property
     def bytes_sent(self) -> int:
@@ -730,7 +731,7 @@ class BodyStream:
             return
         log.info(
             "Client of {uri} took nothing for {seconds} s: response aborted",
-            uri=self.request.uri,
+            uri=redact_query(self.request.uri or b""),
             seconds=self._send_timeout,
         )
         if self._metrics is not None:
@@ -806,7 +807,7 @@ class BodyStream:
             error = reason.value
             log.info(
                 "Response body for {uri} ended by {code} after {sent} bytes",
-                uri=request.uri,
+                uri=redact_query(request.uri or b""),
                 code=error.code,
                 sent=self.bytes_sent,
             )
@@ -816,7 +817,7 @@ class BodyStream:
         log.failure(
             "Response body for {uri} failed after {sent} bytes",
             reason,
-            uri=request.uri,
+            uri=redact_query(request.uri or b""),
             sent=self.bytes_sent,
         )
         sent = self._decided(Outcome.ERROR)
@@ -831,7 +832,7 @@ class BodyStream:
     def _answer_server_stop(self, outcome: Outcome) -> None:
         log.info(
             "Response body for {uri} stopped by the server ({outcome}) after {sent} bytes",
-            uri=self.request.uri,
+            uri=redact_query(self.request.uri or b""),
             outcome=outcome.value,
             sent=self.bytes_sent,
         )
@@ -853,7 +854,9 @@ class BodyStream:
             request.channel.transport.abortConnection()
 
     def _bug(self, failure: Failure) -> BodySent:
-        log.failure("Error while ending the response to {uri}", failure, uri=self.request.uri)
+        log.failure(
+            "Error while ending the response to {uri}", failure, uri=redact_query(self.request.uri or b"")
+        )
         return BodySent(Outcome.ERROR, self.bytes_sent)
 
     def _report(self, sent: BodySent) -> None:

@@ -17,11 +17,13 @@ replaces the one not yet sent (a status is only worth its latest value).
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 
@@ -30,6 +32,8 @@ from streamsvc.accesslog import redact_query
 from streamsvc.errors import HTTPError, JSONResource
 from streamsvc.files.fields import finish_without_body
 from streamsvc.producers import StreamProducer, start_body
+
+log = Logger()
 
 #: The kind of the status streams themselves, left out of what they show.
 KIND = "status"
@@ -59,7 +63,7 @@ class StreamsFeed:
         if self._loop is None:
             self._loop = LoopingCall(self.tick)
             self._loop.clock = self.clock
-            self._loop.start(self.interval, now=True)
+            self._loop.start(self.interval, now=True).addErrback(self._failed)
         elif self._last is not None:
             watcher.offer(self._last)
         return watcher
@@ -71,7 +75,15 @@ class StreamsFeed:
             if loop.running:
                 loop.stop()
             self._previous.clear()
+            self._ids.clear()
             self._last = None
+
+    def _failed(self, failure: Any) -> None:
+        """A snapshot that raised (a bug): say so, and end the watchers rather than leave them silent."""
+        log.failure("The streams feed failed", failure)
+        self._loop = None
+        for watcher in list(self._watchers):
+            watcher.close()
 
     def close(self) -> None:
         """A drain: every status stream ends now, cleanly."""
@@ -116,7 +128,13 @@ class StreamsFeed:
             )
         self._previous = seen
         self._ids = {stream: self._ids[stream] for stream in seen}
-        return {"time": now, "active": len(rows), "total_rate": round(total, 1), "streams": rows}
+        return {
+            "time": now,
+            "worker": os.getpid(),  # with several workers, the one that answers
+            "active": len(rows),
+            "total_rate": round(total, 1),
+            "streams": rows,
+        }
 
     def tick(self) -> None:
         data = json.dumps(self.snapshot(), separators=(",", ":")).encode("utf-8")

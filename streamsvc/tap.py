@@ -27,6 +27,7 @@ from streamsvc.config import (
     Config,
     ConfigError,
     apply_overrides,
+    check_workers,
     load_config,
 )
 
@@ -85,6 +86,7 @@ class Options(usage.Options):
         config = apply_overrides(
             config, listen=self["listen"] or None, data_dir=self["data-dir"], workers=self["workers"]
         )
+        check_workers(config)
         prepare_data_dir(config)
         try:
             raise_fd_limit(config.limits.max_connections)

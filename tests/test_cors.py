@@ -53,6 +53,7 @@ def test_listed_origins_are_echoed_with_vary_and_others_get_nothing(tmp_path: An
     r = site.request("GET", "/files/notes.txt", "Origin: https://evil.example")
     assert r.code == 200 and r.header("access-control-allow-origin") is None
     assert "Origin" in r.header("vary")
+    assert "Origin" in site.request("GET", "/healthz").header("vary")  # no Origin: still varies on it
 
 
 def test_errors_carry_cors_headers_too(tmp_path: Any) -> None:
@@ -92,9 +93,9 @@ def test_cors_origins_config() -> None:
 
 
 @pytest.mark.parametrize("sandbox", [True, False])
-def test_sandbox_html(tmp_path: Any, sandbox: bool) -> None:
+@pytest.mark.parametrize("name", ["page.html", "manifest.mpd", "pic.svg"])
+def test_sandbox_html(tmp_path: Any, sandbox: bool, name: str) -> None:
     site = Site(tmp_path, files=FilesConfig(sandbox_html=sandbox))
-    (site.files / "page.html").write_bytes(b"<script>alert(1)</script>")
-    r = site.request("GET", "/files/page.html")
-    assert r.header("content-type").startswith("text/html")
-    assert (r.header("content-security-policy") == "sandbox") is sandbox
+    (site.files / name).write_bytes(b"<script>alert(1)</script>")
+    r = site.request("GET", "/files/" + name)
+    assert (r.header("content-security-policy") == "sandbox") is sandbox  # +xml types by rule

@@ -115,6 +115,9 @@ def test_a_name_that_is_not_utf8_round_trips(tmp_path: Any) -> None:
     r = site.get("/files/" + item["href"])
     assert r.code == 200 and r.body == b"still served"
     assert b'href="bad%FFname.txt"' in site.get("/files/?format=html").body
+    os.mkdir(os.path.join(os.fsencode(site.files), b"dir\xfe"))
+    r = site.get("/files/dir%FE")
+    assert r.code == 301 and r.header("location") == "/files/dir%FE/"
 
 
 def test_streamed_in_batches_and_unit_helpers(tmp_path: Any) -> None:

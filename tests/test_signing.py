@@ -119,3 +119,22 @@ def test_signer_unit() -> None:
     with pytest.raises(ConfigError, match="at least 32"):
         parse_config("[auth]\nlink_secret = short\n")
     assert "link_secret" not in repr(parse_config("[auth]\nlink_secret = " + "z" * 32 + "\n").auth)
+
+
+def test_a_link_to_a_folder_names_its_slash_and_its_page_sends_no_referer(tmp_path: Any) -> None:
+    site = Site(tmp_path)
+    (site.files / "music").mkdir()
+    url = site.sign("/files/music")  # without its slash
+    assert url.startswith("/files/music/?expires=")
+    r = site.request("GET", url, "Accept: text/html")
+    assert r.code == 200 and r.header("referrer-policy") == "no-referrer"
+    sig = parse_qs(urlsplit(url).query)["sig"][0]
+    with capturedLogs() as events:  # its scripts, loaded with the page's URL as Referer
+        site.request("GET", "/ui/listing.js", f"Referer: http://x{url}")
+    lines = [str(e["line"]) for e in events if e.get("log_namespace") == "streamsvc.access"]
+    assert lines and sig not in lines[0] and "sig=" in lines[0]
+
+
+def test_the_streams_feed_is_private_when_downloads_are(tmp_path: Any) -> None:
+    site = Site(tmp_path, protect=True)
+    assert site.request("GET", "/status/streams").code == 401

@@ -52,6 +52,15 @@ def test_restart_delay_doubles_while_workers_die_young_and_resets_after() -> Non
     assert restart_delay(30.0, 10.0) == 1.0  # it ran steadily: a fresh crash
 
 
+def test_systemd_endpoints_are_refused_with_workers() -> None:
+    from streamsvc.config import check_workers
+
+    config = attrs.evolve(Config(), server=ServerConfig(workers=2, listen=("systemd:domain=INET:index=0",)))
+    with pytest.raises(ConfigError, match="with several workers, listen on tcp:, tcp6:, unix:, ssl:"):
+        check_workers(config)
+    check_workers(attrs.evolve(config, server=ServerConfig(workers=1, listen=config.server.listen)))
+
+
 def test_parse_workers() -> None:
     assert parse_workers("3") == 3
     assert parse_workers(" auto ") == min(len(os.sched_getaffinity(0)), 64)
@@ -365,7 +374,11 @@ class Workers:
     def close(self) -> None:
         pids = children(self.proc.pid)
         if self.proc.poll() is None:
-            self.proc.kill()
+            self.proc.terminate()  # the orderly stop, which removes the metrics folder
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
         self.proc.wait()
         for pid in pids:
             if alive(pid):

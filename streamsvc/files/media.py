@@ -65,6 +65,15 @@ ACTIVE_TYPES = frozenset(
     {"text/html", "application/xhtml+xml", "image/svg+xml", "application/xml", "text/xml"}
 )
 
+def is_active(content_type: str) -> bool:
+    """
+    Whether a browser might run scripts in this type: the known ones, and
+    by rule anything HTML or XML (C{+xml} types such as C{application/dash+xml}
+    included), so a type added later is sandboxed unless shown to be inert.
+    """
+    return content_type in ACTIVE_TYPES or content_type.endswith("+xml") or "html" in content_type
+
+
 def content_type_for(name: str) -> str:
     """The media type to announce for a file name; never text/html by default."""
     return type_of_suffixes(last_suffixes(name))[0]

@@ -32,7 +32,7 @@ from streamsvc.files.fields import (
     wants_html,
 )
 from streamsvc.files.listing import DirectoryListing, HTMLPage, JSONArray
-from streamsvc.files.media import ACTIVE_TYPES, content_disposition, last_suffixes, type_of_suffixes
+from streamsvc.files.media import content_disposition, is_active, last_suffixes, type_of_suffixes
 from streamsvc.files.paths import LIST_FLAGS, Target, open_failed, open_inside, open_regular, resolve
 from streamsvc.files.upload import DEFAULT_MAX_UPLOAD_BYTES, Uploads
 from streamsvc.interfaces import IBodyConsumer, IStreamingBodyResource, IStreamProducer
@@ -188,8 +188,11 @@ class FilesResource(JSONResource):
         self._uploads().authorize(request)
         if not raw[0].isdigit() or len(raw[0]) > 9:
             raise HTTPError(400, "sign must be a number of seconds from 1 to 604800 (7 days)")
-        resolve(self.root, request.postpath)  # a 404 for what is not there
-        url, expires = self.links.link(request.prepath + request.postpath, int(raw[0]))
+        target = resolve(self.root, request.postpath)  # a 404 for what is not there
+        segments = request.prepath + request.postpath
+        if target.is_dir and not target.slash:
+            segments = segments + [b""]  # the folder's own URL, which a link to it must name
+        url, expires = self.links.link(segments, int(raw[0]))
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
         return json.dumps({"url": url, "expires": expires}).encode("ascii") + b"\n"
@@ -267,7 +270,7 @@ class FilesResource(JSONResource):
 
         request.setHeader(b"content-type", content_type.encode("ascii"))
         request.setHeader(b"x-content-type-options", b"nosniff")
-        if self.sandbox_html and content_type in ACTIVE_TYPES:
+        if self.sandbox_html and is_active(content_type):
             request.setHeader(b"content-security-policy", b"sandbox")
         request.setHeader(b"accept-ranges", b"bytes")
         request.setHeader(b"last-modified", http_date(mtime).encode("ascii"))
@@ -338,10 +341,7 @@ class FilesResource(JSONResource):
         return _Body(spans, gzip)
 
     def _redirect_to_slash(self, request: IRequest) -> int:
-        location = "/" + "/".join(
-            quote(s.decode("utf-8", "surrogateescape"), safe="")
-            for s in request.prepath + request.postpath
-        ) + "/"
+        location = "/" + "/".join(quote(s, safe="") for s in request.prepath + request.postpath) + "/"
         query = escape_query(request.uri.partition(b"?")[2])
         request.setResponseCode(301)
         request.setHeader(
@@ -369,6 +369,9 @@ class FilesResource(JSONResource):
         add_vary(request, b"Accept")
         if page:
             request.setHeader(b"content-security-policy", PAGE_CSP)
+            # Opened by a signed link, the page's URL holds the signature:
+            # never send it on as a Referer.
+            request.setHeader(b"referrer-policy", b"no-referrer")
             request.setHeader(b"cache-control", b"no-cache")
         if self.gzip:
             add_vary(request, b"Accept-Encoding")

@@ -25,6 +25,7 @@ from streamsvc.metrics import Metrics, MetricsResource
 from streamsvc.config import Config, ConfigError
 from streamsvc.cors import CORSPolicy, CORSResource
 from streamsvc.pages import UIResource
+from streamsvc.producers import default_clock
 from streamsvc.signing import LinkSigner
 from streamsvc.status import StatusResource, StreamsFeed
 from streamsvc.body import BodyRequest
@@ -51,12 +52,6 @@ def link_secret(config: Config) -> bytes:
     """The key of signed links: C{[auth] link_secret}, else this process's random one."""
     secret = config.auth.link_secret
     return secret.encode("utf-8") if secret is not None else _PROCESS_LINK_SECRET
-
-
-def _default_clock() -> IReactorTime:
-    from twisted.internet import reactor
-
-    return reactor  # type: ignore[return-value]
 
 
 def files_dir(config: Config) -> str:
@@ -163,7 +158,9 @@ def build_resource(
     """
     root = Root()
     tokens = TokenSet(config.auth.tokens)
-    links = LinkSigner(link_secret(config), clock if clock is not None else _default_clock())
+    # Links and the status feed read the time themselves: they need a clock now.
+    now = clock if clock is not None else default_clock()
+    links = LinkSigner(link_secret(config), now)
     files: IResource = FilesResource(
         files_dir(config),
         chunk_size=config.stream.chunk_size,
@@ -198,7 +195,7 @@ def build_resource(
     # page, and it holds no data); its feed is guarded like /metrics and /files.
     root.putChild(b"ui", UIResource())
     if status_feed is None:
-        status_feed = StreamsFeed(clock if clock is not None else _default_clock())
+        status_feed = StreamsFeed(now)
     status: IResource = StatusResource(status_feed)
     # It shows every stream's path and client: as private as the files or
     # the metrics, whichever is protected.

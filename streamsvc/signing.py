@@ -38,6 +38,12 @@ def canonical_path(segments: Sequence[bytes]) -> str:
     return "/" + "/".join(quote(segment, safe="") for segment in segments)
 
 
+def check_duration(seconds: int) -> None:
+    """A link's life must be 1 s to L{MAX_SECONDS}; else the client's 400."""
+    if not 1 <= seconds <= MAX_SECONDS:
+        raise HTTPError(400, f"sign must be a number of seconds from 1 to {MAX_SECONDS} (7 days)")
+
+
 class LinkSigner:
     """Makes and checks signed links with C{secret}, on C{clock} (C{seconds()})."""
 
@@ -57,8 +63,7 @@ class LinkSigner:
 
     def link(self, segments: Sequence[bytes], seconds: int) -> tuple[str, int]:
         """The signed URL for the path C{segments} and its expiry (Unix time)."""
-        if not 1 <= seconds <= MAX_SECONDS:
-            raise HTTPError(400, f"sign must be a number of seconds from 1 to {MAX_SECONDS} (7 days)")
+        check_duration(seconds)
         expires = int(self._clock.seconds()) + seconds
         path = canonical_path(segments)
         return f"{path}?expires={expires}&sig={self.signature(path, expires)}", expires

@@ -30,7 +30,7 @@ from twisted.web.server import NOT_DONE_YET
 from streamsvc._transport import host_of
 from streamsvc.accesslog import redact_query
 from streamsvc.errors import HTTPError, JSONResource
-from streamsvc.files.fields import finish_without_body
+from streamsvc.files.fields import event_stream_headers, finish_without_body
 from streamsvc.producers import StreamProducer, start_body
 
 log = Logger()
@@ -194,10 +194,7 @@ class StatusResource(JSONResource):
             raise HTTPError(404, "not found")
         if request.args:
             raise HTTPError(400, "this resource takes no query parameters")
-        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-store")
-        request.setHeader(b"x-accel-buffering", b"no")
-        request.setHeader(b"x-content-type-options", b"nosniff")
+        event_stream_headers(request, b"text/event-stream; charset=utf-8")
 
     def render_GET(self, request: IRequest) -> int:
         self._headers(request)

@@ -14,6 +14,14 @@ from twisted.web.server import NOT_DONE_YET
 
 from streamsvc.errors import HTTPError
 
+def event_stream_headers(request: IRequest, content_type: bytes) -> None:
+    """The headers of a live stream (events, status): never stored, never buffered by a proxy."""
+    request.setHeader(b"content-type", content_type)
+    request.setHeader(b"cache-control", b"no-store")
+    request.setHeader(b"x-accel-buffering", b"no")  # nginx in front: do not buffer the stream
+    request.setHeader(b"x-content-type-options", b"nosniff")
+
+
 def add_vary(request: IRequest, name: bytes) -> None:
     """
     Add C{name} to the response's C{Vary} (several parts of the server add

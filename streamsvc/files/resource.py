@@ -37,7 +37,7 @@ from streamsvc.files.paths import LIST_FLAGS, Target, open_failed, open_inside, 
 from streamsvc.files.upload import DEFAULT_MAX_UPLOAD_BYTES, Uploads
 from streamsvc.interfaces import IBodyConsumer, IStreamingBodyResource, IStreamProducer
 from streamsvc._sendfile import SendfileProducer
-from streamsvc.signing import LinkSigner
+from streamsvc.signing import LinkSigner, check_duration
 from streamsvc.producers import (
     DEFAULT_CHUNK_SIZE,
     FileProducer,
@@ -186,13 +186,14 @@ class FilesResource(JSONResource):
         if raw is None or set(request.args) != {b"sign"} or len(raw) != 1:
             raise HTTPError(400, "POST /files/<path> takes one parameter: ?sign=SECONDS")
         self._uploads().authorize(request)
-        if not raw[0].isdigit() or len(raw[0]) > 9:
-            raise HTTPError(400, "sign must be a number of seconds from 1 to 604800 (7 days)")
+        # Not plain digits: 0, refused with the signer's one message.
+        seconds = int(raw[0]) if raw[0].isdigit() and len(raw[0]) <= 9 else 0
+        check_duration(seconds)  # before the path: a 400 whatever the path
         target = resolve(self.root, request.postpath)  # a 404 for what is not there
         segments = request.prepath + request.postpath
         if target.is_dir and not target.slash:
             segments = segments + [b""]  # the folder's own URL, which a link to it must name
-        url, expires = self.links.link(segments, int(raw[0]))
+        url, expires = self.links.link(segments, seconds)
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
         return json.dumps({"url": url, "expires": expires}).encode("ascii") + b"\n"

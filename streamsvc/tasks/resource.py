@@ -35,7 +35,7 @@ from zope.interface import implementer
 
 from streamsvc._transport import request_over
 from streamsvc.errors import ErrorPage, HTTPError, JSONResource, not_found, render_error
-from streamsvc.files.fields import add_vary, finish_without_body, list_header
+from streamsvc.files.fields import add_vary, event_stream_headers, finish_without_body, list_header
 from streamsvc.interfaces import IBodyConsumer, IStreamingBodyResource, ITaskCursor, ITaskStore
 from streamsvc.producers import StreamProducer, start_body
 from streamsvc.ranges import etag_matches
@@ -510,10 +510,7 @@ class EventsResource(JSONResource):
             raise HTTPError(400, str(error)) from None
         if fmt not in FORMATS:
             raise HTTPError(400, f"format must be one of {', '.join(FORMATS)}")
-        request.setHeader(b"content-type", CONTENT_TYPES[fmt])
-        request.setHeader(b"cache-control", b"no-store")
-        request.setHeader(b"x-accel-buffering", b"no")  # nginx in front: do not buffer the stream
-        request.setHeader(b"x-content-type-options", b"nosniff")
+        event_stream_headers(request, CONTENT_TYPES[fmt])
         return fmt
 
     def render_GET(self, request: IRequest) -> int:

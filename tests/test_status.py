@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 
 from streamsvc.app import build_site, prepare_data_dir
 from streamsvc.config import AuthConfig, Config, LimitsConfig, ServerConfig
@@ -133,3 +134,22 @@ def test_ui_files_are_served_with_the_page_policy(tmp_path: Any) -> None:
     assert get("/ui/nope.js").code == 404 and get("/ui/a/b").code == 404
     r = get("/ui/")
     assert r.code == 302 and r.header("location") == "/files/"
+
+
+def test_a_snapshot_that_fails_ends_the_watchers_instead_of_leaving_them_silent(tmp_path: Any) -> None:
+    site, clock = make_site(tmp_path)
+    watcher = SiteConnection(site)
+    watcher.request("GET", "/status/streams")
+    clock.advance(1)
+    feed = site.resource.children[b"status"].feed
+
+    def broken() -> Any:
+        raise RuntimeError("a bug")
+
+    feed.snapshot = broken
+    with capturedLogs() as events:
+        clock.advance(1)
+    watcher.read_until_quiet(clock)
+    assert watcher.transport.value().endswith(b"0\r\n\r\n")  # ended cleanly
+    assert feed._loop is None and feed._watchers == {}
+    assert [e["log_failure"].type for e in events if "log_failure" in e] == [RuntimeError]

@@ -148,29 +148,84 @@ class AccessLog:
             sent, paused = request.sentLength, 0.0
         answered = request.startedWriting
         status = request.code if answered else (499 if gone else request.code)
-        metrics = metrics_of(getattr(request, "site", None))
+        self._line(
+            getattr(request, "site", None),
+            client=host_of(request.getClientAddress()),
+            method=request.method,
+            uri=request.uri,
+            protocol=request.clientproto,
+            headers=request.requestHeaders,
+            status=status,
+            sent=sent,
+            started=getattr(request, "started_at", None),
+            outcome=outcome,
+            paused=paused,
+        )
+
+    def log_refusal(self, channel: Any, status: int, sent: int, started: float | None) -> None:
+        """
+        An answer the channel wrote itself, before any request could (a 400
+        for a malformed head, a 408 for a slow one, a 503 at the door):
+        counted and logged like any other, with what the head gave.
+        """
+        requests = getattr(channel, "requests", None)
+        request = requests[-1] if requests else None
+        if request is not None:
+            if getattr(request, "_access_logged", False):
+                return
+            request._access_logged = True
+        headers = request.requestHeaders if request is not None else None
+        self._line(
+            channel.site,
+            client=host_of(channel.transport.getPeer()),
+            method=getattr(channel, "_command", None),
+            uri=getattr(channel, "_path", None),
+            protocol=getattr(channel, "_version", None),
+            headers=headers,
+            status=status,
+            sent=sent,
+            started=started,
+            outcome="complete",
+            paused=0.0,
+        )
+
+    def _line(
+        self,
+        site: Any,
+        *,
+        client: str,
+        method: bytes | None,
+        uri: bytes | None,
+        protocol: bytes | None,
+        headers: Any,
+        status: int,
+        sent: int,
+        started: float | None,
+        outcome: str,
+        paused: float,
+    ) -> None:
+        metrics = metrics_of(site)
         if metrics is not None:
             metrics.response(status)
         if self.style == "off":
             return
         now = self._clock.seconds() if self._clock is not None else time.time()
-        started = getattr(request, "started_at", None)
         if started is None:
             started = now
-        headers = request.requestHeaders
+        raw = headers.getRawHeaders if headers is not None else _no_headers
         fields = {
             "time": now,
-            "client": host_of(request.getClientAddress()),
-            "method": (request.method or b"-").decode("latin-1"),
-            "path": redact_query(request.uri or b"-"),
-            "protocol": (request.clientproto or b"-").decode("latin-1"),
+            "client": client,
+            "method": (method or b"-").decode("latin-1"),
+            "path": redact_query(uri or b"-"),
+            "protocol": (protocol or b"-").decode("latin-1"),
             "status": status,
             "bytes": sent,
-            "range": _first(headers.getRawHeaders(b"range")),
+            "range": _first(raw(b"range")),
             # A Referer may be a signed link's URL (a listing page opened by
             # one loads its scripts): its query values are dropped too.
-            "referer": redact_query(_first(headers.getRawHeaders(b"referer")).encode("latin-1")),
-            "user_agent": _first(headers.getRawHeaders(b"user-agent")),
+            "referer": redact_query(_first(raw(b"referer")).encode("latin-1")),
+            "user_agent": _first(raw(b"user-agent")),
             "duration": max(0.0, now - started),
             "outcome": outcome,
             "paused": paused,
@@ -182,6 +237,10 @@ class AccessLog:
                 self._flusher.start(1.0, now=False)
             return
         log.info("{line}", line=line)
+
+
+def _no_headers(name: bytes) -> None:
+    return None
 
 
 class AppendLines:

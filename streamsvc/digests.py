@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_digests -*-
 """
-Body digests: C{Content-Digest} (RFC 9530) and the older C{Digest}
+Body digests: C{Content-Digest} and C{Repr-Digest} (RFC 9530) and the older C{Digest}
 (RFC 3230), parsed into what a body must hash to, and written back.
 
 Pure: no I/O, no reactor. L{expected_digests} turns the request's fields
@@ -57,10 +57,18 @@ def _members(text: str) -> Iterable[str]:
     return (member for member in text.split(",") if member.strip())
 
 
-def expected_digests(content_digest: str | None, digest: str | None) -> dict[str, bytes]:
+def expected_digests(
+    content_digest: str | None, digest: str | None, repr_digest: str | None = None
+) -> dict[str, bytes]:
     """
-    What the body must hash to, from the request's C{Content-Digest} and
-    C{Digest} fields (each already joined across lines; None when absent).
+    What the body must hash to, from the request's C{Content-Digest},
+    C{Digest} and C{Repr-Digest} fields (each already joined across lines;
+    None when absent).
+
+    C{Repr-Digest} (RFC 9530 §3) covers the representation, which for a
+    request with no content coding (the only kind taken: see the 415 of
+    uploads) is the same bytes as the content, so it is checked the same
+    way; a client may send either, or both.
 
     Every known algorithm listed is checked (so a client cannot pass a bad
     sha-512 beside a good sha-256); two different values for one algorithm
@@ -77,11 +85,13 @@ def expected_digests(content_digest: str | None, digest: str | None) -> dict[str
         if found.setdefault(algorithm, decoded) != decoded:
             raise DigestError(f"two different {algorithm} digests")
 
-    if content_digest is not None:
-        for member in _members(content_digest):
+    for name, value in (("Content-Digest", content_digest), ("Repr-Digest", repr_digest)):
+        if value is None:
+            continue
+        for member in _members(value):
             match = _MEMBER.fullmatch(member)
             if match is None:
-                raise DigestError("malformed Content-Digest")
+                raise DigestError(f"malformed {name}")
             add(match[1], match[2])
     if digest is not None:
         for member in _members(digest):

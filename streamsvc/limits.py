@@ -41,6 +41,7 @@ from twisted.python.failure import Failure
 
 from streamsvc._transport import host_of
 from streamsvc.body import BodyChannel, site_setting
+from streamsvc.errors import HTTPError
 from streamsvc.metrics import metrics_of
 
 log = Logger()
@@ -165,6 +166,7 @@ class GuardedChannel(BodyChannel):
     _admitted_as: str | None = None
     _rejected = False
     _counted = False
+    _head_started: float | None = None
 
     # -- connection ------------------------------------------------------------
 
@@ -181,9 +183,7 @@ class GuardedChannel(BodyChannel):
                 if metrics is not None:
                     metrics.connections_rejected.inc()
                 log.info("Connection from {address} refused: over the limit", address=address)
-                self.transport.write(
-                    raw_error(503, "too many connections, try again soon", retry_after=1)
-                )
+                self._answer_raw(503, "too many connections, try again soon", retry_after=1)
                 self.transport.loseConnection()
                 return
             self._admitted_as = address
@@ -196,7 +196,7 @@ class GuardedChannel(BodyChannel):
                 self._refuse_raw(503, "the server is shutting down")
                 return
             channels.add(self)
-        self._arm("header", site_setting(site, "header_timeout", DEFAULT_HEADER_TIMEOUT))
+        self._arm_header_deadline()
 
     @property
     def busy(self) -> bool:
@@ -236,6 +236,11 @@ class GuardedChannel(BodyChannel):
         else:
             self._timer = self.callLater(seconds, self._expired)
 
+    def _arm_header_deadline(self) -> None:
+        """A request's head is due: from now, within C{header_timeout}."""
+        self._head_started = self.site.reactor.seconds() if hasattr(self.site, "reactor") else None
+        self._arm("header", site_setting(self.site, "header_timeout", DEFAULT_HEADER_TIMEOUT))
+
     def _pause_timer(self) -> None:
         """The timer means nothing for now (a request is in hand); it stays scheduled, to be reset."""
         self._timer_kind = ""
@@ -264,7 +269,7 @@ class GuardedChannel(BodyChannel):
             return
         if self._timer_kind == "idle" and self._timer is not None:
             # The first byte of the next request: its headers have a deadline.
-            self._arm("header", site_setting(self.site, "header_timeout", DEFAULT_HEADER_TIMEOUT))
+            self._arm_header_deadline()
         if self.line_mode and self._bare_lf(data):
             self._refuse_raw(400, "bare LF line ending in the request head")
             return
@@ -290,11 +295,13 @@ class GuardedChannel(BodyChannel):
         return b"\n" in head.replace(b"\r\n", b"")
 
     def allHeadersReceived(self) -> None:
+        if self._rejected:
+            return
         self._pause_timer()
         request = self.requests[-1]
         error = _message_error(request, self._path)
         if error is not None:
-            self._rejected = True
+            self._stop_parsing()
             request.refuse_at_headers(*error)
             return
         self._path = _origin_form(self._path)
@@ -323,14 +330,15 @@ class GuardedChannel(BodyChannel):
         if not self.persistent or self._handlingRequest or not self.line_mode:
             return
         if self.requests or self._buffer:
-            kind, default = "header", DEFAULT_HEADER_TIMEOUT  # part of the next head is here
+            self._arm_header_deadline()  # part of the next head is here
         else:
-            kind, default = "idle", DEFAULT_IDLE_TIMEOUT
-        self._arm(kind, site_setting(self.site, f"{kind}_timeout", default))
+            self._arm("idle", site_setting(self.site, "idle_timeout", DEFAULT_IDLE_TIMEOUT))
 
     # -- size limits: a status, not a silent close ------------------------------------
 
     def lineReceived(self, line: bytes) -> None:
+        if self._rejected:
+            return  # (LineReceiver's loop over lines already read: see _stop_parsing)
         if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
             self._refuse_raw(431, "request head too large")
             return
@@ -346,23 +354,82 @@ class GuardedChannel(BodyChannel):
             self._refuse_raw(431, "request header line too long")
 
     def headerReceived(self, line: bytes) -> bool:
+        if self._rejected:
+            return False
         if self._receivedHeaderCount >= self.maxHeaders:
             self._refuse_raw(431, "too many request headers")
             return False
         return bool(super().headerReceived(line))
 
+    def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
+        """
+        RFC 9112 §6.1: a request's Transfer-Encoding must end in C{chunked},
+        else its length cannot be known. twisted.web takes C{identity} as
+        "no body", so the bytes sent as a body would be parsed as a second
+        request (a smuggling primitive behind a proxy that frames it
+        otherwise); and we decode no other coding. Both are a 400.
+        """
+        if header == b"Transfer-Encoding" and data.strip(b" \t").lower() != b"chunked":
+            self._refuse_raw(400, "unsupported Transfer-Encoding (only chunked)")
+            return False
+        return bool(super()._maybeChooseTransferDecoder(header, data))
+
     def _respondToBadRequestAndDisconnect(self) -> None:
         """twisted.web's bare C{400 Bad Request}, as our JSON one."""
         self._refuse_raw(400, "malformed request")
 
-    def _refuse_raw(self, code: int, message: str) -> None:
-        """Answer before any request is being answered, and close."""
-        self._disarm()
+    def _stop_parsing(self) -> None:
+        """
+        Parse nothing more on this connection: one request, one answer.
+
+        twisted.web, having answered a bad head, goes on parsing the lines
+        of it already read (its loop stops only at a transport that is
+        C{disconnecting}, which a lingering close is not): more header
+        callbacks, a second answer, even the dispatch of the refused request
+        (ANCHORS E10-like desync). Emptying the buffer ends that loop; the
+        guards on C{_rejected} drop whatever arrives later.
+        """
         self._rejected = True
         self.persistent = False
-        self.transport.write(raw_error(code, message))
-        self._body_abandoned = True  # closed lingering (see BodyChannel.loseConnection)
+        self._buffer = b""
+        self._disarm()
+
+    def _refuse_raw(self, code: int, message: str) -> None:
+        """
+        Refuse the request whose head (or body framing) is malformed, and
+        end the connection there: nothing more is parsed, and it closes
+        once the answer is out (lingering: see L{BodyChannel.loseConnection}).
+
+        A request whose body is arriving (a malformed chunk) is answered
+        through L{streamsvc.body.BodyRequest.fail_body}: its body consumer
+        told first (nothing is installed), then the status (or an abort,
+        when its answer had begun), logged as the request's own.
+        """
+        if self._rejected:
+            return
+        self._stop_parsing()
+        self._body_abandoned = True
+        request = self.requests[-1] if self.requests else None
+        if request is not None and not self.line_mode:
+            # (It closes the connection: its answer is the last, or an abort.)
+            request.fail_body(HTTPError(code, message, {b"connection": b"close"}))
+            return
+        self._answer_raw(code, message)
+        if request is not None:
+            self.requests.remove(request)  # answered here: nothing else will
         self.loseConnection()
+
+    def _answer_raw(self, code: int, message: str, *, retry_after: int | None = None) -> None:
+        """
+        Write a whole JSON error response, before any request could answer,
+        and count and log it as every answer is (L{AccessLog.log_refusal}).
+        """
+        payload = raw_error(code, message, retry_after=retry_after)
+        self.transport.write(payload)
+        access = getattr(self.site, "access_log", None)
+        if access is not None:
+            body = len(payload) - payload.index(b"\r\n\r\n") - 4
+            access.log_refusal(self, code, body, self._head_started)
 
 
 def _message_error(request: Any, target: bytes) -> tuple[int, str] | None:

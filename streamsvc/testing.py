@@ -185,6 +185,22 @@ class ClientTransport(StringTransport):
             self.producer_paused = True
             self.producer.pauseProducing()
 
+    #: Whether the server shut its side (L{loseWriteConnection}).
+    write_closed = False
+
+    def loseWriteConnection(self) -> None:
+        """
+        A half-close, as TCP's: the peer sees the end of what was written,
+        and the server may still read (the transport is not
+        C{disconnecting}), as it does while closing lingering.
+        """
+        self.write_closed = True
+
+    @property
+    def closed_by_server(self) -> bool:
+        """Whether the server ended the connection: closed, aborted, or shut its side."""
+        return bool(self.disconnecting or self.disconnected or self.write_closed)
+
     def peer_reads(self, nbytes: int | None = None) -> int:
         """The peer reads up to C{nbytes} (all, if None); returns how many."""
         taken = self.unread if nbytes is None else min(nbytes, self.unread)

@@ -18,12 +18,19 @@ from streamsvc.testing import SiteConnection
 class ConfiguredSite:
     """C{server} are L{ServerConfig} fields; C{sections} the other sections of the L{Config}."""
 
-    def __init__(self, tmp_path: Any, *, server: dict[str, Any] | None = None, **sections: Any) -> None:
+    def __init__(
+        self,
+        tmp_path: Any,
+        *,
+        server: dict[str, Any] | None = None,
+        run_blocking: Any = None,
+        **sections: Any,
+    ) -> None:
         self.clock = Clock()
         config = Config(server=ServerConfig(data_dir=str(tmp_path), **(server or {})), **sections)
         prepare_data_dir(config)
         self.files = tmp_path / "files"
-        self.site = build_site(config, reactor=self.clock)
+        self.site = build_site(config, reactor=self.clock, run_blocking=run_blocking)
 
     def request(self, method: str, path: str, *headers: str) -> Any:
         conn = SiteConnection(self.site)

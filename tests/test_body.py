@@ -79,7 +79,7 @@ def test_long_body_is_refused_when_the_headers_arrive(tmp_path: Any) -> None:
     assert response.code == 413
     assert json.loads(response.body) == {"error": "request body not accepted here"}
     assert response.header("connection") == "close"
-    assert conn.transport.disconnecting
+    assert conn.transport.closed_by_server
     before = conn.transport.value()
     conn.send(b"x" * (4 * 1024 * 1024))
     assert conn.transport.value() == before
@@ -95,10 +95,10 @@ def test_long_body_gets_the_resources_own_refusal(tmp_path: Any) -> None:
     conn.send(post("/healthz", 300 * 1024 * 1024))
     response = conn.response()
     assert response.code == 405 and response.header("allow") == "GET, HEAD"
-    assert conn.transport.disconnecting
+    assert conn.transport.closed_by_server
     conn, _ = connection(tmp_path)
     conn.send(post("/nowhere", 300 * 1024 * 1024))
-    assert conn.response().code == 404 and conn.transport.disconnecting
+    assert conn.response().code == 404 and conn.transport.closed_by_server
 
 
 def test_expect_100_continue_gets_the_refusal_not_a_continue(tmp_path: Any) -> None:
@@ -120,7 +120,7 @@ def test_small_body_is_dropped_and_the_resource_answers(tmp_path: Any) -> None:
     first, second = parse_responses(conn.transport.value(), [False, False])
     assert first.code == 405 and first.header("allow") == "GET, HEAD"
     assert second.code == 200
-    assert not conn.transport.disconnecting
+    assert not conn.transport.closed_by_server
 
 
 def test_body_is_never_buffered_or_form_parsed(tmp_path: Any) -> None:
@@ -143,7 +143,7 @@ def test_chunked_body_over_the_limit_is_refused_mid_body(tmp_path: Any) -> None:
     for _ in range(DEFAULT_MAX_BODY_BYTES // (64 * 1024) + 1):
         conn.send(chunk)
     response = conn.response()
-    assert response.code == 413 and conn.transport.disconnecting
+    assert response.code == 413 and conn.transport.closed_by_server
     conn.send(chunk * 4 + b"0\r\n\r\n")  # the decoder reaching the end: no request left, no error
     assert recording.seen == []
     assert parse_responses(conn.transport.value(), [False, False]) == [response]
@@ -194,7 +194,7 @@ def test_limit_comes_from_the_config(tmp_path: Any) -> None:
     config = Config(server=ServerConfig(data_dir=str(tmp_path)), limits=LimitsConfig(max_body_bytes=0))
     conn = SiteConnection(build_site(config, reactor=Clock()))
     conn.send(post("/healthz", 1, body=b"x"))
-    assert conn.response().code == 405 and conn.transport.disconnecting
+    assert conn.response().code == 405 and conn.transport.closed_by_server
 
 
 def test_stalled_body_times_out_with_408(tmp_path: Any) -> None:
@@ -210,7 +210,7 @@ def test_stalled_body_times_out_with_408(tmp_path: Any) -> None:
     clock.advance(1.5)
     response = conn.response()
     assert response.code == 408 and json.loads(response.body) == {"error": "request body timed out"}
-    assert conn.transport.disconnecting
+    assert conn.transport.closed_by_server
 
 
 def test_complete_body_leaves_no_timer(tmp_path: Any) -> None:
@@ -314,7 +314,7 @@ def test_body_consumer_that_raises_is_a_500_not_a_crash(tmp_path: Any) -> None:
         conn.send(post("/sink", 10, body=b"x" * 10))
     response = conn.response()
     assert response.code == 500 and json.loads(response.body) == {"error": "internal server error"}
-    assert conn.transport.disconnecting
+    assert conn.transport.closed_by_server
     assert any(e.get("log_failure") is not None for e in events)
 
 
@@ -334,22 +334,12 @@ def test_answer_before_the_body_ends_tells_the_consumer_and_leaves_no_timer(tmp_
     sink.request.resume_body()
     conn.send(b"y" * 90)
     assert len(sink.failed) == 1
-    assert clock.getDelayedCalls() == []  # closing: no body timer, no keep-alive timer
-    assert conn.transport.disconnecting
+    # Closing (lingering): no body timer, no keep-alive timer; only the linger's end.
+    assert [call.func.__name__ for call in clock.getDelayedCalls()] == ["_end_linger"]
+    assert conn.transport.closed_by_server
 
 
 # -- lingering close after an early answer ---------------------------------------------
-
-
-class HalfClosingTransport:
-    """Adds what a TCP transport has and StringTransport lacks: shutting only our side."""
-
-    def __init__(self, conn: SiteConnection) -> None:
-        self.write_closed = False
-        conn.transport.loseWriteConnection = self.shut  # type: ignore[attr-defined]
-
-    def shut(self) -> None:
-        self.write_closed = True
 
 
 def test_early_answer_lingers_before_closing(tmp_path: Any) -> None:
@@ -360,10 +350,9 @@ def test_early_answer_lingers_before_closing(tmp_path: Any) -> None:
     """
     clock = Clock()
     conn, recording = connection(tmp_path, clock)
-    half = HalfClosingTransport(conn)
     conn.send(post("/rec", 300 * 1024 * 1024))
     assert conn.response().code == 413
-    assert half.write_closed and not conn.transport.disconnecting
+    assert conn.transport.write_closed and not conn.transport.disconnecting
     assert conn.transport.producerState == "producing"  # still reading, to drop
     before = conn.transport.value()
     conn.send(b"x" * 100_000)
@@ -378,7 +367,6 @@ def test_early_answer_lingers_before_closing(tmp_path: Any) -> None:
 def test_lingering_stops_after_linger_bytes(tmp_path: Any) -> None:
     clock = Clock()
     conn, _ = connection(tmp_path, clock)
-    HalfClosingTransport(conn)
     conn.send(post("/rec", 300 * 1024 * 1024))
     for _ in range(LINGER_BYTES // 65536):
         conn.send(b"x" * 65536)
@@ -391,7 +379,6 @@ def test_lingering_stops_after_linger_bytes(tmp_path: Any) -> None:
 def test_client_leaving_while_lingering_leaves_no_timer(tmp_path: Any) -> None:
     clock = Clock()
     conn, _ = connection(tmp_path, clock)
-    HalfClosingTransport(conn)
     conn.send(post("/rec", 300 * 1024 * 1024))
     conn.disconnect()
     assert clock.getDelayedCalls() == []

@@ -62,6 +62,16 @@ def test_hashes_match_hashlib_however_the_body_is_cut(head: bytes, pieces: list[
     assert mismatches(expected_digests(field(digests).decode(), None), digests) == []
 
 
+def test_repr_digest_is_read_like_content_digest() -> None:
+    value = f"sha-256=:{b64(SHA256)}:"
+    assert expected_digests(None, None, value) == {"sha-256": SHA256}
+    assert expected_digests(value, None, value) == {"sha-256": SHA256}
+    with pytest.raises(DigestError, match="malformed Repr-Digest"):
+        expected_digests(None, None, "sha-256=AAAA")
+    with pytest.raises(DigestError, match="two different"):
+        expected_digests(value, None, f"sha-256=:{b64(hashlib.sha256(b'x').digest())}:")
+
+
 def test_mismatches_name_the_failing_algorithm() -> None:
     assert mismatches({"sha-256": b"x" * 32}, {"sha-256": SHA256}) == ["sha-256"]
 

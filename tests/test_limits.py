@@ -56,9 +56,9 @@ def test_silent_connection_is_cut_at_the_header_deadline(tmp_path: Any) -> None:
     site = Site(tmp_path)
     conn = site.connect()
     site.clock.advance(14.9)
-    assert not conn.transport.disconnecting
+    assert not conn.transport.closed_by_server
     site.clock.advance(0.2)
-    assert error_of(conn)[0] == 408 and conn.transport.disconnecting
+    assert error_of(conn)[0] == 408 and conn.transport.closed_by_server
 
 
 def test_dripped_headers_are_cut_at_the_deadline(tmp_path: Any) -> None:
@@ -68,9 +68,9 @@ def test_dripped_headers_are_cut_at_the_deadline(tmp_path: Any) -> None:
     for byte in (GET[:-4] + b"\r\nX-Slow: " + b"a" * 30):
         conn.send(bytes([byte]))
         site.clock.advance(1)
-        if conn.transport.disconnecting:
+        if conn.transport.closed_by_server:
             break
-    assert conn.transport.disconnecting
+    assert conn.transport.closed_by_server
     assert 14 <= site.clock.seconds() <= 16
     assert error_of(conn) == (408, "request headers not complete in time")
 
@@ -81,14 +81,14 @@ def test_headers_in_time_are_answered(tmp_path: Any) -> None:
     site.clock.advance(14)
     conn.send(GET)
     assert parse_response(conn.transport.value()).code == 200
-    assert not conn.transport.disconnecting
+    assert not conn.transport.closed_by_server
 
 
 def test_zero_turns_the_header_deadline_off(tmp_path: Any) -> None:
     site = Site(tmp_path, header_timeout=0, idle_timeout=0)
     conn = site.connect()
     site.clock.advance(3600)
-    assert not conn.transport.disconnecting
+    assert not conn.transport.closed_by_server
     assert site.clock.getDelayedCalls() == []
 
 
@@ -100,9 +100,9 @@ def test_idle_keep_alive_is_closed_after_idle_timeout(tmp_path: Any) -> None:
     conn = site.connect()
     conn.send(GET)
     site.clock.advance(59)
-    assert not conn.transport.disconnecting  # idle_timeout, not header_timeout, applies
+    assert not conn.transport.closed_by_server  # idle_timeout, not header_timeout, applies
     site.clock.advance(1.1)
-    assert conn.transport.disconnecting
+    assert conn.transport.closed_by_server
     assert conn.transport.value().count(b"HTTP/1.1 ") == 1  # closed silently
 
 
@@ -113,7 +113,7 @@ def test_next_request_on_a_kept_alive_connection_has_a_header_deadline(tmp_path:
     site.clock.advance(30)
     conn.send(b"GET /healthz HTTP/1.1\r\n")  # the first bytes: the deadline starts
     site.clock.advance(15.1)
-    assert conn.transport.disconnecting
+    assert conn.transport.closed_by_server
     assert parse_responses(conn.transport.value(), [False, False])[1].code == 408
 
 
@@ -122,7 +122,7 @@ def test_pipelined_partial_head_has_a_header_deadline(tmp_path: Any) -> None:
     conn = site.connect()
     conn.send(GET + b"GET /healthz HTTP/1.1\r\nHo")
     site.clock.advance(15.1)
-    assert conn.transport.disconnecting
+    assert conn.transport.closed_by_server
 
 
 def test_long_upload_is_not_cut_by_the_header_deadline(tmp_path: Any) -> None:
@@ -134,7 +134,7 @@ def test_long_upload_is_not_cut_by_the_header_deadline(tmp_path: Any) -> None:
         conn.send(b"x" * 1000)
         site.clock.advance(1)
         conn.read()
-    assert not conn.transport.disconnecting
+    assert not conn.transport.closed_by_server
 
 
 def test_long_download_is_not_cut_while_the_client_reads(tmp_path: Any) -> None:
@@ -145,7 +145,7 @@ def test_long_download_is_not_cut_while_the_client_reads(tmp_path: Any) -> None:
     for _ in range(200):
         site.clock.advance(0.5)
         conn.read(32 * 1024)
-    assert not conn.transport.disconnecting
+    assert not conn.transport.closed_by_server
     assert len(conn.transport.value()) > 3 * 1024 * 1024
 
 
@@ -239,7 +239,7 @@ def test_connections_past_the_limit_get_a_503_and_the_server_recovers(tmp_path: 
     code, message = error_of(third)
     assert code == 503 and "too many connections" in message
     assert b"Retry-After: 1" in third.transport.value()
-    assert third.transport.disconnecting
+    assert third.transport.closed_by_server
     third.disconnect()
     first.disconnect()
     fourth = site.connect()
@@ -297,7 +297,7 @@ def test_bad_requests_get_a_json_status_and_close(tmp_path: Any, raw: bytes, cod
     conn.send(raw)
     got, message = error_of(conn)
     assert got == code and message
-    assert conn.transport.disconnecting
+    assert conn.transport.closed_by_server
 
 
 def test_http_1_0_needs_no_host(tmp_path: Any) -> None:
@@ -417,19 +417,19 @@ def test_drain_closes_idle_connections_and_waits_for_busy_ones(tmp_path: Any) ->
     busy.send(b"GET /files/big HTTP/1.1\r\nHost: x\r\n\r\n")
     site.clock.advance(0)
     done = Drain(site.site, site.clock, 30).start()
-    assert idle.transport.disconnecting
-    assert not busy.transport.disconnecting and not done.called
+    assert idle.transport.closed_by_server
+    assert not busy.transport.closed_by_server and not done.called
     late = site.connect()
     assert error_of(late)[0] == 503  # no new connection is served
     late.disconnect()
     for _ in range(200):
         busy.read()
         site.clock.advance(0.05)
-        if busy.transport.disconnecting:
+        if busy.transport.closed_by_server:
             break
     response = busy.response()
     assert response.complete and len(response.body) == 1024 * 1024  # finished, then closed
-    assert busy.transport.disconnecting
+    assert busy.transport.closed_by_server
     busy.disconnect()
     idle.disconnect()
     site.clock.advance(0.1)
@@ -502,7 +502,7 @@ def test_bare_lf_in_a_header_line_is_a_400_not_a_hang(tmp_path: Any, reads: list
     conn = site.connect()
     for data in reads:
         conn.send(data)
-    assert error_of(conn)[0] == 400 and conn.transport.disconnecting
+    assert error_of(conn)[0] == 400 and conn.transport.closed_by_server
 
 
 def test_drain_closes_a_connection_whose_headers_were_coming(tmp_path: Any) -> None:
@@ -513,7 +513,7 @@ def test_drain_closes_a_connection_whose_headers_were_coming(tmp_path: Any) -> N
     done = Drain(site.site, site.clock, 30).start()
     conn.send(GET[10:])
     assert parse_response(conn.transport.value()).code == 200
-    assert conn.transport.disconnecting
+    assert conn.transport.closed_by_server
     conn.disconnect()
     site.clock.advance(0.1)
     assert done.called

@@ -385,8 +385,9 @@ def test_precondition_checked_again_before_the_rename(server: Server) -> None:
         lambda b: "Content-Digest: " + sha256_field(b, "sha-512"),
         lambda b: "Content-Digest: md5=:AAAA:, " + sha256_field(b),
         lambda b: "Digest: SHA-256=" + base64.b64encode(hashlib.sha256(b).digest()).decode(),
+        lambda b: "Repr-Digest: " + sha256_field(b),
     ],
-    ids=["sha-256", "sha-512", "unknown-and-sha-256", "legacy-digest"],
+    ids=["sha-256", "sha-512", "unknown-and-sha-256", "legacy-digest", "repr-digest"],
 )
 def test_matching_digest_is_stored(server: Server, header: Callable[[bytes], str]) -> None:
     body = os.urandom(100_000)
@@ -394,9 +395,10 @@ def test_matching_digest_is_stored(server: Server, header: Callable[[bytes], str
     assert (server.root / "d").read_bytes() == body
 
 
-def test_digest_mismatch_stores_nothing(server: Server) -> None:
+@pytest.mark.parametrize("name", ["Content-Digest", "Repr-Digest"])
+def test_digest_mismatch_stores_nothing(server: Server, name: str) -> None:
     (server.root / "d").write_bytes(b"old")
-    response = server.put("/files/d", b"new body", AUTH, "Content-Digest: " + sha256_field(b"other"))
+    response = server.put("/files/d", b"new body", AUTH, f"{name}: " + sha256_field(b"other"))
     assert response.code == 400
     assert "sha-256" in json.loads(response.body)["error"]
     assert (server.root / "d").read_bytes() == b"old"
@@ -410,6 +412,8 @@ def test_digest_mismatch_stores_nothing(server: Server) -> None:
         "Content-Digest: sha-256=:not base64!:",
         "Content-Digest: sha-256=:AAAA:",  # wrong length
         "Digest: SHA-256",
+        "Repr-Digest: sha-256=:AAAA:",  # (issue #34: was ignored, the body stored)
+        "Repr-Digest: sha-256=AAAA",
     ],
 )
 def test_malformed_digest_is_a_400_at_the_headers(server: Server, header: str) -> None:
@@ -417,6 +421,7 @@ def test_malformed_digest_is_a_400_at_the_headers(server: Server, header: str) -
     conn.send(put_head("/files/d", 10, AUTH, header, "Expect: 100-continue"))
     conn.read_until_quiet(server.clock)
     assert conn.response().code == 400
+    assert "digest" in json.loads(conn.response().body)["error"].lower()
     assert b"100 Continue" not in conn.transport.value()
     assert server.leftovers() == []
 
@@ -733,6 +738,17 @@ def test_mid_body_refusal_says_connection_close(tmp_path: Any) -> None:
     conn.read_until_quiet(server.clock)
     assert conn.response().code == 413
     assert conn.response().header("connection") == "close"
+
+
+def test_content_and_repr_digest_that_disagree_are_a_400(server: Server) -> None:
+    """With no content coding they cover the same bytes: two values for one algorithm cannot both hold."""
+    body = b"abc"
+    response = server.put(
+        "/files/d", body, AUTH, "Content-Digest: " + sha256_field(body), "Repr-Digest: " + sha256_field(b"x")
+    )
+    assert response.code == 400
+    assert json.loads(response.body) == {"error": "two different sha-256 digests"}
+    assert not (server.root / "d").exists()
 
 
 def test_digest_mismatch_of_an_empty_put_keeps_the_connection(server: Server) -> None:

@@ -245,7 +245,9 @@ class Uploads:
         _refuse_partial_or_encoded(request)
         try:
             expected = expected_digests(
-                list_header(request, b"content-digest"), list_header(request, b"digest")
+                list_header(request, b"content-digest"),
+                list_header(request, b"digest"),
+                list_header(request, b"repr-digest"),
             )
         except DigestError as error:
             raise HTTPError(400, str(error)) from None

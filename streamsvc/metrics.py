@@ -26,6 +26,15 @@ from streamsvc.errors import HTTPError, JSONResource
 
 #: The kinds of stream a response can be; anything else counts as "other".
 KINDS = ("file", "listing", "generate", "echo", "tasks", "export", "events", "status", "other")
+#: How a stream can end: the values of L{streamsvc.producers.Outcome}
+#: (named here because producers import this module, not the other way;
+#: a test keeps the two the same).
+OUTCOMES = ("complete", "client_gone", "error", "cancelled", "shutdown", "timeout")
+#: The deadlines that can expire (L{streamsvc.limits}, L{streamsvc.body},
+#: L{streamsvc.producers.BodyStream}).
+TIMEOUT_KINDS = ("header", "idle", "send", "body")
+#: Status classes of C{responses_total} ("other" for a code outside 1xx-5xx).
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "other")
 #: Kinds whose stream holds an open file (or folder) descriptor.
 FILE_KINDS = frozenset({"file", "listing"})
 
@@ -107,14 +116,21 @@ class Metrics:
             "Subscribers cut off because their queue overflowed ([events] overflow = disconnect)",
             registry=registry,
         )
-        # The labelled children, bound once: labels() costs some microseconds
-        # a call, several times a request.
+        # Every known label combination exists from the start, at zero (the
+        # Prometheus instrumentation guidelines: a series that appears only
+        # at its first event is invisible to a rate() or an alert until
+        # then). The children are bound once, too: labels() costs some
+        # microseconds a call, several times a request.
         self._active = {kind: self.streams_active.labels(kind) for kind in KINDS}
         self._sent = {kind: self.bytes_sent.labels(kind) for kind in KINDS}
-        self._statuses = {
-            f"{n}xx": self.responses.labels(f"{n}xx") for n in range(1, 6)
+        self._pauses = {kind: self.pauses.labels(kind) for kind in KINDS}
+        self._paused = {kind: self.paused_seconds.labels(kind) for kind in KINDS}
+        self._throttled = {kind: self.throttled_seconds.labels(kind) for kind in KINDS}
+        self._outcomes = {
+            (kind, outcome): self.streams.labels(kind, outcome) for kind in KINDS for outcome in OUTCOMES
         }
-        self._outcomes: dict[tuple[str, str], Any] = {}
+        self._statuses = {status: self.responses.labels(status) for status in STATUS_CLASSES}
+        self._timeouts = {kind: self.timeouts.labels(kind) for kind in TIMEOUT_KINDS}
 
     def scrape(self) -> CollectorRegistry:
         """
@@ -143,36 +159,35 @@ class Metrics:
         self._active[kind].dec()
         if kind in FILE_KINDS:
             self.open_files.dec()
-        counter = self._outcomes.get((kind, outcome))
-        if counter is None:
-            counter = self._outcomes[(kind, outcome)] = self.streams.labels(kind, outcome)
-        counter.inc()
+        self._outcome(kind, outcome).inc()
         self._sent[kind].inc(sent)
         if pauses:
-            self.pauses.labels(kind).inc(pauses)
-            self.paused_seconds.labels(kind).inc(paused)
+            self._pauses[kind].inc(pauses)
+            self._paused[kind].inc(paused)
         if throttled:
-            self.throttled_seconds.labels(kind).inc(throttled)
+            self._throttled[kind].inc(throttled)
+
+    def _outcome(self, kind: str, outcome: str) -> Any:
+        counter = self._outcomes.get((kind, outcome))
+        if counter is None:  # (an outcome added to the enum but not to OUTCOMES)
+            counter = self._outcomes[(kind, outcome)] = self.streams.labels(kind, outcome)
+        return counter
 
     def sent_at_once(self, kind: str, sent: int) -> None:
         """A body written whole, with its headers (L{streamsvc.producers.send_at_once})."""
         kind = kind_of(kind)
-        counter = self._outcomes.get((kind, "complete"))
-        if counter is None:
-            counter = self._outcomes[(kind, "complete")] = self.streams.labels(kind, "complete")
-        counter.inc()
+        self._outcomes[(kind, "complete")].inc()
         self._sent[kind].inc(sent)
 
     # responses and connections
 
     def response(self, code: int) -> None:
-        child = self._statuses.get(f"{code // 100}xx")
-        if child is None:
-            child = self.responses.labels("other")
-        child.inc()
+        child = self._statuses.get(f"{code // 100}xx") if 100 <= code < 600 else None
+        (child or self._statuses["other"]).inc()
 
     def timeout(self, kind: str) -> None:
-        self.timeouts.labels(kind).inc()
+        child = self._timeouts.get(kind)
+        (child or self.timeouts.labels(kind)).inc()
 
     # live events (streamsvc.tasks.events)
 

@@ -35,6 +35,38 @@ def test_metrics_page_is_prometheus_text(tmp_path: Any) -> None:
     assert b"streamsvc_bytes_sent_total" in response.body
 
 
+def test_every_known_series_exists_at_zero_from_the_start(tmp_path: Any) -> None:
+    """A dashboard or alert on a series sees it before its first event (issue #28 item 3)."""
+    from streamsvc.metrics import KINDS, OUTCOMES, STATUS_CLASSES, TIMEOUT_KINDS
+
+    site = Site(tmp_path)
+    for kind in KINDS:
+        for name in ("producer_pauses_total", "paused_seconds_total", "throttled_seconds_total",
+                     "bytes_sent_total", "streams_active"):
+            assert site.site.metrics.registry.get_sample_value(f"streamsvc_{name}", {"kind": kind}) == 0, (name, kind)
+        for outcome in OUTCOMES:
+            labels = {"kind": kind, "outcome": outcome}
+            assert site.site.metrics.registry.get_sample_value("streamsvc_streams_total", labels) == 0
+    for kind in TIMEOUT_KINDS:
+        assert site.site.metrics.registry.get_sample_value("streamsvc_timeouts_total", {"kind": kind}) == 0
+    for status in STATUS_CLASSES:
+        assert site.site.metrics.registry.get_sample_value("streamsvc_responses_total", {"status": status}) == 0
+
+
+def test_the_outcomes_named_in_metrics_are_the_producers_outcomes() -> None:
+    from streamsvc.metrics import OUTCOMES
+    from streamsvc.producers import Outcome
+
+    assert set(OUTCOMES) == {outcome.value for outcome in Outcome}
+
+
+def test_a_status_outside_the_classes_counts_as_other(tmp_path: Any) -> None:
+    site = Site(tmp_path)
+    site.site.metrics.response(600)
+    site.site.metrics.response(99)
+    assert site.metric("streamsvc_responses_total", status="other") == 2
+
+
 def test_a_download_is_counted_once(tmp_path: Any) -> None:
     site = Site(tmp_path)
     (site.files / "f.bin").write_bytes(os.urandom(200_000))

@@ -300,6 +300,17 @@ def test_ndjson_task() -> None:
     assert ndjson_task(b"  \r") is None
     with pytest.raises(Invalid, match="invalid JSON"):
         ndjson_task(b"{")
+    # The same validation as POST /tasks (#28 item 6: was stored as "b").
+    with pytest.raises(Invalid, match="field 'title' given more than once"):
+        ndjson_task(b'{"title": "a", "title": "b"}')
+
+
+def test_an_import_line_with_a_duplicate_key_fails_alone(h: Harness) -> None:
+    body = b'{"title":"a","title":"b"}\n{"title":"good"}\n'
+    result = doc(h.call("POST", "/tasks/import", body, NDJSON))
+    assert result["created"] == 1 and result["failed"] == 1
+    assert result["errors"] == [{"line": 1, "error": "field 'title' given more than once"}]
+    assert [t["title"] for t in doc(h.call("GET", "/tasks"))] == ["good"]
 
 
 def test_csv_columns_and_tasks() -> None:

@@ -298,6 +298,7 @@ def test_list_filters(h: Harness) -> None:
         ("?after_id=-3", "after_id"),
         ("?after_id=1&after_id=2", "after_id"),
         ("?q=" + "x" * 501, "q"),
+        ("?q=%00zzz", "q"),
         ("?stauts=pending", "stauts"),
         ("?bom=1", "bom"),
     ],
@@ -311,6 +312,7 @@ def test_filters_shared_by_the_exports(h: Harness) -> None:
     for path in ("/tasks/export.csv", "/tasks/stream.ndjson"):
         assert h.call("GET", path + "?min_priority=99").code == 400
         assert h.call("GET", path + "?nope=1").code == 400
+        assert doc(h.call("GET", path + "?q=%00zzz")) == {"error": "q must not contain NUL"}
 
 
 def test_ndjson_export(h: Harness) -> None:

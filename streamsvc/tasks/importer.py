@@ -25,7 +25,6 @@ the tasks fetches C{GET /tasks?after_id=first_id-1&limit=count}.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -37,7 +36,7 @@ from zope.interface import implementer
 from streamsvc.errors import HTTPError, JSONResource
 from streamsvc.interfaces import IBodyConsumer, IStreamingBodyResource, ITaskStore
 from streamsvc.tasks.encoders import CSVRecords, Line, LineSplitter, unguard_cell
-from streamsvc.tasks.model import COLUMNS, IMPORT_IGNORED, Invalid, NewTask, Task, new_task
+from streamsvc.tasks.model import COLUMNS, IMPORT_IGNORED, Invalid, NewTask, Task, new_task, parse_json
 from streamsvc.tasks.resource import media_type, respond, respond_error
 
 log = Logger()
@@ -74,15 +73,7 @@ def ndjson_task(data: bytes) -> NewTask | None:
     """One NDJSON line as a task; None for a blank line; L{Invalid} for a bad one."""
     if not data.strip():
         return None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise Invalid("not UTF-8") from None
-    try:
-        document = json.loads(text)
-    except (ValueError, RecursionError) as e:
-        raise Invalid(f"invalid JSON: {getattr(e, 'msg', 'malformed')}") from None
-    return new_task(document, ignored=IMPORT_IGNORED)
+    return new_task(parse_json(data), ignored=IMPORT_IGNORED)
 
 
 def csv_columns(cells: list[str]) -> list[str]:

@@ -11,6 +11,7 @@ the resources answer as a 400 C{{"error": ...}}.
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -147,6 +148,36 @@ def _fields(document: object, *, ignored: tuple[str, ...] = ()) -> dict[str, Any
     return fields
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise Invalid(f"field {key[:50]!r} given more than once")
+        document[key] = value
+    return document
+
+
+def parse_json(data: bytes) -> object:
+    """
+    JSON text as a document, or L{Invalid}: UTF-8, and no key twice in an
+    object (Python keeps the last, another reader the first: a task must
+    mean one thing). Every way a task comes in (C{POST}, C{PATCH}, each line
+    of an NDJSON import) goes through here.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Invalid("not UTF-8") from None
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates)
+    except Invalid:
+        raise
+    except json.JSONDecodeError as e:
+        raise Invalid(f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except (ValueError, RecursionError):  # giant integers, deep nesting
+        raise Invalid("invalid JSON") from None
+
+
 def new_task(document: object, *, ignored: tuple[str, ...] = ()) -> NewTask:
     """C{POST /tasks}'s body (a parsed JSON value) as a L{NewTask}, or L{Invalid}."""
     fields = _fields(document, ignored=ignored)
@@ -208,6 +239,9 @@ def parse_query(args: Mapping[bytes, list[bytes]], *, extra: tuple[str, ...] = (
     q = one_parameter(args, "q")
     if q is not None and len(q) > Q_MAX:
         raise Invalid(f"q must be at most {Q_MAX} characters")
+    if q is not None and "\x00" in q:
+        # No title holds one (see _title); and SQLite's LIKE would stop at it.
+        raise Invalid("q must not contain NUL")
     limit = one_parameter(args, "limit")
     after_id = one_parameter(args, "after_id")
     return TaskQuery(

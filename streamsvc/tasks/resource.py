@@ -49,6 +49,7 @@ from streamsvc.tasks.model import (
     check_parameters,
     flag,
     new_task,
+    parse_json,
     parse_query,
     parse_task_id,
     task_changes,
@@ -133,31 +134,6 @@ def _query(request: IRequest, extra: tuple[str, ...] = ()) -> Any:
 # --- JSON bodies -------------------------------------------------------------------------
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    document: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in document:
-            raise Invalid(f"field {key[:50]!r} given more than once")
-        document[key] = value
-    return document
-
-
-def parse_json_body(body: bytes) -> object:
-    """A request body as JSON (UTF-8, no duplicate keys), or L{Invalid}."""
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise Invalid("the body is not UTF-8") from None
-    try:
-        return json.loads(text, object_pairs_hook=_no_duplicates)
-    except Invalid:
-        raise
-    except json.JSONDecodeError as e:
-        raise Invalid(f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    except (ValueError, RecursionError):  # giant integers, deep nesting
-        raise Invalid("invalid JSON") from None
-
-
 def media_type(value: bytes | None) -> tuple[bytes, bool]:
     """
     A Content-Type's media type (lower case, no parameters) and whether
@@ -204,7 +180,7 @@ class JSONBody:
         body, self._parts = b"".join(self._parts), []
         request = self._request
         try:
-            document = parse_json_body(body)
+            document = parse_json(body)
             done = self._then(document)
         except Invalid as error:
             respond_error(request, HTTPError(400, str(error)))

@@ -150,7 +150,11 @@ def select_for(query: TaskQuery) -> tuple[str, list[Any]]:
     if query.min_priority is not None:
         where.append("priority >= ?")
         params.append(query.min_priority)
-    if query.q is not None:
+    if query.q is not None and "\x00" in query.q:
+        # SQLite's LIKE ends its pattern at a NUL (so "%\0zzz%" matches every
+        # title); no title holds one, so nothing matches, as in model.matches.
+        where.append("0")
+    elif query.q is not None:
         # LIKE folds ASCII case only, as model.matches does.
         escaped = query.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         where.append("title LIKE ? ESCAPE '\\'")

@@ -249,6 +249,11 @@ class BodyRequest(Request):
             if length is not None and length > self._limit:
                 self._refuse(HTTPError(413, "request body too large"))
                 return
+            if not getattr(resource, "takes_content_coding", False) and _content_coded(self):
+                # Nobody here decodes one: an upload would store the coded
+                # bytes, an import read them as text (RFC 9110 §15.5.16).
+                self._refuse(HTTPError(415, "Content-Encoding is not supported here: send the body unencoded"))
+                return
             try:
                 self._consumer = resource.body_consumer(self)
             except HTTPError as error:
@@ -451,6 +456,15 @@ class BodyRequest(Request):
         body = render_error(self, HTTPError(error.code, error.message, headers))
         self.write(body)
         self.finish()
+
+
+def _content_coded(request: BodyRequest) -> bool:
+    """Whether the body has a Content-Encoding other than C{identity}."""
+    values = request.requestHeaders.getRawHeaders(b"content-encoding")
+    if values is None:
+        return False
+    codings = (coding.strip().lower() for coding in b",".join(values).split(b","))
+    return any(coding not in (b"", b"identity") for coding in codings)
 
 
 def _early_error(resource: Any, request: BodyRequest) -> HTTPError | None:

@@ -24,12 +24,14 @@ DEFAULT_MAX_ECHO_BYTES = 1024 * 1024 * 1024
 @implementer(IStreamingBodyResource)
 class EchoResource(JSONResource):
     """
-    Echoes a POST body: C{Content-Type} copied (served sandboxed, so an
-    echoed HTML page cannot script this origin), C{Content-Length} echoed
-    when the request had one, chunked otherwise.
+    Echoes a POST body: C{Content-Type} and C{Content-Encoding} copied
+    (served sandboxed, so an echoed HTML page cannot script this origin),
+    C{Content-Length} echoed when the request had one, chunked otherwise.
     """
 
     isLeaf = True
+    #: The bytes go back as they came, coded or not, with their coding named.
+    takes_content_coding = True
 
     def __init__(
         self, *, max_body_bytes: int = DEFAULT_MAX_ECHO_BYTES, clock: IReactorTime | None = None
@@ -55,6 +57,9 @@ class EchoResource(JSONResource):
     def _headers(request: IRequest) -> None:
         content_type = request.getHeader(b"content-type") or b"application/octet-stream"
         request.setHeader(b"content-type", content_type)
+        encoding = request.getHeader(b"content-encoding")
+        if encoding is not None:
+            request.setHeader(b"content-encoding", encoding)
         request.setHeader(b"x-content-type-options", b"nosniff")
         request.setHeader(b"content-security-policy", b"sandbox")
         request.setHeader(b"cache-control", b"no-store")

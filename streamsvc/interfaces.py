@@ -139,6 +139,12 @@ class IStreamingBodyResource(Interface):
         "headers, a chunked body passing it a 413 as it does."
     )
 
+    # Optional: C{takes_content_coding = True} on a resource that handles a
+    # body with a C{Content-Encoding} itself (the echo passes it through).
+    # Without it such a body is a 415 at the headers, before body_consumer:
+    # nothing in streamsvc decodes a request body, and a resource that never
+    # looks would store or parse the coded bytes.
+
     def body_consumer(request):
         """
         Decide on the body: return the L{IBodyConsumer} that takes it, or

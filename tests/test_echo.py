@@ -52,6 +52,20 @@ def test_echo_returns_the_body_with_its_type_and_length(tmp_path: Any) -> None:
     assert response.header("content-security-policy") == "sandbox"
 
 
+def test_a_coded_body_is_echoed_with_its_coding(tmp_path: Any) -> None:
+    """The echo is a pipe: a gzip body comes back as it came, its Content-Encoding named."""
+    import gzip
+
+    clock = Clock()
+    conn = echo_site(tmp_path, clock)
+    body = gzip.compress(b"a,b\n" * 100)
+    conn.send(headers(len(body), "Content-Encoding: gzip") + body)
+    conn.read_until_quiet(clock)
+    response = conn.response()
+    assert response.code == 200 and response.body == body
+    assert response.header("content-encoding") == "gzip"
+
+
 def test_echo_starts_before_the_body_ends(tmp_path: Any) -> None:
     """The first bytes come back while the client is still sending."""
     clock = Clock()

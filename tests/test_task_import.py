@@ -305,6 +305,27 @@ def test_ndjson_task() -> None:
         ndjson_task(b'{"title": "a", "title": "b"}')
 
 
+@pytest.mark.parametrize("coding", ["gzip", "br", "identity, gzip"])
+def test_a_coded_body_is_a_415_at_the_headers(h: Harness, coding: str) -> None:
+    """Nothing decodes it: a gzip import read every line as "not UTF-8" (#28 item 7)."""
+    import gzip
+
+    for path, body, kind in (
+        ("/tasks/import", gzip.compress(b'{"title":"a"}\n'), NDJSON),
+        ("/tasks/import", b'{"title":"plain but claims gzip"}\n', NDJSON),
+        ("/tasks", b'{"title":"x"}', {"Content-Type": "application/json"}),
+    ):
+        r = h.call("POST", path, body, {**kind, "Content-Encoding": coding})
+        assert r.code == 415, (path, r.body)
+        assert "Content-Encoding" in doc(r)["error"]
+    assert doc(h.call("GET", "/tasks")) == []
+
+
+def test_identity_coding_is_no_coding(h: Harness) -> None:
+    r = h.call("POST", "/tasks/import", b'{"title":"a"}\n', {**NDJSON, "Content-Encoding": "identity"})
+    assert r.code == 200 and doc(r)["created"] == 1
+
+
 def test_an_import_line_with_a_duplicate_key_fails_alone(h: Harness) -> None:
     body = b'{"title":"a","title":"b"}\n{"title":"good"}\n'
     result = doc(h.call("POST", "/tasks/import", body, NDJSON))

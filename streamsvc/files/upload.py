@@ -180,18 +180,15 @@ class _Preconditions:
             raise HTTPError(412, "precondition failed")
 
 
-def _refuse_partial_or_encoded(request: IRequest) -> None:
+def _refuse_partial(request: IRequest) -> None:
     """
     A PUT with C{Content-Range} is a 400 (RFC 9110 §14.5: storing the
-    fragment as the whole file would destroy it), and one with a
-    C{Content-Encoding} a 415 (we would store the encoded bytes under a
-    name that is served as the decoded type).
+    fragment as the whole file would destroy it). (One with a
+    C{Content-Encoding} never gets here: a 415 from L{streamsvc.body}, as
+    for every body no resource decodes.)
     """
     if request.requestHeaders.hasHeader(b"content-range"):
         raise HTTPError(400, "PUT with Content-Range (partial update) is not supported")
-    encoding = list_header(request, b"content-encoding")
-    if encoding is not None and encoding.strip().lower() not in ("", "identity"):
-        raise HTTPError(415, "Content-Encoding is not supported for uploads")
 
 
 class Uploads:
@@ -242,7 +239,7 @@ class Uploads:
         """
         self.authorize(request)
         segments = write_segments(request.postpath)
-        _refuse_partial_or_encoded(request)
+        _refuse_partial(request)
         try:
             expected = expected_digests(
                 list_header(request, b"content-digest"),

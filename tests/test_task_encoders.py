@@ -192,6 +192,20 @@ def test_line_splitter_any_boundaries(lines: list[bytes], piece: int) -> None:
     assert [line.number for line in out] == list(range(1, len(lines) + 1))
 
 
+def test_a_stray_quote_costs_the_lines_up_to_the_limit_not_the_rest() -> None:
+    """#28 item 8: reading resyncs at the line where the record passed the limit."""
+    records = CSVRecords(40)
+    split = LineSplitter(100, count_quotes=True)
+    body = b'"oops,1\n' + b"".join(b"row %d,1\n" % i for i in range(20))
+    got = [r for line in split.feed(body) if (r := records.add(line)) is not None]
+    assert records.end() is None
+    (lost, *good) = got
+    assert lost.number == 1 and lost.cells is None
+    assert lost.error == "record too long (an unclosed quote?): lines 1-6 skipped (6 lines)"
+    assert [r.cells for r in good] == [[f"row {i}", "1"] for i in range(5, 20)]
+    assert [r.number for r in good] == list(range(7, 22))
+
+
 def test_line_splitter_too_long_lines() -> None:
     splitter = LineSplitter(10)
     out = list(splitter.feed(b"short\n" + b"x" * 25)) + list(splitter.feed(b"yy\nok\n" + b"z" * 11))

@@ -305,6 +305,21 @@ def test_ndjson_task() -> None:
         ndjson_task(b'{"title": "a", "title": "b"}')
 
 
+def test_a_stray_quote_does_not_lose_the_rest_of_a_csv_import(h: Harness) -> None:
+    """#28 item 8: was created 0, failed 1 for the whole body."""
+    rows = 150_000
+    body = b'title,priority\n"oops,1\n' + b"".join(b"t%d,1\n" % i for i in range(rows))
+    result = doc(h.call("POST", "/tasks/import", body, CSV))
+    assert result["failed"] == 1
+    (error,) = result["errors"]
+    assert error["line"] == 2
+    first, last = map(int, error["error"].split("lines ")[1].split(" ")[0].split("-"))
+    skipped = last - first + 1
+    assert first == 2 and f"({skipped} lines)" in error["error"]
+    assert skipped * 8 < 1.1 * 1024 * 1024  # only up to the 1 MiB record limit
+    assert result["created"] == rows - (skipped - 1)  # every row after the span
+
+
 @pytest.mark.parametrize("coding", ["gzip", "br", "identity, gzip"])
 def test_a_coded_body_is_a_415_at_the_headers(h: Harness, coding: str) -> None:
     """Nothing decodes it: a gzip import read every line as "not UTF-8" (#28 item 7)."""

@@ -205,6 +205,13 @@ class CSVRecords:
     quotes, which is exactly when its count of C{"} is even (RFC 4180
     doubles quotes inside quoted fields). A record is at most C{max_record}
     bytes; a longer one, or one that is not UTF-8, is an error record.
+
+    A record that passes C{max_record} ends at the end of the line where it
+    did, quotes or not: reading starts afresh on the next line. So one
+    stray C{"} (C{"oops,1}) costs the lines up to the limit, reported as
+    one error naming them, not the whole rest of the body (which, counted
+    as inside a quoted field, would never end). No record is ever kept
+    past the limit, so what is lost is at most C{max_record} bytes of lines.
     """
 
     def __init__(self, max_record: int) -> None:
@@ -227,21 +234,23 @@ class CSVRecords:
             else:
                 self._lines.append(line.data)
         self._quotes += line.quotes
-        if self._quotes % 2:
+        if self._broken is None and self._quotes % 2:
             return None  # inside a quoted field: the record goes on
-        return self._take()
+        return self._take(line.number)
 
     def end(self) -> Record | None:
         """What is left at the end of the body: an unterminated quoted field."""
         if not self._lines and self._broken is None:
             return None
         self._broken = self._broken or "unterminated quoted field"
-        return self._take()
+        return self._take(None)
 
-    def _take(self) -> Record:
+    def _take(self, last: int | None) -> Record:
         lines, broken, first = self._lines, self._broken, self._first
         self._lines, self._size, self._quotes, self._broken = [], 0, 0, None
         if broken is not None:
+            if last is not None and last > first:
+                broken += f" (an unclosed quote?): lines {first}-{last} skipped ({last - first + 1} lines)"
             return Record(first, None, broken)
         raw = b"\n".join(lines)
         if raw.endswith(b"\r"):

@@ -28,8 +28,11 @@ T0 = 1_764_660_000.0
 
 
 class Harness:
-    def __init__(self, tmp_path: Any, store: Any = None, *, tokens: tuple[str, ...] = (TOKEN,), **server: Any) -> None:
-        self.clock = Clock()
+    def __init__(
+        self, tmp_path: Any, store: Any = None, *, tokens: tuple[str, ...] = (TOKEN,), clock: Clock | None = None,
+        **server: Any,
+    ) -> None:
+        self.clock = clock or Clock()
         self.clock.advance(T0)
         self.store = store if store is not None else MemoryTaskStore(now=self.clock.seconds)
         config = Config(server=ServerConfig(data_dir=str(tmp_path), **server), auth=AuthConfig(tokens=tokens))
@@ -456,7 +459,8 @@ def test_client_gone_mid_export_closes_the_cursor(h: Harness) -> None:
     assert h.store.open_cursors == 0
 
 
-def test_client_gone_mid_export_returns_the_sqlite_connection(tmp_path: Any) -> None:
+def test_a_stalled_export_holds_no_sqlite_connection(tmp_path: Any) -> None:
+    """Between batches the cursor holds nothing; its client leaving closes it."""
     store = SQLiteTaskStore(str(tmp_path / "t.db"), writer=_at_once, reader=_at_once, readers=1)
     store.create_many([NewTask(f"t{i}") for i in range(5000)])
     h = Harness(tmp_path, store)
@@ -464,12 +468,64 @@ def test_client_gone_mid_export_returns_the_sqlite_connection(tmp_path: Any) -> 
     conn.request("GET", "/tasks/stream.ndjson", AUTH)
     h.clock.advance(0)
     h.clock.advance(0)
-    assert store.open_cursors == 1 and store.idle_connections == 0
+    assert store.open_cursors == 1 and store.idle_connections == 1  # paused, holding nothing
     conn.disconnect()
     assert store.open_cursors == 0 and store.idle_connections == 1
-    # and the next export gets that connection
     r = h.call("GET", "/tasks/stream.ndjson?limit=3")
     assert r.body.count(b"\n") == 3
+    store.close()
+
+
+def test_stalled_exports_past_the_readers_do_not_hold_up_a_listing(tmp_path: Any) -> None:
+    """#28 item 4: readers+1 exports whose clients never read, then a listing: it answers whole."""
+    readers = 2
+    store = SQLiteTaskStore(str(tmp_path / "t.db"), writer=_at_once, reader=_at_once, readers=readers)
+    store.create_many([NewTask(f"t{i}") for i in range(20_000)])
+    h = Harness(tmp_path, store)
+    stalled = []
+    for path in ["/tasks/export.csv", "/tasks/stream.ndjson", "/tasks"][: readers + 1]:
+        conn = h.connect(buffer_size=8 * 1024)
+        conn.request("GET", path, AUTH)
+        h.clock.advance(0)
+        stalled.append(conn)
+    assert store.open_cursors == readers + 1
+    r = h.call("GET", "/tasks?limit=1")
+    assert r.code == 200 and r.complete
+    assert [t["id"] for t in json.loads(r.body)] == [1]
+    for conn in stalled:
+        assert conn.response().code == 200 and not conn.response().complete  # still stalled
+        conn.disconnect()
+    assert store.open_cursors == 0
+    store.close()
+
+
+def test_no_reader_free_in_time_is_a_503_before_the_status_line(tmp_path: Any) -> None:
+    """A store whose readers are all busy past reader_wait: 503 + Retry-After, not a 200 and a hang."""
+    from streamsvc.tasks.model import TaskQuery
+    from test_task_store import queued_runner
+
+    jobs: list = []
+    clock = Clock()
+    store = SQLiteTaskStore(
+        str(tmp_path / "t.db"), writer=_at_once, reader=queued_runner(jobs), readers=1, clock=clock, reader_wait=5
+    )
+    store.create_many([NewTask("a")])
+    h = Harness(tmp_path, store, clock=clock)
+    busy = store.cursor(TaskQuery())
+    busy.fetch(1)  # its connection being opened in a (held) thread job
+    conn = h.connect()
+    conn.request("GET", "/tasks", AUTH)
+    clock.advance(0)
+    assert conn.transport.value() == b""  # no status line while it waits
+    clock.advance(5.1)
+    r = conn.response()
+    assert r.code == 503 and r.header("retry-after") == "1"
+    assert json.loads(r.body) == {"error": "the task store is busy, try again soon"}
+    assert store.open_cursors == 1  # (only the held one)
+    busy.close()
+    d, function, args = jobs.pop()
+    d.callback(function(*args))
+    assert store.open_cursors == 0 and store.idle_connections == 1
     store.close()
 
 
@@ -508,8 +564,8 @@ def test_store_failure_before_the_first_row_is_500(h: Harness) -> None:
 
     h.store.cursor = lambda q: Failing()
     r = h.call("GET", "/tasks/export.csv")
-    # The CSV header row is the body's first bytes, so the failure comes after them: an abort.
-    assert not r.complete
+    # The CSV header row goes out with the first batch: the failure comes before any byte.
+    assert r.code == 500 and json.loads(r.body) == {"error": "internal server error"}
 
 
 @pytest.mark.parametrize("streaming", [True, False])

@@ -18,7 +18,7 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
-from streamsvc.config import AuthConfig, EventsConfig
+from streamsvc.config import AuthConfig, EventsConfig, TasksConfig
 from streamsvc.testing import parse_response
 
 from test_integration import Server, get_request, raw, wait_for
@@ -122,7 +122,7 @@ async def test_client_gone_mid_export_closes_the_cursor(tmp_path: Any) -> None:
         client = await raw(server, request, pause_after=64 * 1024)
         await wait_for(lambda: client.paused)
         await wait_for(lambda: store.open_cursors == 1)
-        assert store.idle_connections == 0  # the export holds its reader
+        await wait_for(lambda: store.idle_connections == 1)  # paused, it holds no reader
         client.transport.abortConnection()
         await client.closed
         await wait_for(lambda: store.open_cursors == 0)
@@ -130,6 +130,35 @@ async def test_client_gone_mid_export_closes_the_cursor(tmp_path: Any) -> None:
         # the server stopped where the client stopped, not at the end of the table
         assert len(client.received) < 4 * 1024 * 1024
     finally:
+        await stop(server)
+
+
+@pytest_twisted.ensureDeferred
+async def test_stalled_exports_past_the_readers_do_not_freeze_a_listing(tmp_path: Any) -> None:
+    """#28 item 4: readers+1 clients ask for big exports and never read; a listing still answers at once."""
+    readers = 2
+    server = await started(tmp_path, tasks=TasksConfig(readers=readers))
+    store = server.site.task_store
+    stalled = []
+    try:
+        body = b"".join(b'{"title": "row %d with some padding to make it longer"}\n' % i for i in range(50_000))
+        code, _, _ = await call(server, "POST", "/tasks/import", body, {"Content-Type": "application/x-ndjson"})
+        assert code == 200
+        for _ in range(readers + 1):
+            request = get_request("/tasks/export.csv", f"Authorization: Bearer {TOKEN}")
+            stalled.append(await raw(server, request, pause_after=1))
+        await wait_for(lambda: all(client.paused for client in stalled))
+        await wait_for(lambda: store.open_cursors == readers + 1)
+        started_at = reactor.seconds()
+        code, _, listing = await call(server, "GET", "/tasks?limit=1")
+        assert code == 200 and [t["id"] for t in json.loads(listing)] == [1]
+        assert reactor.seconds() - started_at < 5  # not held until send_timeout (60 s)
+        assert all(len(client.received) < 4 * 1024 * 1024 for client in stalled)  # still stalled
+    finally:
+        for client in stalled:
+            client.transport.abortConnection()
+            await client.closed
+        await wait_for(lambda: store.open_cursors == 0)
         await stop(server)
 
 

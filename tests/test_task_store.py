@@ -8,10 +8,12 @@ connection pool, threads).
 from __future__ import annotations
 
 import sqlite3
+from collections import deque
 
 import pytest
 import pytest_twisted
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
@@ -22,6 +24,7 @@ from streamsvc.tasks.store import (
     PreconditionFailed,
     SchemaTooNew,
     SQLiteTaskStore,
+    StoreBusy,
     TaskNotFound,
     _at_once,
     prepare_database,
@@ -276,44 +279,92 @@ def test_failed_batch_writes_nothing(tmp_path):
     result_of(s.close())
 
 
-def test_closed_cursor_returns_its_connection(tmp_path):
+def test_a_cursor_holds_no_connection_between_fetches(tmp_path):
     s = sqlite_store(tmp_path / "t.db", readers=1)
     result_of(s.create_many([NewTask(f"t{i}") for i in range(10)]))
     cursor = s.cursor(TaskQuery())
     result_of(cursor.fetch(2))
-    assert s.idle_connections == 0
+    assert s.idle_connections == 1 and s.open_cursors == 1  # open, but holding nothing
+    other = s.cursor(TaskQuery())  # so a second cursor on a pool of one goes at once
+    assert [t.id for t in result_of(other.fetch(3))] == [1, 2, 3]
+    assert [t.id for t in result_of(cursor.fetch(2))] == [3, 4]
     cursor.close()
+    other.close()
     assert s.idle_connections == 1 and s.open_cursors == 0
     result_of(s.close())
 
 
-def test_cursors_past_the_pool_wait_for_a_connection(tmp_path):
+def test_keyset_batches_honour_the_limit_and_the_filters(tmp_path):
     s = sqlite_store(tmp_path / "t.db", readers=1)
+    result_of(s.create_many([NewTask(f"t{i}", i % 3) for i in range(30)]))
+    cursor = s.cursor(TaskQuery(min_priority=2, limit=7, after_id=3))
+    got = []
+    while rows := result_of(cursor.fetch(3)):
+        got.extend(t.id for t in rows)
+    assert got == [6, 9, 12, 15, 18, 21, 24]
+    assert s.open_cursors == 0
+    result_of(s.close())
+
+
+def test_fetches_past_the_pool_wait_for_a_connection(tmp_path):
+    jobs: list = []
+    s = SQLiteTaskStore(str(tmp_path / "t.db"), writer=_at_once, reader=queued_runner(jobs), readers=1, clock=Clock())
     result_of(s.create_many([NewTask(f"t{i}") for i in range(4)]))
-    first = s.cursor(TaskQuery())
-    result_of(first.fetch(1))
-    second = s.cursor(TaskQuery())
-    waiting = second.fetch(2)
-    assert not waiting.called
-    first.close()
-    assert [t.id for t in result_of(waiting)] == [1, 2]
-    second.close()
-    assert s.idle_connections == 1 and s.open_cursors == 0
+    first = s.cursor(TaskQuery()).fetch(1)
+    second = s.cursor(TaskQuery()).fetch(2)
+    d, function, args = jobs.pop()  # the connection, opened in its thread
+    d.callback(function(*args))
+    d, function, args = jobs.pop()  # the first query runs; the second waits
+    assert not second.called and jobs == []
+    d.callback(function(*args))
+    assert [t.id for t in result_of(first)] == [1]
+    d, function, args = jobs.pop()  # the connection handed on: the second query
+    d.callback(function(*args))
+    assert [t.id for t in result_of(second)] == [1, 2]
+    result_of(s.close())
+
+
+def test_a_wait_past_reader_wait_is_store_busy(tmp_path):
+    jobs: list = []
+    clock = Clock()
+    s = SQLiteTaskStore(
+        str(tmp_path / "t.db"), writer=_at_once, reader=queued_runner(jobs), readers=1, clock=clock, reader_wait=3
+    )
+    held = s.cursor(TaskQuery())
+    held.fetch(1)
+    waiting = s.cursor(TaskQuery())
+    pending = waiting.fetch(1)
+    clock.advance(2.9)
+    assert not pending.called
+    clock.advance(0.2)
+    assert failure_of(pending).check(StoreBusy)
+    assert s.open_cursors == 1 and s._waiting == deque()
+    held.close()
+    d, function, args = jobs.pop()
+    d.callback(function(*args))
+    assert s.idle_connections == 1 and jobs == [] and clock.getDelayedCalls() == []
     result_of(s.close())
 
 
 def test_cursor_closed_while_waiting_takes_no_connection(tmp_path):
-    s = sqlite_store(tmp_path / "t.db", readers=1)
+    jobs: list = []
+    clock = Clock()
+    s = SQLiteTaskStore(str(tmp_path / "t.db"), writer=_at_once, reader=queued_runner(jobs), readers=1, clock=clock)
     result_of(s.create(NewTask("a")))
     first = s.cursor(TaskQuery())
-    result_of(first.fetch(1))
+    first_fetch = first.fetch(1)
     second = s.cursor(TaskQuery())
     waiting = second.fetch(1)
     second.close()
-    assert result_of(waiting) == []
+    assert result_of(waiting) == [] and clock.getDelayedCalls() == []  # its wait withdrawn
     assert s.open_cursors == 1
+    d, function, args = jobs.pop()
+    d.callback(function(*args))
+    d, function, args = jobs.pop()
+    d.callback(function(*args))
+    assert len(result_of(first_fetch)) == 1
     first.close()
-    assert s.open_cursors == 0 and s.idle_connections == 1
+    assert s.open_cursors == 0 and s.idle_connections == 1 and jobs == []
     result_of(s.close())
 
 
@@ -337,18 +388,21 @@ def test_cursor_closed_during_a_fetch_releases_after_it(tmp_path):
     result_of(s.close())
 
 
-def test_a_long_read_does_not_block_writes(tmp_path):
-    """WAL: a reader's open statement holds a snapshot; the writer goes on, and the reader keeps its view."""
+def test_writes_during_an_export_and_what_it_sees(tmp_path):
+    """
+    Keyset batches: writes never wait for a reader; each row is seen at most
+    once, in id order; a row created meanwhile shows up at the end, one
+    deleted before its batch does not.
+    """
     s = sqlite_store(tmp_path / "t.db")
     result_of(s.create_many([NewTask(f"t{i}") for i in range(300)]))
     cursor = s.cursor(TaskQuery())
-    result_of(cursor.fetch(1))
+    seen = [t.id for t in result_of(cursor.fetch(1))]
     result_of(s.create(NewTask("late")))
     result_of(s.delete(300))
-    seen = 1
     while rows := result_of(cursor.fetch(100)):
-        seen += len(rows)
-    assert seen == 300  # its snapshot: neither the late row nor the deletion
+        seen.extend(t.id for t in rows)
+    assert seen == [*range(1, 300), 301]
     result_of(s.close())
 
 
@@ -401,8 +455,7 @@ def test_cancelling_a_fetch_mid_job_releases_only_after_the_job(tmp_path):
     [(d, function, args)] = jobs  # "running in the thread"
     second.cancel()
     assert failure_of(second).check(CancelledError)
-    assert s.open_cursors == 1 and s.idle_connections == 0  # still the thread's
-    assert cursor._cursor is not None  # the statement not closed under it
+    assert s.open_cursors == 0 and s.idle_connections == 0  # closed, but the connection is still the thread's
     d.callback(function(*args))  # the job ends
     assert s.open_cursors == 0 and s.idle_connections == 1
     result_of(s.close())

@@ -54,7 +54,7 @@ from streamsvc.tasks.model import (
     parse_task_id,
     task_changes,
 )
-from streamsvc.tasks.store import PreconditionFailed, TaskNotFound
+from streamsvc.tasks.store import PreconditionFailed, StoreBusy, TaskNotFound
 
 log = Logger()
 
@@ -221,14 +221,22 @@ class CursorProducer(StreamProducer):
 
     def _next_chunk(self) -> Any:
         if self._stage == "head":
+            # The head goes out with the first batch, not before: the status
+            # is committed only once the store has answered, so a store too
+            # busy to (or failing to) is a 503 (or a 500), not a 200 and a
+            # lone "[" followed by a hang or a cut.
             self._stage = "rows"
-            return self._encoder.head()
+            head = self._encoder.head()
+            return self._fetch().addCallback(lambda rows: head + rows)
         if self._stage == "rows":
-            return self._cursor.fetch(self._batch).addCallback(self._encode)
+            return self._fetch()
         if self._stage == "end":
             self._stage = "done"
             return self._encoder.end()
         return None
+
+    def _fetch(self) -> Deferred[bytes]:
+        return self._cursor.fetch(self._batch).addCallbacks(self._encode, _busy_as_503)
 
     def _encode(self, tasks: list[Task]) -> bytes:
         if not tasks:
@@ -238,6 +246,12 @@ class CursorProducer(StreamProducer):
 
     def _release(self) -> None:
         self._cursor.close()
+
+
+def _busy_as_503(failure: Failure) -> Failure:
+    """A store with no reader free in time: the client may retry (before the first byte, a 503)."""
+    failure.trap(StoreBusy)
+    raise HTTPError(503, "the task store is busy, try again soon", {b"retry-after": b"1"})
 
 
 class _Listing:

@@ -7,18 +7,22 @@ Threads, and why two kinds:
   - one writer: SQLite takes one writer at a time anyway, so every write
     (and every single-task read, which must see the writes before it) runs
     on one connection in a thread of its own, one job after another;
-  - readers for cursors: a listing or export holds a connection and an
-    open statement for as long as its client reads (each batch a
-    C{fetchmany} in a reader thread), so they come from a pool of their own
-    (C{readers} connections) and cannot hold up the writes. A cursor that
-    is closed gives its connection back at once; more cursors than
-    connections wait for one.
+  - readers for cursors: a listing or export reads in keyset batches
+    (C{id > last id read ... LIMIT n}), each one short query on a
+    connection taken from a pool of their own (C{readers} connections) for
+    that query only, in a reader thread, so they cannot hold up the writes.
+    Between batches a cursor holds nothing: a client that stops reading
+    pins no connection (four stalled exports used to hold every reader
+    until the send timeout, and each listing behind them hung after its
+    C{[}). More queries than connections wait their turn, at most
+    L{READER_WAIT} seconds (then L{StoreBusy}: a 503 before the first byte).
 
-The database is in WAL mode, so readers see a consistent snapshot while
-writes go on. C{synchronous = FULL}: a task answered 201 survives a power
-cut. A reader that stays open for long holds its snapshot, and with it the
-WAL cannot be checkpointed past that point; the send timeout cuts readers
-that stall, and exports of any size finish at the client's pace.
+The database is in WAL mode, so a batch sees a consistent snapshot while
+writes go on, and since no statement stays open across batches a slow
+client never stops the WAL being checkpointed. An export is consistent per
+batch, not as a whole: each row appears at most once, in id order, as it
+was when its batch was read; rows created meanwhile appear at its end.
+C{synchronous = FULL}: a task answered 201 survives a power cut.
 
 Schema versions: C{PRAGMA user_version} says which migrations have run;
 L{MIGRATIONS} is the list, each a script run in a transaction.
@@ -67,6 +71,14 @@ class TaskNotFound(LookupError):
 
 class PreconditionFailed(Exception):
     """The task is there, but not as the client last saw it (If-Match)."""
+
+
+class StoreBusy(Exception):
+    """No reader connection freed within L{READER_WAIT} seconds (answered 503, Retry-After)."""
+
+
+#: Seconds a query waits for a reader connection before L{StoreBusy}.
+READER_WAIT = 10.0
 
 
 class SchemaTooNew(RuntimeError):
@@ -194,6 +206,8 @@ class SQLiteTaskStore:
 
     @param reactor: the reactor the thread pools report to; with
         C{writer}/C{reader} runners given (tests), not needed.
+    @param clock: times a query's wait for a reader connection (by default
+        C{reactor}, or the global reactor); C{reader_wait} is that limit.
     """
 
     def __init__(
@@ -205,11 +219,15 @@ class SQLiteTaskStore:
         writer: Runner | None = None,
         reader: Runner | None = None,
         now: Callable[[], float] = time.time,
+        clock: Any = None,
+        reader_wait: float = READER_WAIT,
     ) -> None:
         if readers < 1:
             raise ValueError("readers must be at least 1")
         self.path = path
         self._now = now
+        self._clock = clock if clock is not None else reactor
+        self._reader_wait = reader_wait
         self._max_readers = readers
         self._pools: list[PoolRunner] = []
         if writer is None:
@@ -329,9 +347,53 @@ class SQLiteTaskStore:
         if self._opening + len(self._all_readers) < self._max_readers:
             self._opening += 1
             return self._run_reader(connect, self.path).addBoth(self._opened)
-        waiter: Deferred[sqlite3.Connection] = Deferred(self._waiting.remove)
+        clock = self._clock
+        if clock is None:
+            from twisted.internet import reactor as clock
+        timer: list[Any] = []
+
+        def withdrawn(waiter: Deferred[sqlite3.Connection]) -> None:
+            self._waiting.remove(waiter)
+            timer[0].cancel()
+
+        waiter: Deferred[sqlite3.Connection] = Deferred(withdrawn)
+
+        def too_long() -> None:
+            self._waiting.remove(waiter)
+            waiter.errback(StoreBusy(f"no reader connection free within {self._reader_wait:g} s"))
+
+        timer.append(clock.callLater(self._reader_wait, too_long))
+        waiter.addBoth(_passing(timer[0]))
         self._waiting.append(waiter)
         return waiter
+
+    def _read(
+        self, function: Callable[..., Any], *args: Any, wanted: Callable[[], bool]
+    ) -> tuple[Deferred[Any], Deferred[Any]]:
+        """
+        Run C{function(connection, *args)} in a reader thread on a pooled
+        connection, given back once the job has ended (never while it runs:
+        closing a statement under a running C{fetchmany} is a segfault).
+        If C{wanted()} is false once the connection is in hand (its cursor
+        closed meanwhile), nothing runs and the result is C{[]}.
+
+        Returns the wait for a connection (which may be cancelled while it is
+        queued) and the result, a Deferred that is not to be cancelled.
+        """
+        checkout = self._checkout()
+
+        def run(connection: sqlite3.Connection) -> Any:
+            if not wanted():
+                self._checkin(connection)
+                return []
+
+            def checkin(result: Any) -> Any:
+                self._checkin(connection)
+                return result
+
+            return self._run_reader(function, connection, *args).addBoth(checkin)
+
+        return checkout, checkout.addCallback(run)
 
     def _opened(self, result: Any) -> Any:
         self._opening -= 1
@@ -374,105 +436,89 @@ class SQLiteTaskStore:
         return succeed(None)
 
 
+def _passing(timer: Any) -> Callable[[Any], Any]:
+    """A callback that cancels C{timer} if it is still pending, passing the result on."""
+
+    def cancel(result: Any) -> Any:
+        if timer.active():
+            timer.cancel()
+        return result
+
+    return cancel
+
+
+def _select(connection: sqlite3.Connection, query: TaskQuery) -> list[Task]:
+    """One keyset batch (runs in a reader thread)."""
+    sql, params = select_for(query)
+    cursor = connection.execute(sql, params)
+    try:
+        return list(map(Task._make, cursor.fetchall()))
+    finally:
+        cursor.close()
+
+
 @implementer(ITaskCursor)
 class _SQLiteCursor:
     """
-    One listing's statement on a reader connection, stepped a batch at a
-    time in a reader thread. States: waiting for a connection, idle, a
-    fetch in flight, closed (connection returned).
+    One listing, read in keyset batches: each fetch is one query for the
+    next C{count} rows after the last id returned, on a reader connection
+    held for that query only. Between fetches it holds nothing, so a client
+    that stops reading pins no connection. States: idle, a fetch in flight
+    (waiting for a connection, or running in a thread), closed.
     """
 
     def __init__(self, store: SQLiteTaskStore, query: TaskQuery) -> None:
         self._store = store
         self._query = query
-        self._connection: sqlite3.Connection | None = None
-        self._cursor: sqlite3.Cursor | None = None
-        self._acquiring: Deferred[sqlite3.Connection] | None = None
+        self._last_id = query.after_id
+        self._left = query.limit
+        self._waiting: Deferred[Any] | None = None
         self._in_flight = False
         self._closed = False
-        self._exhausted = False
-        self._released = False
 
     def fetch(self, count: int) -> Deferred[list[Task]]:
-        if self._closed or self._exhausted:
+        if self._closed:
             return succeed([])
         if self._in_flight:
             raise RuntimeError("one fetch at a time")
+        size = count if self._left is None else min(count, self._left)
+        if size <= 0:
+            self.close()
+            return succeed([])
         self._in_flight = True
-        if self._connection is None:
-            self._acquiring = self._store._checkout()
-            job = self._acquiring.addCallback(self._got_connection)
-            job.addCallback(lambda _: self._store._run_reader(self._first, count))
-        else:
-            job = self._store._run_reader(self._next, count)
+        self._waiting, job = self._store._read(
+            _select, self._query._replace(after_id=self._last_id, limit=size), wanted=self._open
+        )
         # The caller gets a Deferred of its own: cancelling it (a producer
-        # stopped mid-fetch) closes the cursor, but the connection is given
-        # back only when the thread's job has really ended — releasing it on
-        # the cancellation would close the statement under a running
-        # fetchmany (a segfault in sqlite3).
+        # stopped mid-fetch) closes the cursor; the job itself runs to its
+        # end, and only then is its connection given back (see _read).
         answer: Deferred[list[Task]] = Deferred(lambda d: self.close())
         job.addBoth(self._fetched).addBoth(lambda result: None if answer.called else answer.callback(result))
         return answer
 
-    def _got_connection(self, connection: sqlite3.Connection) -> None:
-        self._acquiring = None
-        self._connection = connection
-        if self._closed:  # closed while it waited for one
-            raise _Closed()
-
-    def _first(self, count: int) -> list[Task]:
-        assert self._connection is not None
-        sql, params = select_for(self._query)
-        self._cursor = self._connection.execute(sql, params)
-        return self._next(count)
-
-    def _next(self, count: int) -> list[Task]:
-        assert self._cursor is not None
-        rows = self._cursor.fetchmany(count)
-        return list(map(Task._make, rows))
+    def _open(self) -> bool:
+        return not self._closed
 
     def _fetched(self, result: Any) -> Any:
         self._in_flight = False
+        self._waiting = None
         if self._closed:
-            self._release()
-            return []
-        if isinstance(result, list) and len(result) == 0:
-            self._exhausted = True
-            self._release()
-        if not isinstance(result, list):  # a Failure: the cursor is finished either way
-            self._closed = True
-            self._release()
+            return []  # (a wait withdrawn by close(), or a result no one wants)
+        if not isinstance(result, list) or not result:
+            self.close()  # the end, or a failure: the cursor is finished either way
+            return result
+        self._last_id = result[-1].id
+        if self._left is not None:
+            self._left -= len(result)
         return result
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        acquiring = self._acquiring
-        if acquiring is not None and acquiring in self._store._waiting:
-            # Only a wait in the queue may be cancelled; a connection being
-            # opened in a thread is let finish, then released by _fetched.
-            self._acquiring = None
-            acquiring.cancel()
-            return
-        if not self._in_flight:
-            self._release()
-
-    def _release(self) -> None:
-        """Give the connection back (the statement reset first), exactly once."""
-        if self._released:
-            return
-        self._released = True
         self._store.open_cursors -= 1
-        connection, self._connection = self._connection, None
-        cursor, self._cursor = self._cursor, None
-        try:
-            if cursor is not None:
-                cursor.close()  # resets the statement: the read snapshot ends here
-        finally:
-            if connection is not None:
-                self._store._checkin(connection)
-
-
-class _Closed(Exception):
-    """A cursor closed while it waited for a connection."""
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None and waiting in self._store._waiting:
+            # Only a wait in the queue is withdrawn; a connection being
+            # opened in a thread is let finish, and goes back to the pool.
+            waiting.cancel()

@@ -30,6 +30,8 @@ import attrs
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 
+from streamsvc.sizes import parse_size
+
 __all__ = [
     "DEFAULT_CONFIG_NAME",
     "KNOWN_KEYS",
@@ -166,8 +168,6 @@ class Config:
 
 # --- values -----------------------------------------------------------------
 
-_SIZE = re.compile(r"([0-9]+)\s*(?:([kmgt])(?:i?b)?)?", re.IGNORECASE | re.ASCII)
-_SIZE_FACTORS: Final = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
 _BOOLEANS: Final = {
     "yes": True,
@@ -186,23 +186,6 @@ _TOKEN_SEPARATORS = re.compile(r"[\s,]+")
 #: A token outside it could be configured but could never authenticate.
 _TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*", re.ASCII)
 _TOKEN_RULE = "a token may only contain letters, digits and -._~+/ (then = padding)"
-
-
-def parse_size(text: str) -> int:
-    """
-    Bytes from C{"65536"}, C{"64k"}, C{"64KiB"}, C{"1M"}, C{"1MiB"}, C{"1GiB"},
-    C{"2T"}...
-
-    Suffixes are binary (k = 1024) whatever their spelling, because chunk
-    sizes are thought of in powers of two; C{"64KB"} is therefore 65536 too.
-    Raises L{ValueError} for anything else, including negative numbers and
-    fractions, rather than guessing.
-    """
-    match = _SIZE.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(f"not a size: {text!r}")
-    number, unit = match.groups()
-    return int(number) * _SIZE_FACTORS[(unit or "").lower()]
 
 
 def check_endpoint(description: str) -> None:

@@ -38,7 +38,8 @@ from treq.client import HTTPClient
 from twisted.internet import defer, task
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from streamsvc.tasks.encoders import CSVRecords, Line, LineSplitter
+from streamsvc.lines import Line, LineSplitter
+from streamsvc.tasks.encoders import CSVRecords
 from streamsvc.tasks.model import COLUMNS
 
 PARALLEL = 20  # POSTs in flight at once

@@ -32,7 +32,7 @@ from twisted.internet.task import deferLater
 from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 
-from streamsvc.config import parse_size
+from streamsvc.sizes import parse_size
 from streamsvc.errors import HTTPError, JSONResource
 from streamsvc.producers import IterableProducer, default_clock, send_body
 

@@ -239,10 +239,36 @@ def test_console_script_one_line_errors(tmp_path: Any) -> None:
     out = subprocess.run([script, "get", f"http://127.0.0.1:{port}/x", "-o", str(tmp_path / "x")],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
-    assert out.stderr.startswith("streamsvc-client: cannot connect") and out.stderr.count("\n") == 1
+    assert out.stderr == f"streamsvc-client: cannot connect to 127.0.0.1:{port}: connection refused\n"
     assert "Traceback" not in out.stderr
     usage = subprocess.run([script, "get"], capture_output=True, text=True, timeout=60)
     assert usage.returncode == 2 and "usage" in usage.stderr
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [("http://h.example/x", "h.example:80"), ("https://h.example/x", "h.example:443"),
+     ("http://10.0.0.1:8080/", "10.0.0.1:8080"), ("https://[::1]:9/", "[::1]:9")],
+)
+def test_connect_errors_name_the_address(url: str, shown: str) -> None:
+    from twisted.internet.error import ConnectionRefusedError, DNSLookupError
+
+    from streamsvc.client.errors import error_line
+
+    assert error_line(ConnectionRefusedError(111, "x"), url) == f"cannot connect to {shown}: connection refused"
+    assert error_line(DNSLookupError("h.example"), url) == f"cannot connect to {shown}: the host name is not known"
+
+
+def test_the_client_imports_nothing_of_the_server() -> None:
+    """The client shares only the library (producers, stages, digests, lines, sizes), not the server's packages."""
+    import subprocess
+    import sys
+
+    code = "import sys, streamsvc.client.cli; print(' '.join(m for m in sys.modules if m.startswith('streamsvc')))"
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    assert "streamsvc.client.cli" in loaded
+    server = {m for m in loaded if m.split(".")[1:2] and m.split(".")[1] in {"tasks", "files", "config", "app", "tap", "limits", "body", "workers", "ui", "auth"}}
+    assert server == set()
 
 
 # --- reading the body: rate and stall -----------------------------------------------
@@ -587,3 +613,51 @@ def test_set_read_size_through_the_client_body_proxy() -> None:
     assert set_read_size(SimpleNamespace(_producer=tcp), 256 * 1024) and tcp.bufferSize == 256 * 1024
     assert set_read_size(tcp, 1024) and tcp.bufferSize == 1024
     assert not set_read_size(SimpleNamespace(), 1024)  # a fake, or Twisted changed: left alone
+
+
+# --- get to stdout ---------------------------------------------------------------------
+
+
+def test_get_to_stdout_and_into_a_closed_pipe(tmp_path: Any) -> None:
+    """
+    C{-o -} (and no C{-o} with stdout a pipe) streams the body to stdout;
+    a reader that closes the pipe early (C{| head -c 100}) ends the client
+    quietly, status 0, no traceback, no file left.
+    """
+    import shutil
+    import subprocess
+    import sys
+
+    from test_tap import start_twistd
+
+    script = shutil.which("streamsvc-client", path=os.path.dirname(sys.executable))
+    assert script is not None
+    files = tmp_path / "data" / "files"
+    files.mkdir(parents=True)
+    data = os.urandom(3 * 1024 * 1024)
+    (files / "f.bin").write_bytes(data)
+    proc, port = start_twistd(tmp_path, "--data-dir", str(tmp_path / "data"))
+    url = f"http://127.0.0.1:{port}/files/f.bin"
+    work = tmp_path / "cwd"
+    work.mkdir()
+    try:
+        for argv in ([script, "get", url, "-o", "-"], [script, "get", url]):
+            out = subprocess.run(argv, capture_output=True, timeout=60, cwd=work)
+            assert out.returncode == 0, out.stderr
+            assert out.stdout == data
+            assert out.stderr == b""
+        assert list(work.iterdir()) == []  # nothing written to disk
+        head = subprocess.Popen([script, "get", url, "-o", "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                cwd=work)
+        assert head.stdout is not None and head.stderr is not None
+        assert head.stdout.read(100) == data[:100]
+        head.stdout.close()
+        assert head.wait(timeout=60) in (0, 141)
+        assert b"Traceback" not in head.stderr.read()
+        missing = subprocess.run([script, "get", url.replace("f.bin", "nope"), "-o", "-"],
+                                 capture_output=True, timeout=60, cwd=work)
+        assert missing.returncode == 1 and missing.stdout == b""
+        assert missing.stderr == b"streamsvc-client: 404 Not Found: /files/nope\n"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -15,12 +15,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streamsvc.lines import LineSplitter
 from streamsvc.tasks.encoders import (
     BOM,
     CSVEncoder,
     CSVRecords,
     JSONArray,
-    LineSplitter,
     NDJSONEncoder,
     guard_cell,
     unguard_cell,

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from streamsvc.client.errors import ClientError, error_line
-from streamsvc.client.get import download_with_retries
+from streamsvc.client.get import download_with_retries, stream
 from streamsvc.client.http import http_client
 from streamsvc.client.put import upload
 from streamsvc.client.tail import tail
@@ -45,7 +45,7 @@ class Progress:
 
 
 def _size(text: str) -> int:
-    from streamsvc.config import parse_size
+    from streamsvc.sizes import parse_size
 
     try:
         value = parse_size(text)
@@ -68,7 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command", required=True)
     get = commands.add_parser("get", parents=[common], help="download URL to FILE, resumably")
     get.add_argument("url")
-    get.add_argument("-o", "--output", help="the file (default: the URL's last path segment)")
+    get.add_argument("-o", "--output",
+                     help="the file, or - for stdout (default: stdout when it is not a terminal, "
+                          "else the URL's last path segment)")
     get.add_argument("-c", "--continue", dest="resume", action="store_true",
                      help="take an existing FILE as the start of the download (as curl -C -)")
     get.add_argument("--rate", type=_size, help="read no faster than this many bytes/s (64k, 1M...)")
@@ -89,6 +91,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     tail.add_argument("--no-reconnect", dest="reconnect", action="store_false",
                       help="stop when the connection drops instead of resuming with Last-Event-ID")
     return parser.parse_args(argv)
+
+
+def _to_stdout(args: argparse.Namespace) -> bool:
+    """C{-o -}, or no C{-o} with stdout not a terminal (C{| tar x}, C{> file}), as curl does."""
+    if args.output is not None:
+        return bool(args.output == "-")
+    return not sys.stdout.isatty()
+
+
+def _stdout_writer() -> Any:
+    """Bytes to stdout, as they come (flushed: a pipe's reader sees them at once)."""
+    out = sys.stdout.buffer
+
+    def write(data: bytes) -> None:
+        out.write(data)
+        out.flush()
+
+    return write
 
 
 def headers_of(args: argparse.Namespace) -> dict[str, str]:
@@ -123,6 +143,13 @@ def main(argv: list[str] | None = None) -> int:
             elif args.command == "tail":
                 await tail(client, args.url, reactor=reactor, headers=headers, events=args.events,
                            reconnect=args.reconnect, write=lambda text: print(text, flush=True))
+            elif _to_stdout(args):
+                if args.resume:
+                    raise ClientError("-c needs a file to resume into, not stdout")
+                with Progress(enabled=not args.quiet and sys.stderr.isatty()) as progress:
+                    await stream(client, args.url, _stdout_writer(), headers=headers, reactor=reactor,
+                                 rate=args.rate, stall=args.timeout or None,
+                                 on_start=progress.start, on_data=progress.update)
             else:
                 output = args.output or os.path.basename(args.url.split("?", 1)[0].rstrip("/")) or "index.html"
                 state["output"] = output
@@ -131,8 +158,16 @@ def main(argv: list[str] | None = None) -> int:
                                    retries=max(0, args.retries), reactor=reactor, rate=args.rate, stall=args.timeout or None,
                                    on_start=progress.start, on_data=progress.update)
             outcome["status"] = 0
+        except BrokenPipeError:
+            # The reader went away (| head -c 100): what it wanted it had.
+            # Quiet, like cat; stdout pointed at /dev/null so Python's own
+            # flush at exit does not complain about the closed pipe.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            outcome["status"] = 0
         except Exception as error:
-            print(f"streamsvc-client: {error_line(error)}", file=sys.stderr)
+            print(f"streamsvc-client: {error_line(error, getattr(args, 'url', None))}", file=sys.stderr)
         finally:
             state["finished"] = True
 

@@ -106,6 +106,50 @@ async def download(
     return size
 
 
+async def stream(
+    client: Any,
+    url: str,
+    write: Callable[[bytes], None],
+    *,
+    headers: dict[str, str] | None = None,
+    on_data: Callable[[int], None] = lambda n: None,
+    on_start: Callable[[int | None, int], None] = lambda total, offset: None,
+    reactor: Any = None,
+    rate: float | None = None,
+    stall: float | None = None,
+) -> int:
+    """
+    C{url}'s body handed to C{write} as it arrives (C{-o -}: stdout), in
+    constant memory; the number of bytes. C{write} may block (a pipe whose
+    reader is slow): the socket is then not read, so TCP slows the server.
+    An error from C{write} (a closed pipe) ends the download and is raised.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    response = await client.get(url, headers=headers or {}, unbuffered=True)
+    if response.code >= 300:
+        await treq.collect(response, lambda data: None)
+        raise _status_error(response, url)
+    length = _header(response, "content-length")
+    total = int(length) if length is not None and length.isdigit() else None
+    on_start(total, 0)
+    got = 0
+
+    def counted(data: bytes) -> None:
+        nonlocal got
+        write(data)
+        got += len(data)
+        on_data(len(data))
+
+    try:
+        await read_body(response, counted, reactor=reactor, rate=rate, stall=stall)
+    except BodyStalled as error:
+        raise ClientError(f"the body stalled after {got} bytes: {error}") from None
+    if total is not None and got != total:
+        raise ClientError(f"incomplete: {got} of {total} bytes")
+    return got
+
+
 def _save_validator(meta: str, response: Any) -> None:
     validator = Validator(_header(response, "etag"), _header(response, "last-modified"))
     if validator.if_range():

@@ -20,7 +20,7 @@ from twisted.web.client import ResponseFailed
 
 from streamsvc.client.errors import ClientError
 from streamsvc.client.get import _header, _status_error
-from streamsvc.tasks.encoders import LineSplitter
+from streamsvc.lines import LineSplitter
 
 
 #: The longest line kept; a longer one (a broken or hostile stream) is skipped

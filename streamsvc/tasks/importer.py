@@ -35,7 +35,8 @@ from zope.interface import implementer
 
 from streamsvc.errors import HTTPError, JSONResource
 from streamsvc.interfaces import IBodyConsumer, IStreamingBodyResource, ITaskStore
-from streamsvc.tasks.encoders import CSVRecords, Line, LineSplitter, unguard_cell
+from streamsvc.lines import Line, LineSplitter
+from streamsvc.tasks.encoders import CSVRecords, unguard_cell
 from streamsvc.tasks.model import COLUMNS, IMPORT_IGNORED, Invalid, NewTask, Task, new_task, parse_json
 from streamsvc.tasks.resource import media_type, respond, respond_error
 

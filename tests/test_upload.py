@@ -276,6 +276,12 @@ def test_chunked_upload_passing_the_limit_is_a_413(tmp_path: Any) -> None:
         ("/files/a%2f..%2f..%2fescape", 400),
         ("/files/a%5cb", 400),
         ("/files/a%00b", 400),
+        ("/files/con%0ax", 400),  # a newline in a name (#28 item 12: was created)
+        ("/files/a%1bb", 400),
+        ("/files/a%7fb", 400),
+        ("/files/a%c2%85b", 400),  # U+0085, a C1 line break
+        ("/files/evil%e2%80%aetxt.exe", 400),  # U+202E right-to-left override
+        ("/files/dir%0a/x", 400),  # in a folder's name too
         ("/files/a//b", 400),
         ("/files/%ff", 400),
         ("/files/dir/", 400),  # a folder, with a body
@@ -289,6 +295,17 @@ def test_bad_paths_are_refused_and_nothing_is_written(server: Server, path: str,
     assert "error" in json.loads(response.body)
     everything = {p.name for p in server.root.parent.parent.rglob("*")}
     assert "escape" not in everything and server.leftovers() == []
+
+
+def test_a_folder_name_with_a_newline_is_refused(server: Server) -> None:
+    r = server.request("PUT", "/files/a%0ab/", AUTH, "Content-Length: 0")
+    assert r.code == 400 and "control" in json.loads(r.body)["error"]
+    assert list(server.root.iterdir()) == []
+
+
+def test_names_in_other_scripts_are_welcome(server: Server) -> None:
+    assert server.put("/files/%c3%bcber-%e6%97%a5%e6%9c%ac.txt", b"x", AUTH).code == 201
+    assert (server.root / "über-日本.txt").read_bytes() == b"x"
 
 
 def test_a_put_of_a_path_ending_in_slash_without_a_body_makes_the_folder(server: Server) -> None:

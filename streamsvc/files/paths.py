@@ -249,7 +249,27 @@ def write_segments(postpath: list[bytes]) -> tuple[str, ...]:
             raise HTTPError(400, "names starting with a dot are not allowed")
         if not is_safe_segment(segment):
             raise HTTPError(400, "path segments may not contain /, \\ or NUL")
+        if not is_plain_name(segment):
+            raise HTTPError(400, "names may not contain control, line-break or text-direction characters")
     return segments
+
+
+#: Line and paragraph separators, and the text-direction overrides and
+#: isolates that make a listing show C{evil\u202etxt.exe} as C{evilexe.txt}.
+_DECEPTIVE = frozenset("\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
+
+
+def is_plain_name(segment: str) -> bool:
+    """
+    Whether a name to be created is free of control characters (C0, DEL,
+    C1: a newline in a name breaks every line-based tool and log that
+    shows it) and of the characters that change how text around them is
+    shown. Applied to the names a client writes; files put in place by
+    other means are still served.
+    """
+    return not any(
+        ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in _DECEPTIVE for c in segment
+    )
 
 
 def open_folder(root: str, folders: tuple[str, ...], *, create: bool) -> tuple[int, list[int]]:

@@ -696,6 +696,40 @@ def test_create_only_losing_a_race_is_a_412(server: Server, monkeypatch: Any) ->
     assert server.leftovers() == []
 
 
+def test_two_interleaved_puts_to_one_path_leave_one_whole_body(server: Server) -> None:
+    """Bodies arriving in turns on two connections: the file is one of them whole, never a mix."""
+    first, second = os.urandom(200_000), os.urandom(150_000)
+    a, b = server.connect(), server.connect()
+    a.send(put_head("/files/f", len(first), AUTH))
+    b.send(put_head("/files/f", len(second), AUTH))
+    for i in range(0, 200_000, 10_000):
+        a.send(first[i:i + 10_000])
+        b.send(second[i:i + 10_000])
+        server.clock.advance(0)
+    a.read_until_quiet(server.clock)
+    b.read_until_quiet(server.clock)
+    assert {a.response().code, b.response().code} <= {201, 204}
+    assert (server.root / "f").read_bytes() in (first, second)
+    assert server.leftovers() == []
+
+
+def test_two_puts_with_the_same_if_match_one_wins(server: Server) -> None:
+    """Both sent against version 1: the one installed first wins, the other is a 412 (no lost update)."""
+    f = server.root / "f"
+    f.write_bytes(b"v1")
+    tag = etag_of(f)
+    a, b = server.connect(), server.connect()
+    a.send(put_head("/files/f", 5, AUTH, f"If-Match: {tag}"))
+    b.send(put_head("/files/f", 5, AUTH, f"If-Match: {tag}"))
+    a.send(b"mine!")
+    a.read_until_quiet(server.clock)
+    b.send(b"their")
+    b.read_until_quiet(server.clock)
+    assert a.response().code == 204 and b.response().code == 412
+    assert f.read_bytes() == b"mine!"
+    assert server.leftovers() == []
+
+
 def test_conditional_delete_cannot_remove_a_newer_version(server: Server) -> None:
     """The name is gone when DELETE's check passes, so a PUT after it makes a new file that stays."""
     f = server.root / "f"

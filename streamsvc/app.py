@@ -22,7 +22,7 @@ from twisted.web.server import Site
 from streamsvc.accesslog import AccessLog
 from streamsvc.auth import BearerGuard, TokenSet
 from streamsvc.metrics import Metrics, MetricsResource
-from streamsvc.config import Config, ConfigError
+from streamsvc.config import TWISTD_LOG, Config, ConfigError
 from streamsvc.cors import CORSPolicy, CORSResource
 from streamsvc.pages import UIResource
 from streamsvc.producers import default_clock
@@ -89,6 +89,13 @@ def prepare_data_dir(config: Config) -> None:
         ) from None
     if not os.access(path, os.R_OK | os.X_OK):
         raise ConfigError(f"data_dir {config.server.data_dir!r}: {path!r} is not readable")
+    access = config.server.access_log_file
+    if access is not None and access != TWISTD_LOG:
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(access)), exist_ok=True)
+            os.close(os.open(access, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644))
+        except OSError as e:
+            raise ConfigError(f"access_log_file {access!r}: cannot open it: {e.strerror}") from None
     if config.tasks.enabled:
         prepare_task_store(config)
     removed = remove_stale_uploads(path)
@@ -311,7 +318,9 @@ def build_site(
     # Every response logged once, those cut short too (streamsvc.accesslog);
     # twisted.web's own line (Site.log, called from finish) is replaced.
     site.access_log = AccessLog(  # type: ignore[attr-defined]
-        config.server.access_log, clock=site.reactor, path=config.server.access_log_file
+        config.server.access_log,
+        clock=site.reactor,
+        path=None if config.server.access_log_file == TWISTD_LOG else config.server.access_log_file,
     )
     site.log = site.access_log  # type: ignore[method-assign]
     return site

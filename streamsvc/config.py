@@ -35,11 +35,13 @@ from streamsvc.sizes import parse_size
 __all__ = [
     "DEFAULT_CONFIG_NAME",
     "KNOWN_KEYS",
+    "TWISTD_LOG",
     "AuthConfig",
     "Config",
     "ConfigError",
     "ServerConfig",
     "StreamConfig",
+    "access_log_default",
     "apply_overrides",
     "check_endpoint",
     "load_config",
@@ -427,6 +429,33 @@ def _parse_optional_path(value: str) -> str | None:
     return _parse_path(value) if value.strip() else None
 
 
+#: C{[server] access_log_file = twistd}: the access lines go through
+#: twistd's log (the only place before the default became a file).
+TWISTD_LOG: Final = "twistd"
+
+
+def _parse_access_log_file(value: str) -> str | None:
+    if value.strip().lower() == TWISTD_LOG:
+        return TWISTD_LOG
+    return _parse_optional_path(value)
+
+
+def access_log_default(config: Config) -> Config:
+    """
+    C{config} with the access log's place settled, as C{twistd streamsvc}
+    runs it: unset, C{DATA_DIR/logs/access.log} (its own buffered file:
+    a line costs a few µs there, against 100-200 µs through twistd's log,
+    which with workers the supervisor would also relay); C{twistd}, twistd's
+    log (None, what a L{ServerConfig} built in code means too).
+    """
+    chosen = config.server.access_log_file
+    if chosen == TWISTD_LOG:
+        chosen = None
+    elif chosen is None:
+        chosen = os.path.join(config.server.data_dir, "logs", "access.log")
+    return attrs.evolve(config, server=attrs.evolve(config.server, access_log_file=chosen))
+
+
 def _parse_access_log(value: str) -> str:
     style = value.strip().lower()
     if style not in ("combined", "json", "off"):
@@ -468,7 +497,7 @@ _SCHEMA: Final[Mapping[str, tuple[type, Mapping[str, _Key]]]] = MappingProxyType
                 "shutdown_timeout": _Key(_integer(0, 3600)),
                 "metrics": _Key(_parse_boolean),
                 "access_log": _Key(_parse_access_log),
-                "access_log_file": _Key(_parse_optional_path),
+                "access_log_file": _Key(_parse_access_log_file),
                 "workers": _Key(parse_workers),
                 "cors_origins": _Key(_parse_origins),
             },

@@ -26,6 +26,7 @@ from streamsvc.config import (
     DEFAULT_CONFIG_NAME,
     Config,
     ConfigError,
+    access_log_default,
     apply_overrides,
     check_workers,
     load_config,
@@ -87,6 +88,7 @@ class Options(usage.Options):
             config, listen=self["listen"] or None, data_dir=self["data-dir"], workers=self["workers"]
         )
         check_workers(config)
+        config = access_log_default(config)
         prepare_data_dir(config)
         try:
             raise_fd_limit(config.limits.max_connections)

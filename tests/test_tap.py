@@ -99,6 +99,26 @@ def test_defaults_create_data_dir(tmp_path: Path) -> None:
     assert (tmp_path / "data" / "files").is_dir()
 
 
+def test_the_access_log_is_a_file_of_its_own_by_default(tmp_path: Path) -> None:
+    """Unset: DATA_DIR/logs/access.log (made at start-up); 'twistd': twistd's log; a path: that file."""
+    options = parse("-d", str(tmp_path / "d"), cwd=tmp_path)
+    assert options.config.server.access_log_file == str(tmp_path / "d" / "logs" / "access.log")
+    assert (tmp_path / "d" / "logs" / "access.log").is_file()
+    (tmp_path / "tap.conf").write_text("[server]\naccess_log_file = twistd\n")
+    assert parse("-d", str(tmp_path / "e"), cwd=tmp_path).config.server.access_log_file is None
+    assert not (tmp_path / "e" / "logs").exists()
+    (tmp_path / "tap.conf").write_text(f"[server]\naccess_log_file = {tmp_path / 'x' / 'a.log'}\n")
+    assert parse(cwd=tmp_path).config.server.access_log_file == str(tmp_path / "x" / "a.log")
+    assert (tmp_path / "x" / "a.log").is_file()
+
+
+def test_an_access_log_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    (tmp_path / "tap.conf").write_text(f"[server]\naccess_log_file = {tmp_path / 'blocker' / 'a.log'}\n")
+    with pytest.raises(SystemExit):
+        parse(cwd=tmp_path)
+
+
 def test_command_line_overrides_file(tmp_path: Path) -> None:
     """--listen (repeatable) and --data-dir override tap.conf in the working directory."""
     (tmp_path / "tap.conf").write_text("[server]\nlisten = tcp:9000\ndata_dir = fromfile\n")

@@ -168,6 +168,12 @@ class ITaskCursor(Interface):
     (the next only once the previous has fired), then L{close} exactly when
     it is done with the rows — after the last batch, on error, and at once
     when its client goes away.
+
+    Between fetches the owner may wait as long as its client does (a slow
+    or stalled reader): a store must not let such cursors hold what other
+    listings need (the SQLite store reads in keyset batches and holds no
+    connection between them). A store that can find no reader in time fails
+    the fetch with L{streamsvc.tasks.store.StoreBusy} (answered 503).
     """
 
     def fetch(count):
@@ -178,9 +184,10 @@ class ITaskCursor(Interface):
 
     def close():
         """
-        Release the cursor and whatever it holds (its database connection
-        goes back to the pool, its read snapshot ends). Idempotent. A fetch
-        still running finishes first; its result is then dropped.
+        Release the cursor and whatever it holds (a connection or server-side
+        cursor, if the store keeps one between fetches; the SQLite store
+        keeps none). Idempotent. A fetch still running finishes first; its
+        result is then dropped.
         """
 
 

@@ -19,7 +19,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
-from streamsvc.accesslog import AccessLog
+from streamsvc.accesslog import AccessLog, AppendLines
 from streamsvc.auth import BearerGuard, TokenSet
 from streamsvc.metrics import Metrics, MetricsResource
 from streamsvc.config import TWISTD_LOG, Config, ConfigError
@@ -78,6 +78,14 @@ def prepare_task_store(config: Config) -> None:
         log.info("created the tasks database {path}", path=path)
 
 
+def access_log_path(config: Config) -> str | None:
+    """The file the access lines go to, or None (twistd's log, or no log at all)."""
+    path = config.server.access_log_file
+    if path == TWISTD_LOG or config.server.access_log == "off":
+        return None
+    return path
+
+
 def prepare_data_dir(config: Config) -> None:
     """Create C{DATA_DIR/files} if missing; a ConfigError if that is impossible."""
     path = files_dir(config)
@@ -89,11 +97,13 @@ def prepare_data_dir(config: Config) -> None:
         ) from None
     if not os.access(path, os.R_OK | os.X_OK):
         raise ConfigError(f"data_dir {config.server.data_dir!r}: {path!r} is not readable")
-    access = config.server.access_log_file
-    if access is not None and access != TWISTD_LOG:
+    access = access_log_path(config)
+    if access is not None:
+        # Opened here once, so a path that cannot be written is one line at
+        # start-up, not a traceback from build_site.
         try:
             os.makedirs(os.path.dirname(os.path.abspath(access)), exist_ok=True)
-            os.close(os.open(access, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644))
+            AppendLines(access).close()
         except OSError as e:
             raise ConfigError(f"access_log_file {access!r}: cannot open it: {e.strerror}") from None
     if config.tasks.enabled:
@@ -320,7 +330,7 @@ def build_site(
     site.access_log = AccessLog(  # type: ignore[attr-defined]
         config.server.access_log,
         clock=site.reactor,
-        path=None if config.server.access_log_file == TWISTD_LOG else config.server.access_log_file,
+        path=access_log_path(config),
     )
     site.log = site.access_log  # type: ignore[method-assign]
     return site

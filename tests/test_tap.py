@@ -107,6 +107,9 @@ def test_the_access_log_is_a_file_of_its_own_by_default(tmp_path: Path) -> None:
     (tmp_path / "tap.conf").write_text("[server]\naccess_log_file = twistd\n")
     assert parse("-d", str(tmp_path / "e"), cwd=tmp_path).config.server.access_log_file is None
     assert not (tmp_path / "e" / "logs").exists()
+    (tmp_path / "tap.conf").write_text("[server]\naccess_log = off\n")
+    parse("-d", str(tmp_path / "f"), cwd=tmp_path)
+    assert not (tmp_path / "f" / "logs").exists()  # no log, no file
     (tmp_path / "tap.conf").write_text(f"[server]\naccess_log_file = {tmp_path / 'x' / 'a.log'}\n")
     assert parse(cwd=tmp_path).config.server.access_log_file == str(tmp_path / "x" / "a.log")
     assert (tmp_path / "x" / "a.log").is_file()

@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from streamsvc._threads import PoolRunner
@@ -350,21 +351,16 @@ class SQLiteTaskStore:
         clock = self._clock
         if clock is None:
             from twisted.internet import reactor as clock
-        timer: list[Any] = []
-
-        def withdrawn(waiter: Deferred[sqlite3.Connection]) -> None:
-            self._waiting.remove(waiter)
-            timer[0].cancel()
-
-        waiter: Deferred[sqlite3.Connection] = Deferred(withdrawn)
-
-        def too_long() -> None:
-            self._waiting.remove(waiter)
-            waiter.errback(StoreBusy(f"no reader connection free within {self._reader_wait:g} s"))
-
-        timer.append(clock.callLater(self._reader_wait, too_long))
-        waiter.addBoth(_passing(timer[0]))
+        waiter: Deferred[sqlite3.Connection] = Deferred(self._waiting.remove)
         self._waiting.append(waiter)
+        # Past the wait, the waiter is cancelled (out of the queue) and fails as StoreBusy.
+        waiter.addTimeout(
+            self._reader_wait,
+            clock,
+            onTimeoutCancel=lambda result, timeout: Failure(
+                StoreBusy(f"no reader connection free within {timeout:g} s")
+            ),
+        )
         return waiter
 
     def _read(
@@ -434,17 +430,6 @@ class SQLiteTaskStore:
             self._writer_connection.close()
             self._writer_connection = None
         return succeed(None)
-
-
-def _passing(timer: Any) -> Callable[[Any], Any]:
-    """A callback that cancels C{timer} if it is still pending, passing the result on."""
-
-    def cancel(result: Any) -> Any:
-        if timer.active():
-            timer.cancel()
-        return result
-
-    return cancel
 
 
 def _select(connection: sqlite3.Connection, query: TaskQuery) -> list[Task]:

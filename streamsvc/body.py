@@ -379,7 +379,8 @@ class BodyRequest(Request):
         # Answered before the body ended (a refusal, or a consumer that
         # answers early): the body will not come, and nothing may wait for it.
         self._stop_watching()
-        self._end_body(Failure(HTTPError(400, "answered before the body ended")))
+        if self._consumer is not None and not self._body_ended:
+            self._end_body(Failure(HTTPError(400, "answered before the body ended")))
 
     def _end_body(self, reason: Failure) -> None:
         consumer = self._consumer

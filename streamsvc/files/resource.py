@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import time
 from typing import BinaryIO
 from urllib.parse import quote
 
@@ -31,8 +32,9 @@ from streamsvc.files.fields import (
     singleton_header,
     wants_html,
 )
+from streamsvc.files.facts import FactsCache, FileFacts
 from streamsvc.files.listing import DirectoryListing, HTMLPage, JSONArray
-from streamsvc.files.media import content_disposition, is_active, last_suffixes, type_of_suffixes
+from streamsvc.files.media import content_disposition
 from streamsvc.files.paths import LIST_FLAGS, Target, open_failed, open_inside, open_regular, resolve
 from streamsvc.files.upload import DEFAULT_MAX_UPLOAD_BYTES, Uploads
 from streamsvc.interfaces import IBodyConsumer, IStreamingBodyResource, IStreamProducer
@@ -53,9 +55,7 @@ from streamsvc.ranges import (
     RangeNotSatisfiable,
     body_length,
     evaluate_preconditions,
-    http_date,
     if_range_allows_partial,
-    make_etag,
     multipart_byteranges,
     plan_ranges,
     unsatisfiable_content_range,
@@ -70,6 +70,12 @@ from streamsvc.stages import GzipStage, accepts_gzip, is_compressible
 GZIP_CHUNK_SIZE = 64 * 1024
 
 log = Logger()
+
+#: Request headers that make a GET ask for more than the whole file as it
+#: is (in twisted.web's canonical spelling, which every name is given).
+_DECIDING = frozenset(
+    {b"Range", b"If-Match", b"If-None-Match", b"If-Modified-Since", b"If-Unmodified-Since", b"If-Range"}
+)
 
 #: The policy of the pages streamsvc makes (listings, /ui): its own scripts,
 #: styles and media only, never inline, no frames, no plug-ins.
@@ -143,6 +149,7 @@ class FilesResource(JSONResource):
         self.uploads = uploads
         self.max_body_bytes = max_upload_bytes
         self.sendfile = sendfile
+        self.facts = FactsCache(clock.seconds if clock is not None else time.monotonic)
 
     # IStreamingBodyResource: the body of a PUT goes to disk as it arrives.
 
@@ -201,6 +208,10 @@ class FilesResource(JSONResource):
     def _respond(self, request: IRequest, *, head: bool) -> bytes | int:
         if self.links is not None:
             self.links.verify(request)  # a bad or expired link is a 403, even on a public file
+        if not head:
+            small = self._small_and_unchanged(request)
+            if small is not None:
+                return small
         target = resolve(self.root, request.postpath)
         if target.is_dir:
             if not target.slash:
@@ -211,7 +222,8 @@ class FilesResource(JSONResource):
         file: BinaryIO | None
         file, st = open_regular(target, self.root)
         try:
-            decided = self._file(request, target, st, head=head)
+            facts = self.facts.learn(tuple(request.postpath), target.real, target.segments[-1], st)
+            decided = self._file(request, target, facts, head=head)
             if not isinstance(decided, _Body):
                 return decided
             if not decided.gzip and body_length(decided.spans) <= self.chunk_size and not throttled(request):
@@ -237,6 +249,50 @@ class FilesResource(JSONResource):
             if file is not None:
                 file.close()
 
+    def _small_and_unchanged(self, request: IRequest) -> bytes | None:
+        """
+        The whole of a file of one chunk that an earlier request walked to
+        and that has not changed since (L{streamsvc.files.facts}), answered
+        from what was learnt then: one open, fstat, read and write. None
+        when anything about the request or the file needs the full path
+        (a Range or condition, gzip, a download name, a throttle, a file
+        that is new, large, stale or changed).
+        """
+        key = tuple(request.postpath)
+        facts = self.facts.fresh(key)
+        if facts is None or facts.size > self.chunk_size:
+            return None
+        names = [name for name, _ in request.requestHeaders.getAllRawHeaders()]
+        if not _DECIDING.isdisjoint(names):
+            return None
+        if self.gzip and facts.compressible and b"Accept-Encoding" in names:
+            return None
+        if b"download" in request.args or throttled(request):
+            return None
+        fd = self.facts.open(key, facts)
+        if fd is None:
+            return None
+        try:
+            data = read_spans(fd, [ByteRange(0, facts.size)] if facts.size else [])
+        except (OSError, SourceTruncated):
+            return None  # the full path finds out what is wrong, and says so
+        finally:
+            os.close(fd)
+        self._file_headers(request, facts, facts.strong_etag)
+        return send_at_once(request, data, kind="file")
+
+    def _file_headers(self, request: IRequest, facts: FileFacts, etag: str) -> None:
+        """The headers of every response with (a part of) the file's bytes."""
+        request.setHeader(b"content-type", facts.content_type)
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        if self.sandbox_html and facts.active:
+            request.setHeader(b"content-security-policy", b"sandbox")
+        request.setHeader(b"accept-ranges", b"bytes")
+        request.setHeader(b"last-modified", facts.last_modified)
+        request.setHeader(b"etag", etag.encode("ascii"))
+        if self.gzip and facts.compressible:
+            add_vary(request, b"Accept-Encoding")
+
     def _gzip_wanted(self, request: IRequest, compressible: bool) -> bool:
         """Whether to gzip a body whose type is (or is not) C{compressible}."""
         return (
@@ -252,7 +308,7 @@ class FilesResource(JSONResource):
         self,
         request: IRequest,
         target: Target,
-        st: os.stat_result,
+        facts: FileFacts,
         *,
         head: bool,
     ) -> _Body | bytes | int:
@@ -260,24 +316,14 @@ class FilesResource(JSONResource):
         Set status and headers for a file; return the finished response, or
         what the body must be when there is one to send.
         """
-        size = st.st_size
-        mtime = int(st.st_mtime)
+        size = facts.size
+        mtime = facts.mtime
         name = target.segments[-1]
-        content_type, compressible = type_of_suffixes(last_suffixes(name))
-        strong_etag = make_etag(size, st.st_mtime_ns)
+        content_type = facts.content_type.decode("ascii")
+        strong_etag = facts.strong_etag
         range_header = singleton_header(request, b"range")
-        gzip = range_header is None and self._gzip_wanted(request, compressible)
-        etag = weak(strong_etag) if gzip else strong_etag
-
-        request.setHeader(b"content-type", content_type.encode("ascii"))
-        request.setHeader(b"x-content-type-options", b"nosniff")
-        if self.sandbox_html and is_active(content_type):
-            request.setHeader(b"content-security-policy", b"sandbox")
-        request.setHeader(b"accept-ranges", b"bytes")
-        request.setHeader(b"last-modified", http_date(mtime).encode("ascii"))
-        request.setHeader(b"etag", etag.encode("ascii"))
-        if self.gzip and compressible:
-            add_vary(request, b"Accept-Encoding")
+        gzip = range_header is None and self._gzip_wanted(request, facts.compressible)
+        self._file_headers(request, facts, weak(strong_etag) if gzip else strong_etag)
         if request.args.get(b"download", [b""])[0].lower() in (b"1", b"true", b"yes"):
             request.setHeader(b"content-disposition", content_disposition(name))
 

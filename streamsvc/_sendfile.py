@@ -79,6 +79,8 @@ class SendfileProducer(FileProducer):
     log and C{send_timeout} stay right.
     """
 
+    __slots__ = ("_stage", "_request", "_transport", "_headers_flushed")
+
     def startProducing(self, consumer: Any) -> Any:
         # A body of one chunk goes out with its headers in one write: an
         # extra system call and a turn of the reactor would cost more than

@@ -27,6 +27,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
@@ -114,6 +115,14 @@ class StreamProducer:
 
     @ivar bytes_written: bytes handed to the consumer so far.
     """
+
+    # Slotted, for the memory of each open stream; a __dict__ still, made
+    # only if used (a subclass's own state, a method wrapped on one
+    # instance as streamsvc.testing does).
+    __slots__ = (
+        "streaming", "bytes_written", "_clock", "_burst", "_budget", "_state", "_paused",
+        "_running", "_pending", "_waiters", "_tick", "_consumer", "_done", "__dict__", "__weakref__",
+    )
 
     length: int | None = None
 
@@ -398,6 +407,8 @@ class FileProducer(StreamProducer):
     C{burst}, C{budget}.
     """
 
+    __slots__ = ("file", "spans", "length", "_chunk_size", "_fd", "_index", "_done_in_span")
+
     def __init__(
         self,
         file: BinaryIO,
@@ -478,6 +489,8 @@ class IterableProducer(StreamProducer):
 
     C{pacing} are L{StreamProducer}'s options.
     """
+
+    __slots__ = ("length", "_async_iterator", "_in_flight", "_iterator")
 
     def __init__(
         self,
@@ -626,6 +639,12 @@ class BodyStream:
     @ivar driver: the L{PullDriver} of a pull producer, else None.
     """
 
+    __slots__ = (
+        "request", "producer", "kind", "_pauses", "_metrics", "done", "driver", "_clock",
+        "_stopped_by", "_client_gone", "_result", "_send_timeout", "_paused_at", "_paused_for",
+        "_send_timer", "_unsent_mark", "__weakref__",
+    )
+
     def __init__(
         self,
         request: IRequest,
@@ -689,9 +708,22 @@ class BodyStream:
     def pauseProducing(self) -> None:
         if self._paused_at is None and self._result is None:
             self._paused_at = self._get_clock().seconds()
+            if not self._pauses:
+                self._let_go_of_headers()
             self._pauses += 1
             self._arm_send_timeout()
         (self.driver or self.producer).pauseProducing()
+
+    def _let_go_of_headers(self) -> None:
+        """
+        The first time the client holds the body back, the response's
+        headers (written by now) are let go: nothing reads them again, and a
+        slow client's connection would otherwise keep a list per header and
+        their dict, some 2 KiB, for as long as it takes.
+        """
+        request = self.request
+        if getattr(request, "startedWriting", False):
+            request.responseHeaders = Headers()
 
     def resumeProducing(self) -> None:
         self._resumed()
@@ -701,6 +733,14 @@ class BodyStream:
         if self._paused_at is not None:
             self._paused_for += self._get_clock().seconds() - self._paused_at
             self._paused_at = None
+        # The send timer is left running: firing while the body flows, it
+        # does nothing (_send_stalled), and the next pause moves it rather
+        # than making another. A slow client pauses and resumes its stream
+        # many times a second, and every cancelled DelayedCall stays in the
+        # reactor's heap until its time would have come: two per slow
+        # connection, on average, when each pause made a new one.
+
+    def _stop_send_timer(self) -> None:
         timer, self._send_timer = self._send_timer, None
         if timer is not None and timer.active():
             timer.cancel()
@@ -715,7 +755,11 @@ class BodyStream:
     def _arm_send_timeout(self) -> None:
         if self._send_timeout > 0:
             self._unsent_mark = unsent_bytes(getattr(self.request.channel, "transport", None))
-            self._send_timer = self._get_clock().callLater(self._send_timeout, self._send_stalled)
+            timer = self._send_timer
+            if timer is not None and timer.active():
+                timer.reset(self._send_timeout)
+            else:
+                self._send_timer = self._get_clock().callLater(self._send_timeout, self._send_stalled)
 
     def _send_stalled(self) -> None:
         """
@@ -725,6 +769,8 @@ class BodyStream:
         connection aborted.
         """
         self._send_timer = None
+        if self._paused_at is None:
+            return  # flowing again since: the next pause starts the wait anew
         unsent = unsent_bytes(getattr(self.request.channel, "transport", None))
         if unsent is not None and self._unsent_mark is not None and unsent < self._unsent_mark:
             self._arm_send_timeout()
@@ -778,6 +824,7 @@ class BodyStream:
 
     def _unregister(self) -> None:
         self._resumed()
+        self._stop_send_timer()
         if self.driver is not None:
             self.driver.stop()
         request = self.request
@@ -826,6 +873,7 @@ class BodyStream:
 
     def _decided(self, outcome: Outcome) -> BodySent:
         self._resumed()
+        self._stop_send_timer()
         self._result = BodySent(outcome, self.bytes_sent, self._paused_for)
         return self._result
 

@@ -192,6 +192,55 @@ def test_slow_but_steady_reader_is_not_cut(tmp_path: Any) -> None:
     assert not conn.aborted
 
 
+def send_timers(clock: Any) -> list[Any]:
+    return [c for c in clock.getDelayedCalls() if getattr(c.func, "__name__", "") == "_send_stalled"]
+
+
+def test_pauses_move_one_send_timer(tmp_path: Any, monkeypatch: Any) -> None:
+    """
+    A slow reader pauses and resumes its stream again and again: one timer
+    is moved each pause, not one made per pause (a cancelled DelayedCall
+    stays in the reactor's heap), and each pause gets the whole timeout.
+    """
+    site = Site(tmp_path, send_timeout=10)
+    (site.files / "big").write_bytes(os.urandom(4 * 1024 * 1024))
+    made: list[Any] = []
+    real = site.clock.callLater
+
+    def counting(delay: float, f: Any, *a: Any, **kw: Any) -> Any:
+        if getattr(f, "__name__", "") == "_send_stalled":
+            made.append(f)
+        return real(delay, f, *a, **kw)
+
+    monkeypatch.setattr(site.clock, "callLater", counting)
+    conn = site.connect()
+    conn.send(b"GET /files/big HTTP/1.1\r\nHost: x\r\n\r\n")
+    for _ in range(10):
+        site.clock.advance(8)  # paused for 8 of the 10 s...
+        conn.read()  # ...then it takes what is there: resumed, and soon paused again
+        assert not conn.aborted
+    assert len(made) == 1
+    assert len(send_timers(site.clock)) == 1
+    site.clock.advance(10.1)  # the last pause, for all of send_timeout
+    assert conn.aborted
+    assert send_timers(site.clock) == []
+
+
+def test_no_send_timer_outlives_its_body(tmp_path: Any) -> None:
+    site = Site(tmp_path, send_timeout=10)
+    (site.files / "big").write_bytes(os.urandom(512 * 1024))
+    conn = site.connect()
+    conn.send(b"GET /files/big HTTP/1.1\r\nHost: x\r\n\r\n")
+    site.clock.advance(0)
+    site.clock.advance(0)
+    assert send_timers(site.clock)  # paused: the timer runs
+    for _ in range(40):
+        conn.read()
+        site.clock.advance(0)
+    assert len(conn.transport.value()) > 512 * 1024
+    assert send_timers(site.clock) == []
+
+
 class FakeTCP:
     """The three attributes of a TCP transport that say what is unsent."""
 

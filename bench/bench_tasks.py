@@ -87,7 +87,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import http.client
 import json
 import math
 import os
@@ -95,7 +94,6 @@ import platform
 import random
 import shlex
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -108,6 +106,7 @@ from _child import PortFileServer, clean_env, end_run, interrupt_on_signals, log
 from _machine import filesystem_of, other_cpu_users, tool_version, tree_check
 from _report import Results, table
 from _proc import Watch, fd_count, kib_to_mib, proc_status, reset_hwm
+from _runner import free_ports, http_get
 from bench_upload import PROBE_INTERVAL, PROBE_TIMEOUT, Probe
 
 HOST = "127.0.0.1"
@@ -219,7 +218,7 @@ class Server(PortFileServer):
     def start(self) -> None:   # type: ignore[override]
         """On a free port, with one retry; ready when /healthz answers."""
         for attempt in (1, 2):
-            self.port = free_port()
+            self.port = free_ports(1)[0]
             self.launch()
             try:
                 self.wait_ready()
@@ -257,25 +256,6 @@ def steady_fds(pid: int, still: float = 0.5, max_wait: float = 5.0) -> int:
         if m != n:
             n, since = m, time.monotonic()
     return n
-
-
-def free_port() -> int:
-    s = socket.socket()
-    try:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
-
-
-def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
-    c = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    try:
-        c.request("GET", path)
-        r = c.getresponse()
-        return r.status, r.read()
-    finally:
-        c.close()
 
 
 def server_runtime(twistd: str, tmp: str) -> dict:

@@ -83,7 +83,6 @@ import resource
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -94,6 +93,7 @@ from dataclasses import dataclass, field
 from _child import ChildServer, clean_env, interrupt_on_signals, log  # bench/ is sys.path[0] when run as a script
 from _machine import other_cpu_users, tool_version, tree_check
 from _report import table
+from _runner import free_ports
 
 HOST = "127.0.0.1"
 SMALL = 4096
@@ -278,19 +278,6 @@ class Variant(ChildServer):
             except OSError:
                 pass
         return out
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:

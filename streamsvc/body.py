@@ -379,13 +379,15 @@ class BodyRequest(Request):
         # Answered before the body ended (a refusal, or a consumer that
         # answers early): the body will not come, and nothing may wait for it.
         self._stop_watching()
-        if self._consumer is not None and not self._body_ended:
-            self._end_body(Failure(HTTPError(400, "answered before the body ended")))
+        self._end_body(None)
 
-    def _end_body(self, reason: Failure) -> None:
+    def _end_body(self, reason: Failure | None) -> None:
+        """Tell the consumer, if one still waits, that the body ends with C{reason} (None: answered before it did)."""
         consumer = self._consumer
         if consumer is not None and not self._body_ended:
             self._body_ended = True
+            if reason is None:
+                reason = Failure(HTTPError(400, "answered before the body ended"))
             try:
                 consumer.body_failed(reason)
             except Exception:

@@ -197,7 +197,7 @@ def test_cache_is_bounded_oldest_first(tmp_path: Any) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"x")
     st = os.stat(path)
-    cache = FactsCache(lambda: 0.0, size=2)
+    cache = FactsCache(lambda: 0.0, largest=64, size=2)
     for key in ((b"a",), (b"b",), (b"c",)):
         cache.learn(key, str(path), "f", st)
     assert len(cache) == 2
@@ -209,7 +209,7 @@ def test_open_checks_the_identity(tmp_path: Any) -> None:
     path = tmp_path / "f.txt"
     path.write_bytes(b"one")
     now = [0.0]
-    cache = FactsCache(lambda: now[0])
+    cache = FactsCache(lambda: now[0], largest=64)
     facts = cache.learn((b"f.txt",), str(path), "f.txt", os.stat(path))
     assert facts.identity == identity_of(os.stat(path))
     assert facts.content_type.startswith(b"text/plain")
@@ -225,10 +225,23 @@ def test_fresh_forgets_stale_entries(tmp_path: Any) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"x")
     now = [0.0]
-    cache = FactsCache(lambda: now[0], ttl=1.0)
+    cache = FactsCache(lambda: now[0], largest=64, ttl=1.0)
     cache.learn((b"f",), str(path), "f", os.stat(path))
     now[0] = 0.999
     assert cache.fresh((b"f",)) is not None
     now[0] = 1.0
     assert cache.fresh((b"f",)) is None
     assert len(cache) == 0
+
+
+def test_files_past_largest_are_not_kept(tmp_path: Any) -> None:
+    """A download larger than one write is described, not remembered: it never pushes small files out."""
+    small, big = tmp_path / "s", tmp_path / "b"
+    small.write_bytes(b"x" * 64)
+    big.write_bytes(b"x" * 65)
+    cache = FactsCache(lambda: 0.0, largest=64, size=1)
+    cache.learn((b"s",), str(small), "s", os.stat(small))
+    facts = cache.learn((b"b",), str(big), "b", os.stat(big))
+    assert facts.size == 65
+    assert cache.fresh((b"b",)) is None
+    assert cache.fresh((b"s",)) is not None

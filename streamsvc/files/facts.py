@@ -81,15 +81,23 @@ class FileFacts:
 class FactsCache:
     """
     L{FileFacts} by request path (the URL's decoded segments), each fresh
-    for L{FACTS_TTL} seconds from the walk that found it.
+    for L{FACTS_TTL} seconds from the walk that found it; only for files of
+    at most C{largest} bytes (those answered in one write), so that large
+    downloads never push small files out.
 
     @param now: the clock (seconds); the reactor's in the server.
     """
 
     def __init__(
-        self, now: Callable[[], float] = time.monotonic, *, ttl: float = FACTS_TTL, size: int = FACTS_MAX
+        self,
+        now: Callable[[], float] = time.monotonic,
+        *,
+        largest: int,
+        ttl: float = FACTS_TTL,
+        size: int = FACTS_MAX,
     ) -> None:
         self._now = now
+        self._largest = largest
         self._ttl = ttl
         self._size = size
         self._entries: dict[tuple[bytes, ...], FileFacts] = {}
@@ -98,10 +106,12 @@ class FactsCache:
         return len(self._entries)
 
     def learn(self, key: tuple[bytes, ...], real: str, name: str, st: os.stat_result) -> FileFacts:
-        """The facts of the file just opened at C{key} by the full walk, remembered."""
+        """The facts of the file just opened at C{key} by the full walk, remembered if it is small."""
         facts = FileFacts.of(real, name, st, self._now())
         entries = self._entries
         entries.pop(key, None)
+        if facts.size > self._largest:
+            return facts
         if len(entries) >= self._size:
             del entries[next(iter(entries))]  # the oldest: dicts keep insertion order
         entries[key] = facts

@@ -149,7 +149,7 @@ class FilesResource(JSONResource):
         self.uploads = uploads
         self.max_body_bytes = max_upload_bytes
         self.sendfile = sendfile
-        self.facts = FactsCache(clock.seconds if clock is not None else time.monotonic)
+        self.facts = FactsCache(clock.seconds if clock is not None else time.monotonic, largest=chunk_size)
 
     # IStreamingBodyResource: the body of a PUT goes to disk as it arrives.
 
@@ -251,8 +251,9 @@ class FilesResource(JSONResource):
 
     def _small_and_unchanged(self, request: IRequest) -> bytes | None:
         """
-        The whole of a file of one chunk that an earlier request walked to
-        and that has not changed since (L{streamsvc.files.facts}), answered
+        The whole of a file of one chunk (the only ones L{FactsCache} keeps)
+        that an earlier request walked to and that has not changed since
+        (L{streamsvc.files.facts}), answered
         from what was learnt then: one open, fstat, read and write. None
         when anything about the request or the file needs the full path
         (a Range or condition, gzip, a download name, a throttle, a file
@@ -260,7 +261,7 @@ class FilesResource(JSONResource):
         """
         key = tuple(request.postpath)
         facts = self.facts.fresh(key)
-        if facts is None or facts.size > self.chunk_size:
+        if facts is None:
             return None
         names = [name for name, _ in request.requestHeaders.getAllRawHeaders()]
         if not _DECIDING.isdisjoint(names):

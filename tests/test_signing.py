@@ -138,3 +138,31 @@ def test_a_link_to_a_folder_names_its_slash_and_its_page_sends_no_referer(tmp_pa
 def test_the_streams_feed_is_private_when_downloads_are(tmp_path: Any) -> None:
     site = Site(tmp_path, protect=True)
     assert site.request("GET", "/status/streams").code == 401
+
+
+def test_a_link_names_a_path_not_a_version(tmp_path: Any) -> None:
+    """
+    Reused after the file is replaced, a link serves the new file (as S3's
+    presigned URLs and nginx's secure_link do): a seek with the old
+    validator gets the whole new file, never a splice of both; after a
+    delete it is a 404, and a folder made in the file's place does not
+    open its listing through the file's link.
+    """
+    site = Site(tmp_path)
+    (site.files / "clip.bin").write_bytes(b"1" * 1000)
+    url = site.sign("/files/clip.bin", 600)
+    first = site.request("GET", url)
+    assert first.code == 200 and first.body == b"1" * 1000
+    etag = first.headers.getRawHeaders("ETag")[0]
+    (site.files / "new.part").write_bytes(b"2" * 800)
+    (site.files / "new.part").replace(site.files / "clip.bin")  # as an upload installs it
+    r = site.request("GET", url, "Range: bytes=500-", f"If-Range: {etag}")
+    assert r.code == 200 and r.body == b"2" * 800
+    (site.files / "clip.bin").unlink()
+    assert site.request("GET", url).code == 404
+    (site.files / "clip.bin").mkdir()
+    (site.files / "clip.bin" / "inside.txt").write_bytes(b"secret")
+    r = site.request("GET", url)
+    assert r.code in (301, 302, 308, 403, 404) and b"inside.txt" not in r.body
+    if r.code in (301, 302, 308):
+        assert site.request("GET", r.headers.getRawHeaders("Location")[0]).code == 403

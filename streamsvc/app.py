@@ -40,7 +40,8 @@ from streamsvc.interfaces import ITaskStore
 from streamsvc.tasks.events import EventHub
 from streamsvc.tasks.importer import ImportResource
 from streamsvc.tasks.resource import EventsResource, TasksResource
-from streamsvc.tasks.store import SchemaTooNew, SQLiteTaskStore, prepare_database
+from streamsvc.tasks.sqlite import SQLiteTaskStore, prepare_database
+from streamsvc.tasks.store import SchemaTooNew
 
 
 #: The link secret of this process when C{[auth] link_secret} is unset (the

@@ -19,7 +19,8 @@ from twisted.internet.task import Clock
 from streamsvc.app import build_site
 from streamsvc.config import AuthConfig, Config, ServerConfig
 from streamsvc.tasks.model import NewTask
-from streamsvc.tasks.store import SQLiteTaskStore, _at_once
+from streamsvc.tasks.sqlite import SQLiteTaskStore
+from streamsvc.tasks.store import _at_once
 from streamsvc.testing import MemoryTaskStore, RawResponse, SiteConnection
 
 TOKEN = "s3cret-token"

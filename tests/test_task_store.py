@@ -19,17 +19,8 @@ from zope.interface.verify import verifyObject
 
 from streamsvc.interfaces import ITaskCursor, ITaskStore
 from streamsvc.tasks.model import NewTask, Task, TaskQuery
-from streamsvc.tasks.store import (
-    SCHEMA_VERSION,
-    PreconditionFailed,
-    SchemaTooNew,
-    SQLiteTaskStore,
-    StoreBusy,
-    TaskNotFound,
-    _at_once,
-    prepare_database,
-    select_for,
-)
+from streamsvc.tasks.sqlite import SCHEMA_VERSION, SQLiteTaskStore, prepare_database, select_for
+from streamsvc.tasks.store import PreconditionFailed, SchemaTooNew, StoreBusy, TaskNotFound, _at_once
 from streamsvc.testing import MemoryTaskStore
 
 T0 = 1_764_660_000.0  # 2025-12-02T07:20:00Z
@@ -225,7 +216,7 @@ def test_schema_created_in_wal_mode_with_a_version(tmp_path):
 
 def test_a_migration_another_process_did_meanwhile_is_not_run_twice(tmp_path):
     """Two servers starting on one data dir: the second reads version 0, then finds it done."""
-    from streamsvc.tasks.store import connect, migrate
+    from streamsvc.tasks.sqlite import connect, migrate
 
     path = tmp_path / "tasks.sqlite3"
     prepare_database(str(path))  # the other process, between our read and our lock

@@ -54,7 +54,7 @@ from streamsvc.tasks.model import (
     parse_task_id,
     task_changes,
 )
-from streamsvc.tasks.store import PreconditionFailed, StoreBusy, TaskNotFound
+from streamsvc.tasks.store import PreconditionFailed, StoreBusy, StoreUnavailable, TaskNotFound
 
 log = Logger()
 
@@ -107,6 +107,8 @@ def answer_failure(request: IRequest, failure: Failure) -> None:
         error = HTTPError(400, str(failure.value))
     elif failure.check(HTTPError):
         error = failure.value
+    elif failure.check(StoreBusy, StoreUnavailable):
+        error = _unavailable(failure)
     else:
         log.failure("Task store failed for {method} {uri}", failure, method=request.method, uri=request.uri)
         error = HTTPError(500, "internal server error")
@@ -248,10 +250,23 @@ class CursorProducer(StreamProducer):
         self._cursor.close()
 
 
+def _unavailable(failure: Failure) -> HTTPError:
+    """
+    A store with no connection free in time, or whose database cannot be
+    reached: the client may retry soon (a 503 with Retry-After). The
+    reason is logged once here; the client gets no more than that it was
+    the database.
+    """
+    if failure.check(StoreBusy):
+        return HTTPError(503, "the task store is busy, try again soon", {b"retry-after": b"1"})
+    log.warn("Task store unavailable: {reason}", reason=str(failure.value))
+    return HTTPError(503, "the task database is unavailable, try again soon", {b"retry-after": b"5"})
+
+
 def _busy_as_503(failure: Failure) -> Failure:
-    """A store with no reader free in time: the client may retry (before the first byte, a 503)."""
-    failure.trap(StoreBusy)
-    raise HTTPError(503, "the task store is busy, try again soon", {b"retry-after": b"1"})
+    """Before the first byte of a listing, a store that cannot answer is a 503."""
+    failure.trap(StoreBusy, StoreUnavailable)
+    raise _unavailable(failure)
 
 
 class _Listing:

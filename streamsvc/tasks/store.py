@@ -1,69 +1,46 @@
 # -*- test-case-name: tests.test_task_store -*-
 """
-L{ITaskStore} on SQLite (stdlib C{sqlite3}), off the reactor.
+What every L{ITaskStore} shares, whatever the database: the errors the
+resources answer, the rules a write applies, a bounded pool of connections
+handed out on the reactor, and the keyset cursor every listing and export
+reads through.
 
-Threads, and why two kinds:
+  - L{streamsvc.tasks.sqlite}: the embedded default, one file under the data dir;
+  - L{streamsvc.tasks.postgres}: PostgreSQL, shared by several hosts.
 
-  - one writer: SQLite takes one writer at a time anyway, so every write
-    (and every single-task read, which must see the writes before it) runs
-    on one connection in a thread of its own, one job after another;
-  - readers for cursors: a listing or export reads in keyset batches
-    (C{id > last id read ... LIMIT n}), each one short query on a
-    connection taken from a pool of their own (C{readers} connections) for
-    that query only, in a reader thread, so they cannot hold up the writes.
-    Between batches a cursor holds nothing: a client that stops reading
-    pins no connection (four stalled exports used to hold every reader
-    until the send timeout, and each listing behind them hung after its
-    C{[}). More queries than connections wait their turn, at most
-    L{READER_WAIT} seconds (then L{StoreBusy}: a 503 before the first byte).
+Why the pool waits on the reactor: a query that finds every connection busy
+waits in a queue here, with a deadline (L{StoreBusy}, a 503 before the
+first byte of an answer), never in a thread, so a burst of requests holds
+no thread while it waits and no wait is unbounded.
 
-The database is in WAL mode, so a batch sees a consistent snapshot while
-writes go on, and since no statement stays open across batches a slow
-client never stops the WAL being checkpointed. An export is consistent per
-batch, not as a whole: each row appears at most once, in id order, as it
-was when its batch was read; rows created meanwhile appear at its end.
-C{synchronous = FULL}: a task answered 201 survives a power cut.
-
-Schema versions: C{PRAGMA user_version} says which migrations have run;
-L{MIGRATIONS} is the list, each a script run in a transaction.
+Why keyset batches: between two batches of a listing its client may stall
+for as long as the send timeout. A cursor that held a connection (or a
+server-side cursor, or a transaction) across that wait would let four
+stalled exports pin every reader (#28 item 4) and, on PostgreSQL, keep a
+snapshot open that stops vacuum. So each batch is one short query for the
+next rows after the last id read, on a connection held for that query only.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
-import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from streamsvc._threads import PoolRunner
-from streamsvc.interfaces import ITaskCursor, ITaskStore
-from streamsvc.tasks.model import NewTask, Task, TaskQuery, now_iso
+from streamsvc.interfaces import ITaskCursor
+from streamsvc.tasks.model import Task, TaskQuery
 
 #: Runs a blocking function somewhere that is not the reactor; a Deferred of its result.
 Runner = Callable[..., Deferred]
 
-MIGRATIONS = (
-    """
-    CREATE TABLE tasks (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        title TEXT NOT NULL,
-        priority INTEGER NOT NULL DEFAULT 0,
-        status TEXT NOT NULL DEFAULT 'pending',
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        version INTEGER NOT NULL DEFAULT 1
-    );
-    """,
-)
-SCHEMA_VERSION = len(MIGRATIONS)
+C = TypeVar("C")
 
-_COLUMNS = "id, title, priority, status, created_at, updated_at, version"
+#: Seconds a query waits for a connection before L{StoreBusy}.
+READER_WAIT = 10.0
 
 
 class TaskNotFound(LookupError):
@@ -75,11 +52,14 @@ class PreconditionFailed(Exception):
 
 
 class StoreBusy(Exception):
-    """No reader connection freed within L{READER_WAIT} seconds (answered 503, Retry-After)."""
+    """No connection freed within the store's wait (answered 503, Retry-After)."""
 
 
-#: Seconds a query waits for a reader connection before L{StoreBusy}.
-READER_WAIT = 10.0
+class StoreUnavailable(Exception):
+    """
+    The database cannot be reached or failed the query (answered 503,
+    Retry-After). The message names the server, never a password.
+    """
 
 
 class SchemaTooNew(RuntimeError):
@@ -100,366 +80,203 @@ def changed(task: Task, changes: dict[str, Any], stamp: str) -> Task:
     return task._replace(**changes, updated_at=stamp, version=task.version + 1)
 
 
-def connect(path: str) -> sqlite3.Connection:
-    """
-    A connection as every thread of the store uses it: autocommit (each
-    method opens its own transaction), WAL, full fsync, a busy wait
-    rather than an immediate 'database is locked'.
-    """
-    connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    connection.execute("PRAGMA journal_mode = WAL")
-    connection.execute("PRAGMA synchronous = FULL")
-    connection.execute("PRAGMA busy_timeout = 5000")
-    return connection
-
-
-def prepare_database(path: str) -> int:
-    """
-    Create or migrate the database at C{path} and close it again (at
-    start-up, so a database that cannot be used stops the start with one
-    line); the schema version it was at.
-    """
-    connection = connect(path)
-    try:
-        return migrate(connection)
-    finally:
-        connection.close()
-
-
-def migrate(connection: sqlite3.Connection) -> int:
-    """Bring the schema to L{SCHEMA_VERSION}; the version it was at."""
-    (version,) = connection.execute("PRAGMA user_version").fetchone()
-    if version > SCHEMA_VERSION:
-        raise SchemaTooNew(
-            f"the tasks database is at schema version {version}; "
-            f"this streamsvc knows up to {SCHEMA_VERSION}"
-        )
-    for number in range(version, SCHEMA_VERSION):
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            # Read again under the write lock: another process starting on
-            # the same data dir may have migrated since the read above.
-            (current,) = connection.execute("PRAGMA user_version").fetchone()
-            if current > number:
-                connection.execute("COMMIT")
-                continue
-            for statement in MIGRATIONS[number].split(";"):
-                if statement.strip():
-                    connection.execute(statement)
-            connection.execute(f"PRAGMA user_version = {number + 1}")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
-    return int(version)
-
-
-def select_for(query: TaskQuery) -> tuple[str, list[Any]]:
-    """The SQL (and its parameters) of a listing: id order, the filters of L{TaskQuery}."""
-    where, params = ["id > ?"], [query.after_id]
-    if query.status is not None:
-        where.append("status = ?")
-        params.append(query.status)
-    if query.min_priority is not None:
-        where.append("priority >= ?")
-        params.append(query.min_priority)
-    if query.q is not None and "\x00" in query.q:
-        # SQLite's LIKE ends its pattern at a NUL (so "%\0zzz%" matches every
-        # title); no title holds one, so nothing matches, as in model.matches.
-        where.append("0")
-    elif query.q is not None:
-        # LIKE folds ASCII case only, as model.matches does.
-        escaped = query.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        where.append("title LIKE ? ESCAPE '\\'")
-        params.append(f"%{escaped}%")
-    sql = f"SELECT {_COLUMNS} FROM tasks WHERE {' AND '.join(where)} ORDER BY id"
-    if query.limit is not None:
-        sql += " LIMIT ?"
-        params.append(query.limit)
-    return sql, params
-
-
-class _Transaction:
-    """C{with _Transaction(connection):} — BEGIN IMMEDIATE … COMMIT, or ROLLBACK on any error."""
-
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        self._connection = connection
-
-    def __enter__(self) -> sqlite3.Connection:
-        self._connection.execute("BEGIN IMMEDIATE")
-        return self._connection
-
-    def __exit__(self, kind: object, error: object, trace: object) -> None:
-        self._connection.execute("COMMIT" if kind is None else "ROLLBACK")
-
-
-def _at_once(function: Callable[..., Any], *args: Any) -> Deferred:
+def at_once(function: Callable[..., Any], *args: Any) -> Deferred:
     """A L{Runner} for tests: runs the job right here."""
     return maybeDeferred(function, *args)
 
 
-@implementer(ITaskStore)
-class SQLiteTaskStore:
-    """
-    Tasks in one SQLite file, created or migrated when first used (and,
-    under twistd, by L{prepare_database} at start-up, before anything
-    listens).
+_at_once = at_once  # the name the tests have used
 
-    @param reactor: the reactor the thread pools report to; with
-        C{writer}/C{reader} runners given (tests), not needed.
-    @param clock: times a query's wait for a reader connection (by default
-        C{reactor}, or the global reactor); C{reader_wait} is that limit.
+
+def _default_clock() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+class Connections(Generic[C]):
+    """
+    At most C{size} connections, opened in C{run}'s threads when first
+    needed (not at construction, which twistd does before it forks), handed
+    out on the reactor one query at a time.
+
+    @param open_connection: makes a connection (runs in a thread).
+    @param run: runs the jobs, C{size} threads of its own.
+    @param clock: times a wait for a connection; C{wait} is its limit.
+    @param usable: whether a connection given back may serve again (one
+        the database dropped is closed and forgotten instead, so the next
+        query opens a fresh one: the store recovers by itself).
     """
 
     def __init__(
         self,
-        path: str,
+        open_connection: Callable[[], C],
+        run: Runner,
+        size: int,
         *,
-        reactor: Any = None,
-        readers: int = 4,
-        writer: Runner | None = None,
-        reader: Runner | None = None,
-        now: Callable[[], float] = time.time,
         clock: Any = None,
-        reader_wait: float = READER_WAIT,
+        wait: float = READER_WAIT,
+        usable: Callable[[C], bool] = lambda connection: True,
     ) -> None:
-        if readers < 1:
-            raise ValueError("readers must be at least 1")
-        self.path = path
-        self._now = now
-        self._clock = clock if clock is not None else reactor
-        self._reader_wait = reader_wait
-        self._max_readers = readers
-        self._pools: list[PoolRunner] = []
-        if writer is None:
-            writer = self._pool(reactor, 1, "streamsvc-tasks-writer")
-        if reader is None:
-            reader = self._pool(reactor, readers, "streamsvc-tasks-reader")
-        self._run_writer = writer
-        self._run_reader = reader
-        # Connections are made where they are used, in their threads, on
-        # first use: not at construction, which twistd does before it forks
-        # (SQLite connections must not cross a fork).
-        self._writer_connection: sqlite3.Connection | None = None
-        self._idle_readers: list[sqlite3.Connection] = []
-        self._all_readers: list[sqlite3.Connection] = []
-        self._waiting: deque[Deferred[sqlite3.Connection]] = deque()
-        self._opening = 0
-        self._lock = threading.Lock()
-        self.open_cursors = 0
+        if size < 1:
+            raise ValueError("a pool needs at least 1 connection")
+        self._open_connection = open_connection
+        self._run = run
+        self._size = size
+        self._clock = clock
+        self._wait = wait
+        self._usable = usable
+        self._idle: list[C] = []
+        self._count = 0  # opened or being opened, not yet closed
+        self._waiting: deque[Deferred[C]] = deque()
         self._closed = False
 
     @property
-    def _writer(self) -> sqlite3.Connection:
-        """The writer's connection (only ever used in the writer's thread), made and migrated when first needed."""
-        if self._writer_connection is None:
-            connection = connect(self.path)
-            try:
-                migrate(connection)
-            except BaseException:
-                connection.close()
-                raise
-            self._writer_connection = connection
-        return self._writer_connection
+    def idle(self) -> int:
+        """Connections back in the pool (what a closed cursor returns)."""
+        return len(self._idle)
 
-    def _pool(self, reactor: Any, threads: int, name: str) -> Runner:
-        if reactor is None:
-            from twisted.internet import reactor as default_reactor
-
-            reactor = default_reactor
-        pool = PoolRunner(reactor, threads, name)
-        self._pools.append(pool)
-        return pool
-
-    # -- single tasks (the writer) -------------------------------------------
-
-    def create(self, task: NewTask) -> Deferred[Task]:
-        return self.create_many([task]).addCallback(lambda tasks: tasks[0])
-
-    def create_many(self, tasks: Sequence[NewTask]) -> Deferred[list[Task]]:
-        stamp = now_iso(self._now())
-        return self._run_writer(self._insert, list(tasks), stamp)
-
-    def _insert(self, tasks: list[NewTask], stamp: str) -> list[Task]:
-        with _Transaction(self._writer) as db:
-            made = []
-            for task in tasks:
-                cursor = db.execute(
-                    "INSERT INTO tasks (title, priority, status, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (task.title, task.priority, task.status, stamp, stamp),
-                )
-                made.append(
-                    Task(int(cursor.lastrowid or 0), task.title, task.priority, task.status, stamp, stamp, 1)
-                )
-            return made
-
-    def get(self, task_id: int) -> Deferred[Task | None]:
-        return self._run_writer(self._get, task_id)
-
-    def _get(self, task_id: int) -> Task | None:
-        row = self._writer.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
-        return None if row is None else Task._make(row)
-
-    def update(
-        self,
-        task_id: int,
-        changes: dict[str, Any],
-        precondition: Callable[[Task], bool] | None = None,
-    ) -> Deferred[Task]:
-        stamp = now_iso(self._now())
-        return self._run_writer(self._update, task_id, dict(changes), precondition, stamp)
-
-    def _update(
-        self, task_id: int, changes: dict[str, Any], precondition: Callable[[Task], bool] | None, stamp: str
-    ) -> Task:
-        with _Transaction(self._writer) as db:
-            task = writable(self._get(task_id), task_id, precondition)
-            if not changes:
-                return task
-            updated = changed(task, changes, stamp)
-            db.execute(
-                "UPDATE tasks SET title = ?, priority = ?, status = ?, updated_at = ?, version = ?"
-                " WHERE id = ?",
-                (updated.title, updated.priority, updated.status, stamp, updated.version, task_id),
-            )
-            return updated
-
-    def delete(self, task_id: int, precondition: Callable[[Task], bool] | None = None) -> Deferred[Task]:
-        return self._run_writer(self._delete, task_id, precondition)
-
-    def _delete(self, task_id: int, precondition: Callable[[Task], bool] | None) -> Task:
-        with _Transaction(self._writer) as db:
-            task = writable(self._get(task_id), task_id, precondition)
-            db.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
-            return task
-
-    # -- cursors (the readers) -------------------------------------------------
-
-    def cursor(self, query: TaskQuery) -> ITaskCursor:
-        if self._closed:
-            raise RuntimeError("the task store is closed")
-        self.open_cursors += 1
-        return _SQLiteCursor(self, query)
-
-    def _checkout(self) -> Deferred[sqlite3.Connection]:
-        if self._idle_readers:
-            return succeed(self._idle_readers.pop())
-        if self._opening + len(self._all_readers) < self._max_readers:
-            self._opening += 1
-            return self._run_reader(connect, self.path).addBoth(self._opened)
-        clock = self._clock
-        if clock is None:
-            from twisted.internet import reactor as clock
-        waiter: Deferred[sqlite3.Connection] = Deferred(self._waiting.remove)
+    def checkout(self) -> Deferred[C]:
+        """A connection: an idle one, a new one, or the next given back (L{StoreBusy} past the wait)."""
+        if self._idle:
+            return succeed(self._idle.pop())
+        if self._count < self._size:
+            self._count += 1
+            return self._run(self._open_connection).addErrback(self._not_opened)
+        clock = self._clock if self._clock is not None else _default_clock()
+        waiter: Deferred[C] = Deferred(self._leave_queue)
         self._waiting.append(waiter)
         # Past the wait, the waiter is cancelled (out of the queue) and fails as StoreBusy.
         waiter.addTimeout(
-            self._reader_wait,
+            self._wait,
             clock,
             onTimeoutCancel=lambda result, timeout: Failure(
-                StoreBusy(f"no reader connection free within {timeout:g} s")
+                StoreBusy(f"no database connection free within {timeout:g} s")
             ),
         )
         return waiter
 
-    def _read(
-        self, function: Callable[..., Any], *args: Any, wanted: Callable[[], bool]
-    ) -> tuple[Deferred[Any], Deferred[Any]]:
-        """
-        Run C{function(connection, *args)} in a reader thread on a pooled
-        connection, given back once the job has ended (never while it runs:
-        closing a statement under a running C{fetchmany} is a segfault).
-        If C{wanted()} is false once the connection is in hand (its cursor
-        closed meanwhile), nothing runs and the result is C{[]}.
+    def _leave_queue(self, waiter: Deferred[C]) -> None:
+        if waiter in self._waiting:
+            self._waiting.remove(waiter)
 
-        Returns the wait for a connection (which may be cancelled while it is
-        queued) and the result, a Deferred that is not to be cancelled.
-        """
-        checkout = self._checkout()
+    def _not_opened(self, failure: Failure) -> Failure:
+        self._count -= 1
+        self._open_for_next()
+        return failure
 
-        def run(connection: sqlite3.Connection) -> Any:
-            if not wanted():
-                self._checkin(connection)
-                return []
+    def _open_for_next(self) -> None:
+        """A place came free with a query waiting: open a connection for it (it fails as that fails)."""
+        if self._closed or not self._waiting:
+            return
+        waiter = self._waiting.popleft()
 
-            def checkin(result: Any) -> Any:
-                self._checkin(connection)
-                return result
+        def hand(result: Any) -> None:
+            if not waiter.called:
+                waiter.callback(result) if not isinstance(result, Failure) else waiter.errback(result)
+            elif not isinstance(result, Failure):
+                self.checkin(result)  # it gave up meanwhile (its deadline): the next one may use it
 
-            return self._run_reader(function, connection, *args).addBoth(checkin)
+        self.checkout().addBoth(hand)
 
-        return checkout, checkout.addCallback(run)
-
-    def _opened(self, result: Any) -> Any:
-        self._opening -= 1
-        if isinstance(result, sqlite3.Connection):
-            self._all_readers.append(result)
-        return result
-
-    def _checkin(self, connection: sqlite3.Connection) -> None:
-        if self._closed:
-            connection.close()
+    def checkin(self, connection: C) -> None:
+        """Give C{connection} back: to the next waiter, to the idle ones, or closed."""
+        if self._closed or not self._usable(connection):
+            self._count -= 1
+            _close_quietly(connection)
+            self._open_for_next()
         elif self._waiting:
             self._waiting.popleft().callback(connection)
         else:
-            self._idle_readers.append(connection)
+            self._idle.append(connection)
 
-    @property
-    def idle_connections(self) -> int:
-        """Reader connections back in the pool (what a closed cursor returns)."""
-        return len(self._idle_readers)
+    def withdraw(self, waiting: Deferred[Any]) -> None:
+        """Cancel C{waiting} if it is a wait still in the queue (a connection being opened runs on)."""
+        if waiting in self._waiting:
+            waiting.cancel()
 
-    def close(self) -> Deferred[None]:
+    def run(
+        self, function: Callable[..., Any], *args: Any, wanted: Callable[[], bool] = lambda: True
+    ) -> tuple[Deferred[Any], Deferred[Any]]:
         """
-        Stop the threads (a job still running is waited for: a few
-        milliseconds at most, and only at shutdown), then close every
-        connection; open cursors close theirs as they end.
+        Run C{function(connection, *args)} in a thread on a pooled
+        connection, given back once the job has ended (never while it runs:
+        closing a statement under a running fetch is a crash in SQLite). If
+        C{wanted()} is false once the connection is in hand (its cursor
+        closed meanwhile), nothing runs and the result is C{[]}.
+
+        Returns the wait for a connection (which may be cancelled while it is
+        queued, see L{withdraw}) and the result, a Deferred not to be cancelled.
         """
+        checkout = self.checkout()
+
+        def run(connection: C) -> Any:
+            if not wanted():
+                self.checkin(connection)
+                return []
+
+            def checkin(result: Any) -> Any:
+                self.checkin(connection)
+                return result
+
+            return self._run(function, connection, *args).addBoth(checkin)
+
+        return checkout, checkout.addCallback(run)
+
+    def query(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """L{run}'s result alone: a one-off query."""
+        return self.run(function, *args)[1]
+
+    def close(self) -> None:
+        """Fail the waits, close the idle connections; those in use close as they come back."""
         if self._closed:
-            return succeed(None)
+            return
         self._closed = True
         for waiter in list(self._waiting):
             waiter.cancel()
-        for pool in self._pools:
-            pool.stop()
-        idle, self._idle_readers = self._idle_readers, []
+        idle, self._idle = self._idle, []
         for connection in idle:
-            connection.close()
-        if self._writer_connection is not None:
-            self._writer_connection.close()
-            self._writer_connection = None
-        return succeed(None)
+            self._count -= 1
+            _close_quietly(connection)
 
 
-def _select(connection: sqlite3.Connection, query: TaskQuery) -> list[Task]:
-    """One keyset batch (runs in a reader thread)."""
-    sql, params = select_for(query)
-    cursor = connection.execute(sql, params)
+def _close_quietly(connection: Any) -> None:
     try:
-        return list(map(Task._make, cursor.fetchall()))
-    finally:
-        cursor.close()
+        connection.close()
+    except Exception:
+        pass  # a connection the server already dropped: nothing left to release
 
 
 @implementer(ITaskCursor)
-class _SQLiteCursor:
+class KeysetCursor:
     """
-    One listing, read in keyset batches: each fetch is one query for the
-    next C{count} rows after the last id returned, on a reader connection
-    held for that query only. Between fetches it holds nothing, so a client
-    that stops reading pins no connection. States: idle, a fetch in flight
-    (waiting for a connection, or running in a thread), closed.
+    One listing, read in keyset batches: each fetch is one query,
+    C{select(connection, query)} for the next C{count} rows after the last
+    id returned, on a connection of C{connections} held for that query
+    only. Between fetches it holds nothing, so a client that stops reading
+    pins no connection. States: idle, a fetch in flight (waiting for a
+    connection, or running in a thread), closed.
+
+    C{owner} counts it in its C{open_cursors} while it is open.
     """
 
-    def __init__(self, store: SQLiteTaskStore, query: TaskQuery) -> None:
-        self._store = store
+    def __init__(
+        self,
+        owner: Any,
+        connections: Connections[Any],
+        select: Callable[[Any, TaskQuery], list[Task]],
+        query: TaskQuery,
+    ) -> None:
+        self._owner = owner
+        self._connections = connections
+        self._select = select
         self._query = query
         self._last_id = query.after_id
         self._left = query.limit
         self._waiting: Deferred[Any] | None = None
         self._in_flight = False
         self._closed = False
+        owner.open_cursors += 1
 
     def fetch(self, count: int) -> Deferred[list[Task]]:
         if self._closed:
@@ -471,12 +288,12 @@ class _SQLiteCursor:
             self.close()
             return succeed([])
         self._in_flight = True
-        self._waiting, job = self._store._read(
-            _select, self._query._replace(after_id=self._last_id, limit=size), wanted=self._open
+        self._waiting, job = self._connections.run(
+            self._select, self._query._replace(after_id=self._last_id, limit=size), wanted=self._open
         )
         # The caller gets a Deferred of its own: cancelling it (a producer
         # stopped mid-fetch) closes the cursor; the job itself runs to its
-        # end, and only then is its connection given back (see _read).
+        # end, and only then is its connection given back (see Connections.run).
         answer: Deferred[list[Task]] = Deferred(lambda d: self.close())
         job.addBoth(self._fetched).addBoth(lambda result: None if answer.called else answer.callback(result))
         return answer
@@ -501,9 +318,9 @@ class _SQLiteCursor:
         if self._closed:
             return
         self._closed = True
-        self._store.open_cursors -= 1
+        self._owner.open_cursors -= 1
         waiting, self._waiting = self._waiting, None
-        if waiting is not None and waiting in self._store._waiting:
+        if waiting is not None:
             # Only a wait in the queue is withdrawn; a connection being
             # opened in a thread is let finish, and goes back to the pool.
-            waiting.cancel()
+            self._connections.withdraw(waiting)

@@ -41,7 +41,7 @@ from streamsvc.tasks.events import EventHub
 from streamsvc.tasks.importer import ImportResource
 from streamsvc.tasks.resource import EventsResource, TasksResource
 from streamsvc.tasks.sqlite import SQLiteTaskStore, prepare_database
-from streamsvc.tasks.store import SchemaTooNew
+from streamsvc.tasks.store import SchemaTooNew, StoreUnavailable
 
 
 #: The link secret of this process when C{[auth] link_secret} is unset (the
@@ -63,13 +63,32 @@ def tasks_path(config: Config) -> str:
     return os.path.join(config.server.data_dir, "tasks.sqlite3")
 
 
-def open_task_store(config: Config, reactor: IReactorTime | None = None) -> SQLiteTaskStore:
-    """The SQLite store at C{DATA_DIR/tasks.sqlite3} (connections made when first used)."""
+def open_task_store(config: Config, reactor: IReactorTime | None = None) -> ITaskStore:
+    """
+    The task store C{[tasks] store} names (connections made when first
+    used): SQLite at C{DATA_DIR/tasks.sqlite3}, or PostgreSQL at C{dsn}.
+    The one place a store is chosen; nothing else knows which it is.
+    """
+    tasks = config.tasks
+    if tasks.store == "postgresql":
+        from streamsvc.tasks.postgres import PostgresTaskStore
+
+        assert tasks.dsn is not None  # load_config saw to it
+        return PostgresTaskStore(
+            tasks.dsn, reactor=reactor, pool_size=tasks.pool_size, statement_timeout=tasks.statement_timeout
+        )
     return SQLiteTaskStore(tasks_path(config), reactor=reactor, readers=config.tasks.readers)
 
 
 def prepare_task_store(config: Config) -> None:
-    """Create or migrate the tasks database at start-up; a ConfigError if impossible."""
+    """
+    Create or migrate the task database at start-up, before anything
+    listens; a ConfigError (one line: which file, or which host:port and
+    why, never a password) if it cannot be used.
+    """
+    if config.tasks.store == "postgresql":
+        _prepare_postgres(config)
+        return
     path = tasks_path(config)
     try:
         version = prepare_database(path)
@@ -77,6 +96,25 @@ def prepare_task_store(config: Config) -> None:
         raise ConfigError(f"data_dir {config.server.data_dir!r}: cannot open {path!r}: {e}") from None
     if version == 0:
         log.info("created the tasks database {path}", path=path)
+
+
+def _prepare_postgres(config: Config) -> None:
+    from streamsvc.tasks import postgres
+
+    dsn = config.tasks.dsn
+    assert dsn is not None
+    try:
+        postgres.require_driver()
+        where = postgres.describe(dsn)
+        version = postgres.prepare_database(dsn, config.tasks.statement_timeout)
+    except postgres.DriverMissing as e:
+        raise ConfigError(str(e)) from None
+    except ValueError as e:
+        raise ConfigError(f"[tasks] dsn: {e}") from None
+    except (StoreUnavailable, SchemaTooNew) as e:
+        raise ConfigError(str(e)) from None
+    if version == 0:
+        log.info("created the task tables in {where}", where=where)
 
 
 def access_log_path(config: Config) -> str | None:

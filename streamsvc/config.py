@@ -131,10 +131,19 @@ class LimitsConfig:
 
 @attrs.frozen
 class TasksConfig:
-    """C{[tasks]}: the task store (C{DATA_DIR/tasks.sqlite3})."""
+    """
+    C{[tasks]}: the task store: C{sqlite} (C{DATA_DIR/tasks.sqlite3}, with
+    C{readers} reader connections) or C{postgresql} (at C{dsn}, or the DSN
+    in C{dsn_file}, with C{pool_size} connections per process).
+    """
 
     enabled: bool = True
     readers: int = 4
+    store: str = "sqlite"
+    dsn: str | None = attrs.field(default=None, repr=False)
+    dsn_file: str | None = None
+    pool_size: int = 8
+    statement_timeout: int = 30
 
 
 @attrs.frozen
@@ -463,6 +472,18 @@ def _parse_access_log(value: str) -> str:
     return style
 
 
+def _parse_store(value: str) -> str:
+    store = value.strip().lower()
+    if store not in TASK_STORES:
+        raise ValueError(f"expected {' or '.join(TASK_STORES)}")
+    return store
+
+
+def _parse_dsn(value: str) -> str | None:
+    """A libpq URI or key=value string; checked by the driver at start-up (never shown)."""
+    return value.strip() or None
+
+
 def _parse_overflow(value: str) -> str:
     policy = value.strip().lower()
     if policy not in ("drop-oldest", "disconnect"):
@@ -484,6 +505,9 @@ class _Key:
     parse: Callable[[str], Any]
     secret: bool = False
 
+
+#: What C{[tasks] store} may name.
+TASK_STORES: Final = ("sqlite", "postgresql")
 
 #: Every section and key the file may contain, in the order of C{tap.conf}.
 #: Key names are the attribute names of the section's class.
@@ -544,6 +568,11 @@ _SCHEMA: Final[Mapping[str, tuple[type, Mapping[str, _Key]]]] = MappingProxyType
             {
                 "enabled": _Key(_parse_boolean),
                 "readers": _Key(_integer(1, 64)),
+                "store": _Key(_parse_store),
+                "dsn": _Key(_parse_dsn, secret=True),
+                "dsn_file": _Key(_parse_path),
+                "pool_size": _Key(_integer(1, 256)),
+                "statement_timeout": _Key(_integer(1, 3600)),
             },
         ),
         "events": (
@@ -703,6 +732,8 @@ def load_config(path: str | None, *, required: bool) -> Config:
         except ConfigError as e:
             raise ConfigError(f"{source}: [auth] tokens_file = {auth.tokens_file!r}: {e}") from None
 
+    tasks = _with_dsn(config.tasks, source)
+
     for key in ("protect_downloads", "protect_metrics"):
         if getattr(auth, key) and not (auth.tokens or file_tokens):
             where = "[auth] tokens is empty" + (
@@ -714,7 +745,36 @@ def load_config(path: str | None, *, required: bool) -> Config:
         auth=attrs.evolve(
             auth, tokens=_unique([*auth.tokens, *file_tokens]), tokens_file=tokens_file
         ),
+        tasks=tasks,
     )
+
+
+def _with_dsn(tasks: TasksConfig, source: str) -> TasksConfig:
+    """
+    C{[tasks]} with the DSN settled: C{dsn_file} read (relative to the
+    config file's folder, first line, so the config itself can stay
+    world-readable), and a C{postgresql} store given exactly one of the two.
+    """
+    if tasks.dsn is not None and tasks.dsn_file is not None:
+        raise ConfigError(f"{source}: [tasks] give dsn or dsn_file, not both")
+    if tasks.dsn_file is not None:
+        dsn_file = os.path.join(os.path.dirname(source), tasks.dsn_file)
+        try:
+            text = _read_text(dsn_file, what="dsn_file")
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: [tasks] dsn_file = {tasks.dsn_file!r}: no such file") from None
+        except ConfigError as e:
+            raise ConfigError(f"{source}: [tasks] dsn_file: {e}") from None
+        lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        if not lines:
+            raise ConfigError(f"{source}: [tasks] dsn_file = {tasks.dsn_file!r} holds no DSN")
+        tasks = attrs.evolve(tasks, dsn=lines[0], dsn_file=dsn_file)
+    if tasks.store == "postgresql" and tasks.dsn is None:
+        raise ConfigError(
+            f"{source}: [tasks] store = postgresql needs dsn (or dsn_file), "
+            "e.g. postgresql://streamsvc@db.example:5432/streamsvc"
+        )
+    return tasks
 
 
 #: Endpoint types a worker can adopt from the supervisor.

@@ -1,8 +1,10 @@
 """
-The task stores: the SQLite one and the in-memory one from
+The task stores: the SQLite one, the PostgreSQL one (against a real,
+throw-away server: see conftest.py) and the in-memory one from
 L{streamsvc.testing} obey the same contract (L{ITaskStore}), checked by the
-same tests against both; then what only SQLite has (schema, migrations,
-connection pool, threads).
+same tests against all three; then what only SQLite has (schema,
+migrations, connection pool, threads). What only PostgreSQL has is in
+test_task_postgres.py.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from zope.interface.verify import verifyObject
 
 from streamsvc.interfaces import ITaskCursor, ITaskStore
 from streamsvc.tasks.model import NewTask, Task, TaskQuery
+from streamsvc.tasks.postgres import PostgresTaskStore
 from streamsvc.tasks.sqlite import SCHEMA_VERSION, SQLiteTaskStore, prepare_database, select_for
 from streamsvc.tasks.store import PreconditionFailed, SchemaTooNew, StoreBusy, TaskNotFound, _at_once
 from streamsvc.testing import MemoryTaskStore
@@ -54,13 +57,17 @@ def failure_of(d: Deferred) -> Failure:
     return box[0]
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "postgresql", "memory"])
 def store(request, tmp_path):
     clock = [T0]
     if request.param == "sqlite":
         s = SQLiteTaskStore(
             str(tmp_path / "tasks.sqlite3"), writer=_at_once, reader=_at_once, readers=2,
             now=lambda: clock[0],
+        )
+    elif request.param == "postgresql":
+        s = PostgresTaskStore(
+            request.getfixturevalue("postgres_dsn"), runner=_at_once, pool_size=2, now=lambda: clock[0]
         )
     else:
         s = MemoryTaskStore(now=lambda: clock[0])
@@ -465,3 +472,79 @@ def test_closing_while_the_connection_is_being_opened(tmp_path):
     assert result_of(pending) == []
     assert s.open_cursors == 0 and s.idle_connections == 1 and jobs == []
     result_of(s.close())
+
+
+# --- the shared pool (streamsvc.tasks.store.Connections) -------------------------
+
+
+class FakeConnection:
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.closed = False
+        self.broken = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_connection_not_usable_is_closed_and_the_next_waiter_gets_a_new_one():
+    from streamsvc.tasks.store import Connections
+
+    jobs: list = []
+    made: list = []
+
+    def open_connection():
+        made.append(FakeConnection(len(made)))
+        return made[-1]
+
+    clock = Clock()
+    pool = Connections(open_connection, queued_runner(jobs), 1, clock=clock, wait=5,
+                       usable=lambda c: not c.broken)
+    first = pool.checkout()
+    d, function, args = jobs.pop()
+    d.callback(function(*args))
+    conn = result_of(first)
+    waiting = pool.checkout()
+    assert not waiting.called
+    conn.broken = True
+    pool.checkin(conn)
+    assert conn.closed and not waiting.called  # a new one is being opened for it
+    d, function, args = jobs.pop()
+    d.callback(function(*args))
+    assert result_of(waiting) is made[1] and not made[1].closed
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_failed_open_fails_its_query_and_the_waiter_behind_it_tries_again():
+    from streamsvc.tasks.store import Connections
+
+    jobs: list = []
+    clock = Clock()
+    pool = Connections(lambda: FakeConnection(0), queued_runner(jobs), 1, clock=clock, wait=5)
+    first = pool.checkout()
+    second = pool.checkout()
+    d, function, args = jobs.pop()
+    d.errback(Failure(RuntimeError("database down")))
+    assert failure_of(first).check(RuntimeError)
+    assert not second.called and len(jobs) == 1  # its own attempt, not a 10 s wait for nothing
+    d, function, args = jobs.pop()
+    d.callback(function(*args))
+    assert isinstance(result_of(second), FakeConnection)
+
+
+def test_a_waiter_that_gave_up_while_its_connection_opened_leaves_it_in_the_pool():
+    from streamsvc.tasks.store import Connections
+
+    jobs: list = []
+    clock = Clock()
+    pool = Connections(lambda: FakeConnection(0), queued_runner(jobs), 1, clock=clock, wait=5)
+    first = pool.checkout()
+    second = pool.checkout()
+    d1, f1, a1 = jobs.pop()
+    d1.errback(Failure(RuntimeError("database down")))
+    failure_of(first)
+    clock.advance(6)  # the second waiter's deadline passes while its open runs
+    assert failure_of(second).check(StoreBusy)
+    d2, f2, a2 = jobs.pop()
+    d2.callback(f2(*a2))
+    assert pool.idle == 1  # not lost: the next query gets it

@@ -2,7 +2,8 @@
 The tasks API under a real C{twistd streamsvc}: the database is created at
 start-up, an unusable one stops the start with one line, and SIGTERM with a
 live event stream open ends that stream at once instead of waiting out
-C{shutdown_timeout}.
+C{shutdown_timeout}. Then two hosts on one PostgreSQL database, and one
+that cannot reach its database.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
+from pg_cluster import free_port
 from test_tap import TWISTD, read_all, start_twistd
 
 TOKEN = "tw1std-token"
@@ -79,3 +83,87 @@ def test_an_unusable_database_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in out.stdout + out.stderr
     assert out.stderr.startswith("streamsvc: error: data_dir") and "tasks.sqlite3" in out.stderr
     assert out.stderr.strip().count("\n") == 0
+
+
+def postgres_config(tmp_path: Path, name: str, dsn: str) -> str:
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "tasks.dsn").write_text(f"# the database every host shares\n{dsn}\n")
+    conf = folder / "tap.conf"
+    conf.write_text(
+        f"[server]\ndata_dir = {folder / 'data'}\n[auth]\ntokens = {TOKEN}\n"
+        "[tasks]\nstore = postgresql\ndsn_file = tasks.dsn\n"
+    )
+    return str(conf)
+
+
+def test_an_unreachable_postgresql_stops_the_start_with_one_line(tmp_path: Path) -> None:
+    pytest.importorskip("psycopg")
+    dsn = f"postgresql://streamsvc:hunter2-pw@127.0.0.1:{free_port()}/tasks"
+    started = time.monotonic()
+    out = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "streamsvc", "--config", postgres_config(tmp_path, "h", dsn)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+    )
+    assert time.monotonic() - started < 15
+    assert out.returncode == 2
+    text = out.stdout + out.stderr
+    assert "Traceback" not in text and "hunter2" not in text
+    assert out.stderr.startswith("streamsvc: error: cannot connect to the task database at 127.0.0.1:")
+    assert out.stderr.strip().count("\n") == 0
+
+
+def request_bytes(method: str, path: str, body: bytes = b"", *headers: str) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: x", "Connection: close", f"Authorization: Bearer {TOKEN}",
+             *headers]
+    if body:
+        lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def split(reply: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = reply.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    if headers.get("transfer-encoding") == "chunked":
+        out, rest = b"", body
+        while rest:
+            size, _, rest = rest.partition(b"\r\n")
+            n = int(size, 16)
+            if n == 0:
+                break
+            out, rest = out + rest[:n], rest[n + 2:]
+        body = out
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_two_hosts_share_one_postgresql_with_the_same_etags(tmp_path: Path, postgres_dsn: str) -> None:
+    a, port_a = start_twistd(tmp_path, "--config", postgres_config(tmp_path, "a", postgres_dsn))
+    b, port_b = start_twistd(tmp_path, "--config", postgres_config(tmp_path, "b", postgres_dsn))
+    try:
+        assert not (tmp_path / "a" / "data" / "tasks.sqlite3").exists()
+        code, headers, body = split(http(port_a, request_bytes("POST", "/tasks", b'{"title": "on a"}')))
+        assert code == 201
+        task = json.loads(body)
+        code, headers_b, body = split(http(port_b, request_bytes("GET", f"/tasks/{task['id']}")))
+        assert code == 200 and json.loads(body)["title"] == "on a"
+        assert headers_b["etag"] == headers["etag"]  # the same version, the same ETag, on every host
+        etag = headers["etag"]
+        code, _, _ = split(http(port_a, request_bytes("PATCH", f"/tasks/{task['id']}", b'{"title": "a2"}',
+                                                      f"If-Match: {etag}")))
+        assert code == 200
+        code, _, body = split(http(port_b, request_bytes("PATCH", f"/tasks/{task['id']}", b'{"title": "b2"}',
+                                                         f"If-Match: {etag}")))
+        assert code == 412 and "error" in json.loads(body)
+        code, _, body = split(http(port_b, request_bytes("GET", "/tasks/stream.ndjson")))
+        assert code == 200 and [json.loads(line)["title"] for line in body.splitlines() if line] == ["a2"]
+    finally:
+        for proc in (a, b):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in (a, b):
+            try:
+                assert proc.wait(timeout=30) == 0
+            finally:
+                if proc.poll() is None:
+                    proc.kill()

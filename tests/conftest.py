@@ -1,0 +1,33 @@
+"""Fixtures more than one test module uses."""
+
+from __future__ import annotations
+
+import pytest
+
+from pg_cluster import PostgresCluster, server_binaries
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """
+    One throw-away PostgreSQL server for the whole run (a few seconds to
+    make). Skipped, with the reason, where PostgreSQL or psycopg is not
+    installed; `.ci/run` installs both, so CI always runs these tests.
+    """
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install '.[test]')")
+    binaries = server_binaries()
+    if binaries is None:
+        pytest.skip("PostgreSQL's server is not installed (Debian: apt-get install postgresql)")
+    try:
+        cluster = PostgresCluster(binaries)
+    except KeyError:
+        pytest.skip("running as root, and there is no postgres user to run the server as")
+    cluster.start()
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture
+def postgres_dsn(postgres_cluster):
+    """The DSN of a new, empty database on the throw-away server."""
+    return postgres_cluster.new_database()

@@ -10,14 +10,15 @@ C{logfile}; C{PortFileServer} derives the paths from C{tmp} and C{label}.
 
 from __future__ import annotations
 
-import shutil
-
 import json
 import os
 import platform
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 from _proc import fd_count
@@ -247,3 +248,42 @@ def end_run(servers: list, tmp: str, *, keep: bool, ok: bool) -> None:
         log(f"kept {tmp}")
     else:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class Run:
+    """
+    One script run: its temporary directory, the servers it started (each
+    stopped at the end) and whether it got to the end (L{run_script}).
+    """
+
+    def __init__(self, prefix: str, tmpdir: str | None) -> None:
+        self.started = time.monotonic()
+        self.tmp = tempfile.mkdtemp(prefix=prefix, dir=tmpdir)
+        self.servers: list = []
+        self.ok = False
+
+
+def run_script(body, *, prefix: str, tmpdir: str | None = None, keep: bool = False) -> int:
+    """
+    The frame of every script's C{main} after its arguments: signals turned
+    into KeyboardInterrupt, C{body(run)} given a fresh L{Run}; then the total
+    time and the command that gives these figures, or why it failed (with
+    the end of each server's log); the servers stopped and the temporary
+    directory removed (L{end_run}) however it went. The exit status: 0, 1
+    on an error, 130 when interrupted.
+    """
+    interrupt_on_signals()
+    run = Run(prefix, tmpdir)
+    try:
+        body(run)
+        print(f"total time {time.monotonic() - run.started:.0f}s")
+        print("command: python " + shlex.join([os.path.relpath(sys.argv[0])] + sys.argv[1:]), flush=True)
+        run.ok = True
+        return 0
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    except Exception as e:
+        return run_failed(e, run.servers)
+    finally:
+        end_run(run.servers, run.tmp, keep=keep, ok=run.ok)

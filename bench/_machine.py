@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import subprocess
+import sys
 import time
+from collections.abc import Callable, Iterable
+from typing import Any
 
 #: The working tree's package, to compare the installed copy with.
 TREE_PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "streamsvc")
@@ -142,3 +146,60 @@ def tool_version(argv: list[str], or_stderr: bool = False) -> str:
         return (text.splitlines() or ["?"])[0].strip()
     except (OSError, subprocess.SubprocessError):
         return "?"
+
+
+def machine_lines(driver_note: str = "", memory_note: str = "") -> list[str]:
+    """
+    The lines every report starts with: cores, kernel, the driver's Python
+    (C{driver_note} appended, e.g. its sha256 speed), the CPU model and the
+    memory (C{memory_note} appended, e.g. the vm dirty settings).
+    """
+    lines = [f"nproc: {os.cpu_count()} (affinity {len(os.sched_getaffinity(0))})",
+             f"kernel: {platform.release()}",
+             f"driver Python: {platform.python_version()} ({sys.executable})"
+             + (f"; {driver_note}" if driver_note else "")]
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
+        lines.append(f"cpu: {model}")
+    except OSError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            mem = {l.split(":")[0]: l.split()[1] for l in f}
+        lines.append(f"memory: {int(mem['MemTotal']) // 1024} MiB total, "
+                     f"{int(mem['MemAvailable']) // 1024} MiB available"
+                     + (f"; {memory_note}" if memory_note else ""))
+    except (OSError, KeyError, ValueError):
+        pass
+    return lines
+
+
+def server_lines(servers: Iterable[Any], streamsvc_note: Callable[[dict], str] = lambda info: "",
+                 peer_note: Callable[[dict], str] = lambda info: "") -> list[str]:
+    """
+    One line per started C{--serve} child (its C{info} from the port file):
+    Python, Twisted and reactor, then C{streamsvc_note(info)} for streamsvc
+    (after its version and package) or C{peer_note(info)} for a peer; each
+    streamsvc package once with L{tree_check}.
+    """
+    lines: list[str] = []
+    seen: set[str] = set()
+    for s in servers:
+        i = s.info
+        if not i:
+            continue
+        line = (f"server {s.name} (pid {s.pid}): Python {i.get('python')}; Twisted {i.get('twisted')}; "
+                f"{i.get('reactor')}")
+        if s.kind == "streamsvc":
+            note = streamsvc_note(i)
+            lines.append(line + f"; streamsvc {i.get('streamsvc_version')} from {i.get('streamsvc_file')}"
+                         + (f"; {note}" if note else ""))
+            pkg = i.get("streamsvc_file")
+            if pkg and pkg not in seen:
+                seen.add(pkg)
+                lines.append("  " + tree_check(pkg))
+        else:
+            note = peer_note(i)
+            lines.append(line + (f"; {note}" if note else ""))
+    return lines

@@ -87,18 +87,16 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 
-from _child import PortFileServer, clean_env, end_run, interrupt_on_signals, log, publish_and_run, run_failed  # bench/ is sys.path[0] when run as a script
-from _machine import other_cpu_users, tool_version, tree_check
+from _child import PortFileServer, Run, clean_env, log, publish_and_run, run_script  # bench/ is sys.path[0] when run as a script
+from _machine import machine_lines, other_cpu_users, server_lines, tool_version
 from _report import Results, table
 from _proc import fd_count, kib_to_mib, proc_status, reset_hwm
 
@@ -675,22 +673,14 @@ def report(res: Results, runs: int, seconds: float, cap_gib: float) -> None:
 
 
 def machine_info(servers: list[Server]) -> list[str]:
-    lines = [f"nproc: {os.cpu_count()} (affinity {len(os.sched_getaffinity(0))})",
-             f"kernel: {platform.release()}",
-             f"driver Python: {platform.python_version()} ({sys.executable})"]
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
-        lines.append(f"cpu: {model}")
-    except OSError:
-        pass
-    try:
-        with open("/proc/meminfo") as f:
-            mem = {l.split(":")[0]: l.split()[1] for l in f}
-        lines.append(f"memory: {int(mem['MemTotal']) // 1024} MiB total, "
-                     f"{int(mem['MemAvailable']) // 1024} MiB available")
-    except (OSError, KeyError, ValueError):
-        pass
+    """
+    The shared machine and server lines, plus what this experiment depends
+    on: the kernel's socket buffer sizes (part of produced - delivered), the
+    curl and ss that measure it, streamsvc's limits that could cap
+    /generate, and how often each server was started (the naive one is
+    restarted before each of its runs, so its pid is that of the last).
+    """
+    lines = machine_lines()
     tcp = []
     for k in ("tcp_rmem", "tcp_wmem"):
         try:
@@ -701,29 +691,92 @@ def machine_info(servers: list[Server]) -> list[str]:
     if tcp:
         lines.append("socket buffers: " + ", ".join(tcp))
     lines.append(f"client: {tool_version([CURL, '--version'])}; {tool_version(['ss', '--version'])}")
-    seen = set()
-    for s in servers:
-        i = s.info
-        if not i:
-            continue
-        line = (f"server {s.name} (pid {s.pid}, started {s.starts}x): Python {i.get('python')}; "
-                f"Twisted {i.get('twisted')}; {i.get('reactor')}")
-        if s.kind == "streamsvc":
-            line += (f"; streamsvc {i.get('streamsvc_version')} from {i.get('streamsvc_file')}; "
-                     f"generate_max_bytes {i.get('generate_max_bytes')}, rate_limit "
-                     f"{i.get('rate_limit')}, client_rate_limit {i.get('client_rate_limit')}")
-            lines.append(line)
-            pkg = i.get("streamsvc_file")
-            if pkg and pkg not in seen:
-                seen.add(pkg)
-                lines.append("  " + tree_check(pkg))
-        else:
-            lines.append(line + "; stock twisted.web Site + Resource, request.write from "
-                                "reactor.callLater(0, ...), no producer")
+    lines += server_lines(
+        servers,
+        streamsvc_note=lambda i: (f"generate_max_bytes {i.get('generate_max_bytes')}, rate_limit "
+                                  f"{i.get('rate_limit')}, client_rate_limit {i.get('client_rate_limit')}"),
+        peer_note=lambda i: ("stock twisted.web Site + Resource, request.write from "
+                             "reactor.callLater(0, ...), no producer"))
+    lines.append("server starts: " + ", ".join(f"{s.name} {s.starts}x" for s in servers))
     return lines
 
 
 # --------------------------------------------------------------------------- main
+
+
+def measure(run: Run, args: argparse.Namespace, runs: int, seconds: float, cap_kib: int) -> None:
+    """
+    The whole experiment in run.tmp: the three servers (in run.servers, so
+    they are stopped however it ends) warmed up, --runs rotated runs, then
+    the set-up, the machine and the report.
+    """
+    tmp = run.tmp
+    servers: list[Server] = [
+        Server("streamsvc", "streamsvc", tmp, os.path.join(tmp, "data-streamsvc")),
+        Server("streamsvc-delay", "streamsvc", tmp, os.path.join(tmp, "data-streamsvc-delay")),
+        Server("naive", "naive", tmp, os.path.join(tmp, "data-naive"))]
+    run.servers.extend(servers)
+    by_name = {s.name: s for s in servers}
+    for s in servers:
+        s.start()
+        st = proc_status(s.pid)
+        log(f"{s.name} (pid {s.pid}, port {s.port}) ready; RSS {kib_to_mib(st['VmRSS']):.1f} MiB, "
+            f"{s.idle_fds} fds idle")
+
+    load_before = other_cpu_users(ours={s.pid for s in servers})
+    log("before: " + load_before)
+    busy_warning = ("" if load_before.endswith("CPU: none") else
+                    "WARNING: other processes were using CPU when the runs started; "
+                    "the figures may be noisy")
+    if busy_warning:
+        log(busy_warning)
+
+    res = Results()
+    naive_runs = 0
+    for i in range(1, runs + 1):
+        k = (i - 1) % len(PEERS)
+        order = list(PEERS[k:] + PEERS[:k])
+        res.orders.append(", ".join(order))
+        for name in order:
+            srv = by_name[name]
+            if srv.kind == "naive":
+                if naive_runs:
+                    srv.restart()    # the GiBs it buffered stay in its heap
+                naive_runs += 1
+            t0 = time.monotonic()
+            v, note = m_run(srv, seconds, cap_kib)
+            res.add(name, v, note)
+            shown = ", ".join(f"{key}={fmt(x, key)}" for key, x in v.items())
+            log(f"  run {i}/{runs} {name}: {shown} ({time.monotonic() - t0:.1f}s)")
+    for s in servers:
+        s.settle()
+    load_after = other_cpu_users(ours={s.pid for s in servers})
+
+    print(f"Backpressure (issue 13 section 6): a client reading at {LIMIT_RATE}/s for {seconds:g}s "
+          f"from a 4 GiB generated stream; {runs} runs, order rotated each run "
+          f"({', '.join(PEERS)}); quick={args.quick}")
+    print("client: " + shlex.join(curl_argv("http://127.0.0.1:PORT" + URLS["streamsvc"], seconds)))
+    for name in PEERS:
+        print(f"  {name}: URL path {URLS[name]}")
+    for s in servers:
+        print(f"server {s.name}: {shlex.join(s.argv)}   (cwd {tmp})")
+    conf = servers[0].info.get("conf", "")
+    print("streamsvc tap.conf: " + " | ".join(l for l in str(conf).splitlines() if l))
+    print()
+    print("Machine:")
+    for line in machine_info(servers):
+        print("  " + line)
+    print(f"  at start: {load_before}")
+    print(f"  at end:   {load_after}")
+    if busy_warning:
+        print("  " + busy_warning)
+    for s in servers:
+        problems = s.log_problems()
+        print(f"  {s.name} log: " + (f"{len(problems)} error-looking lines, e.g. {problems[0][:150]!r}"
+                                      if problems else "no error-looking lines"))
+    print()
+    report(res, runs, seconds, args.cap_gib)
+    print()
 
 
 def main() -> int:
@@ -760,88 +813,8 @@ def main() -> int:
         ap.error("--cap-gib must be between 0.1 and 8")
     cap_kib = int(args.cap_gib * GiB / 1024)
 
-    interrupt_on_signals()
-
-    started = time.monotonic()
-    tmp = tempfile.mkdtemp(prefix="streamsvc-backpressure-", dir=args.tmpdir)
-    servers: list[Server] = []
-    ok = False
-    try:
-        servers = [Server("streamsvc", "streamsvc", tmp, os.path.join(tmp, "data-streamsvc")),
-                   Server("streamsvc-delay", "streamsvc", tmp, os.path.join(tmp, "data-streamsvc-delay")),
-                   Server("naive", "naive", tmp, os.path.join(tmp, "data-naive"))]
-        by_name = {s.name: s for s in servers}
-        for s in servers:
-            s.start()
-            st = proc_status(s.pid)
-            log(f"{s.name} (pid {s.pid}, port {s.port}) ready; RSS {kib_to_mib(st['VmRSS']):.1f} MiB, "
-                f"{s.idle_fds} fds idle")
-
-        load_before = other_cpu_users(ours={s.pid for s in servers})
-        log("before: " + load_before)
-        busy_warning = ("" if load_before.endswith("CPU: none") else
-                        "WARNING: other processes were using CPU when the runs started; "
-                        "the figures may be noisy")
-        if busy_warning:
-            log(busy_warning)
-
-        res = Results()
-        naive_runs = 0
-        for run in range(1, runs + 1):
-            k = (run - 1) % len(PEERS)
-            order = list(PEERS[k:] + PEERS[:k])
-            res.orders.append(", ".join(order))
-            for name in order:
-                srv = by_name[name]
-                if srv.kind == "naive":
-                    if naive_runs:
-                        srv.restart()    # the GiBs it buffered stay in its heap
-                    naive_runs += 1
-                t0 = time.monotonic()
-                v, note = m_run(srv, seconds, cap_kib)
-                res.add(name, v, note)
-                shown = ", ".join(f"{key}={fmt(x, key)}" for key, x in v.items())
-                log(f"  run {run}/{runs} {name}: {shown} ({time.monotonic() - t0:.1f}s)")
-        for s in servers:
-            s.settle()
-        load_after = other_cpu_users(ours={s.pid for s in servers})
-
-        print(f"Backpressure (issue 13 section 6): a client reading at {LIMIT_RATE}/s for {seconds:g}s "
-              f"from a 4 GiB generated stream; {runs} runs, order rotated each run "
-              f"({', '.join(PEERS)}); quick={quick}")
-        print("client: " + shlex.join(curl_argv("http://127.0.0.1:PORT" + URLS["streamsvc"], seconds)))
-        for name in PEERS:
-            print(f"  {name}: URL path {URLS[name]}")
-        for s in servers:
-            print(f"server {s.name}: {shlex.join(s.argv)}   (cwd {tmp})")
-        conf = servers[0].info.get("conf", "")
-        print("streamsvc tap.conf: " + " | ".join(l for l in str(conf).splitlines() if l))
-        print()
-        print("Machine:")
-        for line in machine_info(servers):
-            print("  " + line)
-        print(f"  at start: {load_before}")
-        print(f"  at end:   {load_after}")
-        if busy_warning:
-            print("  " + busy_warning)
-        for s in servers:
-            problems = s.log_problems()
-            print(f"  {s.name} log: " + (f"{len(problems)} error-looking lines, e.g. {problems[0][:150]!r}"
-                                          if problems else "no error-looking lines"))
-        print(f"total time {time.monotonic() - started:.0f}s")
-        print()
-        report(res, runs, seconds, args.cap_gib)
-        print()
-        print("command: python bench/backpressure.py" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else ""))
-        ok = True
-        return 0
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
-    except Exception as e:
-        return run_failed(e, servers)
-    finally:
-        end_run(servers, tmp, keep=args.keep, ok=ok)
+    return run_script(lambda run: measure(run, args, runs, seconds, cap_kib),
+                      prefix="streamsvc-backpressure-", tmpdir=args.tmpdir, keep=args.keep)
 
 
 if __name__ == "__main__":

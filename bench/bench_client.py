@@ -69,23 +69,20 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import http.client
 import os
-import platform
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 
-from _child import ChildServer, clean_env, end_run, interrupt_on_signals, log, run_failed  # bench/ is sys.path[0] when run as a script
-from _machine import filesystem_of, other_cpu_users, tool_version, tree_check
+from _child import ChildServer, Run, clean_env, log, run_script  # bench/ is sys.path[0] when run as a script
+from _machine import filesystem_of, machine_lines, other_cpu_users, tool_version, tree_check
 from _proc import kib_to_mib, proc_status
 from _report import Results, table
+from _runner import free_ports, http_get, interleaved
 
 HOST = "127.0.0.1"
 MiB = 1024 * 1024
@@ -133,9 +130,7 @@ class Server(ChildServer):
         self.logfile = os.path.join(tmp, "streamsvc.log")
         self.outfile = os.path.join(tmp, "streamsvc.out")
         self.proc = None
-        with socket.socket() as s:
-            s.bind((HOST, 0))
-            self.port = s.getsockname()[1]
+        self.port = free_ports(1)[0]
 
     @property
     def argv(self) -> list[str]:
@@ -156,13 +151,8 @@ class Server(ChildServer):
         while time.monotonic() - t0 < timeout:
             self.check_alive()
             try:
-                c = http.client.HTTPConnection(HOST, self.port, timeout=2)
-                try:
-                    c.request("GET", "/healthz")
-                    if c.getresponse().status == 200:
-                        return
-                finally:
-                    c.close()
+                if http_get(self.port, "/healthz", timeout=2)[0] == 200:
+                    return
             except OSError as e:
                 last = repr(e)
             time.sleep(0.1)
@@ -184,7 +174,13 @@ class Server(ChildServer):
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of the process (all its threads, a zombie's final ones too)."""
+    """
+    utime + stime of the process (all its threads, a zombie's final ones too).
+    Not _runner's cpu_seconds: that one adds the process's descendants and
+    the cutime + cstime of the children they reaped, and scans all of /proc
+    for them; here the figure is the one process, the client or the server,
+    as the module docstring says.
+    """
     with open(f"/proc/{pid}/stat", "rb") as f:
         st = f.read()
     fields = st[st.rfind(b")") + 2:].split()
@@ -350,11 +346,6 @@ class Bench:
         return f"put {name}: {ran.seconds:.2f} s, {code}, peak RSS {fmt(ran.peak_mib)} MiB, {check}"
 
 
-def rotated(names: list[str], run: int) -> list[str]:
-    k = run % len(names)
-    return names[k:] + names[:k]
-
-
 # --------------------------------------------------------------------------- report
 
 
@@ -425,19 +416,12 @@ def report(results: Results, size: int, runs: int, gets: list[str], puts: list[s
 
 
 def machine_info(server: Server, tmp: str) -> list[str]:
-    lines = [f"nproc: {os.cpu_count()} (affinity {len(os.sched_getaffinity(0))})",
-             f"kernel: {platform.release()}",
-             f"driver Python: {platform.python_version()} ({sys.executable})"]
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
-        lines.append(f"cpu: {model}")
-        with open("/proc/meminfo") as f:
-            mem = {l.split(":")[0]: l.split()[1] for l in f}
-        lines.append(f"memory: {int(mem['MemTotal']) // 1024} MiB total, "
-                     f"{int(mem['MemAvailable']) // 1024} MiB available")
-    except (OSError, KeyError, ValueError):
-        pass
+    """
+    The common lines, then this script's own: the disk everything is written
+    to, what the server and streamsvc-client import (twistd is no C{--serve}
+    child with a port file, so not L{server_lines}) and the peers' versions.
+    """
+    lines = machine_lines()
     lines.append(f"data dir, source, downloads: {tmp}: {filesystem_of(tmp, device=True)}, "
                  f"{shutil.disk_usage(tmp).free // 1024 ** 3} GiB free")
     # What the server and the client import: asked of this Python from the temp dir,
@@ -461,6 +445,79 @@ def machine_info(server: Server, tmp: str) -> list[str]:
 # --------------------------------------------------------------------------- main
 
 
+def measure(run: Run, args: argparse.Namespace, runs: int, gets: list[str], puts: list[str],
+            skipped: list[str]) -> None:
+    """
+    The source, the server, the warm-up, the runs and the report; in
+    C{run.tmp}, the server in C{run.servers} (L{run_script} stops it).
+    """
+    size = (256 if args.quick else 1024) * MiB
+    need = 3 * size + 256 * MiB   # the source, a download or a stored upload, the server's temp file
+    free = shutil.disk_usage(run.tmp).free
+    if free < need:
+        raise RuntimeError(f"{run.tmp}: {free // MiB} MiB free, {need // MiB} MiB needed")
+    data = os.path.join(run.tmp, "data")
+    files = os.path.join(data, "files")
+    out_dir = os.path.join(run.tmp, "out")
+    os.makedirs(files)
+    os.makedirs(out_dir)
+    src = os.path.join(files, "big.bin")
+    t = time.monotonic()
+    digest = make_source(src, size)
+    open(os.path.join(files, "empty.bin"), "wb").close()
+    log(f"source {size // MiB} MiB written and hashed in {time.monotonic() - t:.1f}s")
+    config = os.path.join(run.tmp, "tap.conf")
+    with open(config, "w") as f:
+        f.write(f"[auth]\ntokens = {TOKEN}\n[limits]\nmax_upload_bytes = 2GiB\n")
+    server = Server(run.tmp, data, config)
+    run.servers.append(server)
+    server.start()
+    bench = Bench(server, run.tmp, files, out_dir, size, digest, Results(), args.timeout)
+    for name in gets:   # warm-up, not counted
+        log("warm-up " + bench.get(name, "big.bin", size, None))
+    for name in puts:
+        log("warm-up " + bench.put(name, src, check_digest=False))
+    bench.results = Results()   # the warm-up is not counted
+    log(f"server pid {server.pid} on port {server.port}, "
+        f"RSS {kib_to_mib(proc_status(server.pid)['VmRSS']):.1f} MiB")
+
+    load_before = other_cpu_users(ours={server.pid})
+    log("before: " + load_before)
+    for (i, g), (_, p) in zip(interleaved(gets, runs), interleaved(puts, runs)):
+        bench.results.orders.append(f"get: {', '.join(g)}; put: {', '.join(p)}")
+        for name in g:
+            log(f"run {i + 1}/{runs} " + bench.get(name, "empty.bin", 0, None))
+        for name in g:
+            log(f"run {i + 1}/{runs} " + bench.get(name, "big.bin", size, digest if i == 0 else None))
+        for name in p:
+            log(f"run {i + 1}/{runs} " + bench.put(name, src, check_digest=i == 0))
+    load_after = other_cpu_users(ours={server.pid})
+
+    print(f"streamsvc-client get/put vs curl and wget; {size // MiB} MiB file; {runs} runs; "
+          f"quick={args.quick}")
+    print(f"server: {shlex.join(server.argv)}   (cwd {run.tmp}; tap.conf: [auth] tokens = {TOKEN}, "
+          "[limits] max_upload_bytes = 2GiB)")
+    print("clients (OUT in TMP/out; every put to /files/up.bin, deleted after each):")
+    for name in gets:
+        print(f"  get {name}: {shlex.join(get_argv(name, server.url('big.bin'), 'OUT'))}")
+    for name in puts:
+        print(f"  put {name}: {shlex.join(put_argv(name, 'FILE', server.url('up.bin')))}")
+    for line in skipped:
+        print("  " + line)
+    print()
+    print("Machine:")
+    for line in machine_info(server, run.tmp):
+        print("  " + line)
+    print(f"  at start: {load_before}")
+    print(f"  at end:   {load_after}")
+    problems = server.log_problems()
+    print("  server log: " + (f"{len(problems)} error-looking lines, e.g. {problems[0][:150]!r}"
+                              if problems else "no error-looking lines"))
+    print()
+    report(bench.results, size, runs, gets, puts)
+    print()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="streamsvc-client get/put vs curl and wget (issue 15)")
     ap.add_argument("--runs", type=int, default=None, help="runs [5; --quick: 2]")
@@ -473,7 +530,6 @@ def main() -> int:
     runs = args.runs if args.runs is not None else (2 if args.quick else 5)
     if runs < 1:
         ap.error("--runs must be at least 1")
-    size = (256 if args.quick else 1024) * MiB
     for tool in (TWISTD, CLIENT):
         if not os.path.exists(tool):
             ap.error(f"{tool} is missing: pip install . into the venv of {sys.executable} first")
@@ -483,89 +539,8 @@ def main() -> int:
     for line in skipped:
         log(line)
 
-    interrupt_on_signals()
-
-    started = time.monotonic()
-    tmp = tempfile.mkdtemp(prefix="streamsvc-client-", dir=args.tmpdir)
-    servers: list[Server] = []
-    ok = False
-    try:
-        need = 3 * size + 256 * MiB   # the source, a download or a stored upload, the server's temp file
-        free = shutil.disk_usage(tmp).free
-        if free < need:
-            raise RuntimeError(f"{tmp}: {free // MiB} MiB free, {need // MiB} MiB needed")
-        data = os.path.join(tmp, "data")
-        files = os.path.join(data, "files")
-        out_dir = os.path.join(tmp, "out")
-        os.makedirs(files)
-        os.makedirs(out_dir)
-        src = os.path.join(files, "big.bin")
-        t = time.monotonic()
-        digest = make_source(src, size)
-        open(os.path.join(files, "empty.bin"), "wb").close()
-        log(f"source {size // MiB} MiB written and hashed in {time.monotonic() - t:.1f}s")
-        config = os.path.join(tmp, "tap.conf")
-        with open(config, "w") as f:
-            f.write(f"[auth]\ntokens = {TOKEN}\n[limits]\nmax_upload_bytes = 2GiB\n")
-        server = Server(tmp, data, config)
-        servers.append(server)
-        server.start()
-        bench = Bench(server, tmp, files, out_dir, size, digest, Results(), args.timeout)
-        for name in gets:   # warm-up, not counted
-            log("warm-up " + bench.get(name, "big.bin", size, None))
-        for name in puts:
-            log("warm-up " + bench.put(name, src, check_digest=False))
-        bench.results = Results()   # the warm-up is not counted
-        log(f"server pid {server.pid} on port {server.port}, "
-            f"RSS {kib_to_mib(proc_status(server.pid)['VmRSS']):.1f} MiB")
-
-        load_before = other_cpu_users(ours={server.pid})
-        log("before: " + load_before)
-        for run in range(runs):
-            g, p = rotated(gets, run), rotated(puts, run)
-            bench.results.orders.append(f"get: {', '.join(g)}; put: {', '.join(p)}")
-            for name in g:
-                log(f"run {run + 1}/{runs} " + bench.get(name, "empty.bin", 0, None))
-            for name in g:
-                log(f"run {run + 1}/{runs} " + bench.get(name, "big.bin", size, digest if run == 0 else None))
-            for name in p:
-                log(f"run {run + 1}/{runs} " + bench.put(name, src, check_digest=run == 0))
-        load_after = other_cpu_users(ours={server.pid})
-
-        print(f"streamsvc-client get/put vs curl and wget; {size // MiB} MiB file; {runs} runs; "
-              f"quick={args.quick}")
-        print(f"server: {shlex.join(server.argv)}   (cwd {tmp}; tap.conf: [auth] tokens = {TOKEN}, "
-              "[limits] max_upload_bytes = 2GiB)")
-        print("clients (OUT in TMP/out; every put to /files/up.bin, deleted after each):")
-        for name in gets:
-            print(f"  get {name}: {shlex.join(get_argv(name, server.url('big.bin'), 'OUT'))}")
-        for name in puts:
-            print(f"  put {name}: {shlex.join(put_argv(name, 'FILE', server.url('up.bin')))}")
-        for line in skipped:
-            print("  " + line)
-        print()
-        print("Machine:")
-        for line in machine_info(server, tmp):
-            print("  " + line)
-        print(f"  at start: {load_before}")
-        print(f"  at end:   {load_after}")
-        problems = server.log_problems()
-        print("  server log: " + (f"{len(problems)} error-looking lines, e.g. {problems[0][:150]!r}"
-                                  if problems else "no error-looking lines"))
-        print(f"  total time {time.monotonic() - started:.0f}s")
-        print()
-        report(bench.results, size, runs, gets, puts)
-        print()
-        print("command: " + shlex.join([sys.executable] + sys.argv))
-        ok = True
-        return 0
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
-    except Exception as e:
-        return run_failed(e, servers)
-    finally:
-        end_run(servers, tmp, keep=args.keep, ok=ok)
+    return run_script(lambda run: measure(run, args, runs, gets, puts, skipped), prefix="streamsvc-client-",
+                      tmpdir=args.tmpdir, keep=args.keep)
 
 
 if __name__ == "__main__":

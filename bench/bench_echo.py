@@ -84,11 +84,9 @@ import argparse
 import fcntl
 import hashlib
 import os
-import platform
 import select
 import shlex
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,13 +95,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from _child import PortFileServer, end_run, interrupt_on_signals, log, publish_and_run, run_failed  # bench/ is sys.path[0] when run as a script
-from _machine import filesystem_of, other_cpu_users, tree_check
+from _child import PortFileServer, Run, log, publish_and_run, run_script  # bench/ is sys.path[0] when run as a script
+from _machine import filesystem_of, machine_lines, other_cpu_users, server_lines
 from _proc import Watch, fd_count, kib_to_mib, proc_status, reset_hwm
+from _report import Results, table
 
 HOST = "127.0.0.1"
 MiB = 1024 * 1024
-HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.abspath(__file__)
 
 SEND_CHUNK = 1 * MiB     # bytes per send() at most
@@ -381,14 +379,7 @@ class Scenario:
     key: str
     title: str
     metrics: list[tuple[str, str, str, str]]   # (key, label, unit-format, better: lower|higher)
-    results: dict[str, dict[str, list[float]]] = field(default_factory=dict)
-    notes: dict[str, list[str]] = field(default_factory=dict)
-
-    def add(self, server: str, values: dict[str, float], note: str) -> None:
-        r = self.results.setdefault(server, {})
-        for k, v in values.items():
-            r.setdefault(k, []).append(v)
-        self.notes.setdefault(server, []).append(note)
+    results: Results = field(default_factory=Results)   # per server
 
 
 def verify(srv: Server, res: dict, body: Body, size: int) -> None:
@@ -512,64 +503,29 @@ def fmt(v: float, unit: str) -> str:
 
 
 def machine_info(servers: list[Server], body: Body) -> list[str]:
-    lines = [f"nproc: {os.cpu_count()} (affinity {len(os.sched_getaffinity(0))})",
-             f"kernel: {platform.release()}",
-             f"driver Python: {platform.python_version()} ({sys.executable}); "
-             f"sha256 in the driver {body.hash_mib_s:.0f} MiB/s (one core)"]
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
-        lines.append(f"cpu: {model}")
-    except OSError:
-        pass
-    try:
-        with open("/proc/meminfo") as f:
-            mem = {l.split(":")[0]: l.split()[1] for l in f}
-        lines.append(f"memory: {int(mem['MemTotal']) // 1024} MiB total, "
-                     f"{int(mem['MemAvailable']) // 1024} MiB available")
-    except (OSError, KeyError, ValueError):
-        pass
-    seen = set()
-    for s in servers:
-        i = s.info
-        if not i:
-            continue
-        line = (f"server {s.name} (pid {s.pid}): Python {i.get('python')}; Twisted {i.get('twisted')}; "
-                f"{i.get('reactor')}")
-        if s.kind == "streamsvc":
-            line += (f"; streamsvc {i.get('streamsvc_version')} from {i.get('streamsvc_file')}; "
-                     f"body_timeout {i.get('body_timeout')}s")
-            pkg = i.get("streamsvc_file")
-            if pkg and pkg not in seen:
-                seen.add(pkg)
-                lines.append(line)
-                lines.append("  " + tree_check(pkg))
-                continue
-        else:
-            line += f"; temp files in {i.get('tempdir')} ({filesystem_of(str(i.get('tempdir')))})"
-        lines.append(line)
-    return lines
+    """
+    The shared machine and server lines, with what only this script adds:
+    the driver's sha256 speed (it hashes every echo), streamsvc's
+    body_timeout and where twisted.web keeps its temp files.
+    """
+    return (machine_lines(driver_note=f"sha256 in the driver {body.hash_mib_s:.0f} MiB/s (one core)")
+            + server_lines(servers,
+                           streamsvc_note=lambda i: f"body_timeout {i.get('body_timeout')}s",
+                           peer_note=lambda i: (f"temp files in {i.get('tempdir')} "
+                                                f"({filesystem_of(str(i.get('tempdir')))})")))
 
 
 def report(scenarios: list[Scenario], names: tuple[str, str]) -> None:
     a, b = names
     rows = [("scenario", "metric", f"{a} (median)", f"{b} (median)", f"ratio ({a}/{b})")]
     for sc in scenarios:
-        ra, rb = sc.results.get(a, {}), sc.results.get(b, {})
         for i, (key, label, unit, better) in enumerate(sc.metrics):
-            va, vb = ra.get(key, []), rb.get(key, [])
-            ma = statistics.median(va) if va else None
-            mb = statistics.median(vb) if vb else None
+            ma, mb = sc.results.median(a, key), sc.results.median(b, key)
             ratio = f"{ma / mb:.3g}" if ma is not None and mb else "-"
             rows.append((sc.title if i == 0 else "", f"{label} [{better} is better]",
                          fmt(ma, unit) if ma is not None else "-",
                          fmt(mb, unit) if mb is not None else "-", ratio))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    sep = "-+-".join("-" * w for w in widths)
-    for i, r in enumerate(rows):
-        print(" | ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-        if i == 0:
-            print(sep)
+    table(rows)
     print("(RSS growth is against the server's VmRSS just before each run; it can be slightly "
           "negative when the run starts with memory still to be given back)")
     print()
@@ -577,11 +533,11 @@ def report(scenarios: list[Scenario], names: tuple[str, str]) -> None:
     for sc in scenarios:
         print(f"  {sc.title}")
         for name in names:
-            res = sc.results.get(name, {})
+            res = sc.results.values.get(name, {})
             for key, label, unit, _ in sc.metrics:
                 vals = res.get(key, [])
                 print(f"    {name:<12} {label:<44} " + ", ".join(fmt(v, unit) for v in vals))
-            for j, n in enumerate(sc.notes.get(name, []), 1):
+            for j, n in enumerate(sc.results.notes.get(name, []), 1):
                 print(f"    {name:<12} run {j}: {n}")
 
 
@@ -589,6 +545,103 @@ def report(scenarios: list[Scenario], names: tuple[str, str]) -> None:
 
 
 SCENARIOS = ("ttfb", "echo", "stall")
+
+
+def bench(run: Run, args: argparse.Namespace, runs: int, selected: list[str]) -> None:
+    """
+    The whole run in C{run.tmp}, both servers in C{run.servers} (so they are
+    stopped however it ends): digests, warm-up, the scenarios, the report.
+    """
+    quick = args.quick
+    ttfb_size = args.ttfb_mib * MiB
+    echo_size = (args.echo_mib or (64 if quick else 256)) * MiB
+    stall_size = args.stall_mib * MiB
+    load_before = other_cpu_users()
+    log("before: " + load_before)
+    tmp = run.tmp
+    data = os.path.join(tmp, "data")
+    os.makedirs(data)
+    body = Body()
+    t = time.monotonic()
+    for size, key in ((ttfb_size, "ttfb"), (echo_size, "echo")):
+        if key in selected:
+            body.digest(size)
+    body.digest(MiB)
+    log(f"body digests ready after {time.monotonic() - t:.1f}s "
+        f"(sha256 {body.hash_mib_s:.0f} MiB/s in the driver)")
+
+    servers = [Server("streamsvc", "streamsvc", tmp, data), Server("twisted.web", "web", tmp, data)]
+    run.servers.extend(servers)
+    for s in servers:
+        s.start()
+    for s in servers:
+        s.idle_fds = fd_count(s.pid)
+        # Unmeasured warm-up: two 1 MiB echoes.
+        for _ in range(2):
+            verify(s, exchange(s.port, body, MiB, read=True), body, MiB)
+        if s.settle(max_wait=5.0):   # fds opened lazily by the first requests: the new idle
+            s.idle_fds = fd_count(s.pid)
+        st = proc_status(s.pid)
+        log(f"{s.name} (pid {s.pid}, port {s.port}) ready; RSS {kib_to_mib(st['VmRSS']):.1f} MiB, "
+            f"{s.idle_fds} fds idle")
+    for s in servers:
+        print(f"server {s.name}: {shlex.join(s.argv)}   (cwd {tmp})", flush=True)
+
+    scenarios: dict[str, Scenario] = {
+        "ttfb": Scenario("ttfb", f"time to first echoed byte, {ttfb_size // MiB} MiB POST", [
+            ("ttfb_ms", "first echoed byte after first body byte (ms)", "ms", "lower"),
+            ("last_s", "last echoed byte after first body byte (s)", "s", "lower"),
+        ]),
+        "echo": Scenario("echo", f"echo {echo_size // MiB} MiB, read concurrently", [
+            ("mib_s", "throughput (MiB/s)", "mibs", "higher"),
+            ("peak_mib", "server peak RSS growth (MiB)", "mib", "lower"),
+            ("end_mib", "server RSS growth at the last byte (MiB)", "mib", "lower"),
+            ("temp_mib", "server temp file, largest (MiB)", "mib", "lower"),
+        ]),
+        "stall": Scenario("stall", f"sender never reads, up to {stall_size // MiB} MiB", [
+            ("sent_mib", f"sent before {args.stall_s:g}s without progress (MiB)", "mib", "lower"),
+            ("rss_mib", "server RSS growth at that point (MiB)", "mib", "lower"),
+            ("held_mib", "server RSS growth, held until steady (MiB)", "mib", "lower"),
+            ("peak_mib", "server peak RSS growth (MiB)", "mib", "lower"),
+        ]),
+    }
+    print(f"runs per server: {runs} (interleaved streamsvc, twisted.web, ...); quick={quick}; "
+          f"ttfb {ttfb_size // MiB} MiB; echo {echo_size // MiB} MiB; stall up to "
+          f"{stall_size // MiB} MiB, {args.stall_s:g}s without progress, cap {args.cap_s:g}s, "
+          f"then held until RSS steady (<= {args.hold_s:g}s); "
+          f"client: one socket, poll(), send() <= {SEND_CHUNK // MiB} MiB, "
+          f"recv_into() <= {RECV_BUF // MiB} MiB, sha256 of the echo; "
+          f"scenarios: {','.join(selected)}", flush=True)
+
+    for key in selected:
+        sc = scenarios[key]
+        for i in range(1, runs + 1):
+            for s in servers:
+                t0 = time.monotonic()
+                if key == "ttfb":
+                    v, note = m_ttfb(s, body, ttfb_size)
+                elif key == "echo":
+                    v, note = m_echo(s, body, echo_size)
+                else:
+                    v, note = m_stall(s, body, stall_size, args.stall_s, args.cap_s, args.hold_s)
+                sc.results.add(s.name, v, note)
+                unit = {k: u for k, _, u, _ in sc.metrics}
+                shown = ", ".join(f"{k}={fmt(x, unit[k])}" for k, x in v.items())
+                log(f"  [{key}] run {i}/{runs} {s.name}: {shown} [{note}] "
+                    f"({time.monotonic() - t0:.1f}s)")
+    for s in servers:
+        s.settle()
+    load_after = other_cpu_users()
+
+    print()
+    print("Machine:")
+    for line in machine_info(servers, body):
+        print("  " + line)
+    print(f"  at start: {load_before}")
+    print(f"  at end:   {load_after}")
+    print()
+    report([scenarios[k] for k in selected], ("streamsvc", "twisted.web"))
+    print()
 
 
 def main() -> int:
@@ -621,120 +674,14 @@ def main() -> int:
             ap.error("--serve needs --port-file and --data-dir")
         return serve(args)
 
-    quick = args.quick
-    runs = args.runs if args.runs is not None else (2 if quick else 5)
-    ttfb_size = args.ttfb_mib * MiB
-    echo_size = (args.echo_mib or (64 if quick else 256)) * MiB
-    stall_size = args.stall_mib * MiB
+    runs = args.runs if args.runs is not None else (2 if args.quick else 5)
     selected = args.only.split(",") if args.only else list(SCENARIOS)
     unknown = set(selected) - set(SCENARIOS)
     if unknown:
         ap.error(f"unknown scenarios in --only: {', '.join(sorted(unknown))}")
     selected = [s for s in SCENARIOS if s in selected]
-
-    interrupt_on_signals()
-
-    started = time.monotonic()
-    print("command: " + shlex.join([sys.executable] + sys.argv), flush=True)
-    load_before = other_cpu_users()
-    log("before: " + load_before)
-    tmp = tempfile.mkdtemp(prefix="streamsvc-echo-", dir=args.tmpdir)
-    data = os.path.join(tmp, "data")
-    servers: list[Server] = []
-    ok = False
-    try:
-        os.makedirs(data)
-        body = Body()
-        t = time.monotonic()
-        for size, key in ((ttfb_size, "ttfb"), (echo_size, "echo")):
-            if key in selected:
-                body.digest(size)
-        body.digest(MiB)
-        log(f"body digests ready after {time.monotonic() - t:.1f}s "
-            f"(sha256 {body.hash_mib_s:.0f} MiB/s in the driver)")
-
-        svc = Server("streamsvc", "streamsvc", tmp, data)
-        peer = Server("twisted.web", "web", tmp, data)
-        servers = [svc, peer]
-        for s in servers:
-            s.start()
-        for s in servers:
-            s.idle_fds = fd_count(s.pid)
-            # Unmeasured warm-up: two 1 MiB echoes.
-            for _ in range(2):
-                verify(s, exchange(s.port, body, MiB, read=True), body, MiB)
-            if s.settle(max_wait=5.0):   # fds opened lazily by the first requests: the new idle
-                s.idle_fds = fd_count(s.pid)
-            st = proc_status(s.pid)
-            log(f"{s.name} (pid {s.pid}, port {s.port}) ready; RSS {kib_to_mib(st['VmRSS']):.1f} MiB, "
-                f"{s.idle_fds} fds idle")
-        for s in servers:
-            print(f"server {s.name}: {shlex.join(s.argv)}   (cwd {tmp})", flush=True)
-
-        scenarios: dict[str, Scenario] = {
-            "ttfb": Scenario("ttfb", f"time to first echoed byte, {ttfb_size // MiB} MiB POST", [
-                ("ttfb_ms", "first echoed byte after first body byte (ms)", "ms", "lower"),
-                ("last_s", "last echoed byte after first body byte (s)", "s", "lower"),
-            ]),
-            "echo": Scenario("echo", f"echo {echo_size // MiB} MiB, read concurrently", [
-                ("mib_s", "throughput (MiB/s)", "mibs", "higher"),
-                ("peak_mib", "server peak RSS growth (MiB)", "mib", "lower"),
-                ("end_mib", "server RSS growth at the last byte (MiB)", "mib", "lower"),
-                ("temp_mib", "server temp file, largest (MiB)", "mib", "lower"),
-            ]),
-            "stall": Scenario("stall", f"sender never reads, up to {stall_size // MiB} MiB", [
-                ("sent_mib", f"sent before {args.stall_s:g}s without progress (MiB)", "mib", "lower"),
-                ("rss_mib", "server RSS growth at that point (MiB)", "mib", "lower"),
-                ("held_mib", "server RSS growth, held until steady (MiB)", "mib", "lower"),
-                ("peak_mib", "server peak RSS growth (MiB)", "mib", "lower"),
-            ]),
-        }
-        print(f"runs per server: {runs} (interleaved streamsvc, twisted.web, ...); quick={quick}; "
-              f"ttfb {ttfb_size // MiB} MiB; echo {echo_size // MiB} MiB; stall up to "
-              f"{stall_size // MiB} MiB, {args.stall_s:g}s without progress, cap {args.cap_s:g}s, "
-              f"then held until RSS steady (<= {args.hold_s:g}s); "
-              f"client: one socket, poll(), send() <= {SEND_CHUNK // MiB} MiB, "
-              f"recv_into() <= {RECV_BUF // MiB} MiB, sha256 of the echo; "
-              f"scenarios: {','.join(selected)}", flush=True)
-
-        for key in selected:
-            sc = scenarios[key]
-            for run in range(1, runs + 1):
-                for s in servers:
-                    t0 = time.monotonic()
-                    if key == "ttfb":
-                        v, note = m_ttfb(s, body, ttfb_size)
-                    elif key == "echo":
-                        v, note = m_echo(s, body, echo_size)
-                    else:
-                        v, note = m_stall(s, body, stall_size, args.stall_s, args.cap_s, args.hold_s)
-                    sc.add(s.name, v, note)
-                    unit = {k: u for k, _, u, _ in sc.metrics}
-                    shown = ", ".join(f"{k}={fmt(x, unit[k])}" for k, x in v.items())
-                    log(f"  [{key}] run {run}/{runs} {s.name}: {shown} [{note}] "
-                        f"({time.monotonic() - t0:.1f}s)")
-        for s in servers:
-            s.settle()
-        load_after = other_cpu_users()
-
-        print()
-        print("Machine:")
-        for line in machine_info(servers, body):
-            print("  " + line)
-        print(f"  at start: {load_before}")
-        print(f"  at end:   {load_after}")
-        print(f"total time {time.monotonic() - started:.0f}s")
-        print()
-        report([scenarios[k] for k in selected], ("streamsvc", "twisted.web"))
-        ok = True
-        return 0
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
-    except Exception as e:
-        return run_failed(e, servers)
-    finally:
-        end_run(servers, tmp, keep=args.keep, ok=ok)
+    return run_script(lambda run: bench(run, args, runs, selected), prefix="streamsvc-echo-",
+                      tmpdir=args.tmpdir, keep=args.keep)
 
 
 if __name__ == "__main__":

@@ -90,7 +90,6 @@ import csv
 import json
 import math
 import os
-import platform
 import random
 import shlex
 import shutil
@@ -98,15 +97,14 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 
-from _child import PortFileServer, clean_env, end_run, interrupt_on_signals, log, run_failed  # bench/ is sys.path[0] when run as a script
-from _machine import filesystem_of, other_cpu_users, tool_version, tree_check
+from _child import PortFileServer, Run, clean_env, log, run_script  # bench/ is sys.path[0] when run as a script
+from _machine import filesystem_of, machine_lines, other_cpu_users, tool_version, tree_check
 from _report import Results, table
 from _proc import Watch, fd_count, kib_to_mib, proc_status, reset_hwm
-from _runner import free_ports, http_get
+from _runner import free_ports, http_get, interleaved, settle_fds
 from bench_upload import PROBE_INTERVAL, PROBE_TIMEOUT, Probe
 
 HOST = "127.0.0.1"
@@ -244,18 +242,6 @@ class Server(PortFileServer):
             time.sleep(0.1)
         raise RuntimeError(f"{self.name}: /healthz not answering after {timeout:.0f}s ({last})\n"
                            + self.tail())
-
-
-def steady_fds(pid: int, still: float = 0.5, max_wait: float = 5.0) -> int:
-    """The process's fd count once it has not changed for `still` s (the last connection gone)."""
-    t0 = time.monotonic()
-    n, since = fd_count(pid), time.monotonic()
-    while time.monotonic() - since < still and time.monotonic() - t0 < max_wait:
-        time.sleep(0.05)
-        m = fd_count(pid)
-        if m != n:
-            n, since = m, time.monotonic()
-    return n
 
 
 def server_runtime(twistd: str, tmp: str) -> dict:
@@ -568,23 +554,14 @@ def report(res: Results, rows: int, runs: int) -> None:
 
 
 def machine_info(info: dict, tmp: str, twistd: str) -> list[str]:
-    lines = [f"nproc: {os.cpu_count()} (affinity {len(os.sched_getaffinity(0))})",
-             f"kernel: {platform.release()}",
-             f"driver Python: {platform.python_version()} ({sys.executable}); "
-             f"SQLite {sqlite3.sqlite_version} (the loops)"]
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
-        lines.append(f"cpu: {model}")
-    except OSError:
-        pass
-    try:
-        with open("/proc/meminfo") as f:
-            mem = {l.split(":")[0]: l.split()[1] for l in f}
-        lines.append(f"memory: {int(mem['MemTotal']) // 1024} MiB total, "
-                     f"{int(mem['MemAvailable']) // 1024} MiB available")
-    except (OSError, KeyError, ValueError):
-        pass
+    """
+    The common lines (the driver's SQLite with them: the loops use it), then
+    what is this script's own: the disk the data dirs are on, curl, and the
+    server's runtime. Not L{server_lines}: the server is twistd itself, not a
+    C{--serve} child with a port file, so its C{info} is what
+    L{server_runtime} asked its Python (no reactor; SQLite, which it has).
+    """
+    lines = machine_lines(driver_note=f"SQLite {sqlite3.sqlite_version} (the loops)")
     du = shutil.disk_usage(tmp)
     lines.append(f"data dirs and the import file in {tmp}: {filesystem_of(tmp, device=True)}, "
                  f"{du.free // (1024 ** 3)} GiB free")
@@ -598,6 +575,113 @@ def machine_info(info: dict, tmp: str, twistd: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------- main
+
+
+def bench(run: Run, args: argparse.Namespace, runs: int, rows: int) -> None:
+    """
+    The imports, then the exports and the loops, then the report; in
+    C{run.tmp}, every server in C{run.servers} (L{run_script} stops them).
+    """
+    conffile = os.path.join(run.tmp, "bench_tasks.conf")
+    conf = ("# written by bench/bench_tasks.py; every other key keeps its built-in default\n"
+            f"[auth]\ntokens = {TOKEN}\n")
+    with open(conffile, "w") as f:
+        f.write(conf)
+    info = server_runtime(args.twistd, run.tmp)
+    src = os.path.join(run.tmp, "tasks.ndjson")
+    t = time.monotonic()
+    src_bytes, title_len = make_ndjson(src, rows)
+    log(f"import file: {rows:,} rows, {src_bytes / MiB:.1f} MiB, mean title {title_len:.1f} chars "
+        f"({time.monotonic() - t:.1f}s)")
+
+    def new_server(label: str) -> Server:
+        s = Server(label, run.tmp, os.path.join(run.tmp, f"data-{label}"), args.twistd, conffile)
+        run.servers.append(s)
+        s.start()
+        log(f"{s.name} (pid {s.pid}, port {s.port}) ready; RSS "
+            f"{kib_to_mib(proc_status(s.pid)['VmRSS']):.1f} MiB, {s.idle_fds} fds idle")
+        return s
+
+    load_before = other_cpu_users()
+    log("before: " + load_before)
+    busy_warning = ("" if load_before.endswith("CPU: none") else
+                    "WARNING: other processes were using CPU when the runs started; "
+                    "the figures may be noisy")
+    res = Results()
+
+    # 1. imports: a fresh server on a fresh data dir each run; the last one is kept.
+    srv: Server | None = None
+    for i in range(1, runs + 1):
+        if srv is not None:
+            srv.stop()
+            shutil.rmtree(srv.data_dir, ignore_errors=True)
+        srv = new_server(f"import{i}")
+        t0 = time.monotonic()
+        v, note = m_import(srv, src, rows, args.timeout)
+        res.add("import", v, note)
+        log(f"  run {i}/{runs} import: {v['rows_s']:,.0f} rows/s, RSS growth {v['growth']:.1f} MiB, "
+            f"healthz p99 {fmt(v['p99_ms'], 'p99_ms')} ms ({time.monotonic() - t0:.1f}s)")
+    assert srv is not None
+
+    # 2./3. exports and the loops, on the last import's table.
+    c = sqlite3.connect(srv.db)
+    try:
+        count, last_id = c.execute("SELECT count(*), max(id) FROM tasks").fetchone()
+    finally:
+        c.close()
+    if count != rows:
+        raise RuntimeError(f"{srv.db}: {count} tasks, expected {rows}")
+    db_mib = sum(os.path.getsize(srv.db + x) for x in ("", "-wal") if os.path.exists(srv.db + x)) / MiB
+    for kind in EXPORTS:   # unmeasured warm-up
+        m_export(srv, kind, rows, last_id, args.timeout, limit=WARM_LIMIT)
+    # Now with the writer's and a reader's SQLite files: the count once unchanged
+    # for 0.5 s. The server is one process (no --workers), so the count of its
+    # tree is that of its pid, which settle() compares it with.
+    srv.idle_fds = settle_fds(srv.pid, max_wait=5.0, stable_for=0.5)[0]
+    for i, order in interleaved(list(ORDER), runs):
+        res.orders.append(", ".join(order))
+        for kind in order:
+            t0 = time.monotonic()
+            if kind in LOOPS:
+                v, note = m_loop(srv.db, kind, rows)
+            else:
+                v, note = m_export(srv, kind, rows, last_id, args.timeout)
+            res.add(kind, v, note)
+            extra = ("" if kind in LOOPS else f", RSS growth {v['growth']:.1f} MiB, healthz p99 "
+                     f"{fmt(v['p99_ms'], 'p99_ms')} ms")
+            log(f"  run {i + 1}/{runs} {kind}: {v['rows_s']:,.0f} rows/s{extra} "
+                f"({time.monotonic() - t0:.1f}s)")
+    srv.settle()
+    load_after = other_cpu_users(ours={srv.pid})
+
+    print(f"/tasks: import {rows:,} NDJSON rows, then export them as CSV, NDJSON and gzipped CSV, "
+          f"against a plain Python loop over the same SQLite file; {runs} run(s); quick={args.quick}")
+    print(f"import file: {src_bytes:,} bytes ({src_bytes / rows:.0f} bytes a row, mean title "
+          f"{title_len:.1f} characters, seed {SEED}); table: {db_mib:.1f} MiB "
+          f"(tasks.sqlite3 + -wal), last id {last_id}")
+    print("server: " + shlex.join(run.servers[-1].argv) + f"   (cwd {run.tmp}; one per import run)")
+    print("  CONF: " + conf.splitlines()[1] + " " + conf.splitlines()[2])
+    print("import: " + shlex.join([CURL, "-s", "-S", "-T", "FILE", "-X", "POST", "-H",
+                                   "Content-Type: application/x-ndjson", "-H",
+                                   "Authorization: Bearer benchtoken", "URL/tasks/import"]))
+    print("exports: " + shlex.join([CURL, "-s", "-S", "-H", "Authorization: Bearer benchtoken",
+                                    "URL/tasks/{export.csv,stream.ndjson}"])
+          + " | (this script counts the lines); gzip: + -H 'Accept-Encoding: gzip' --compressed")
+    print()
+    print("Machine:")
+    for line in machine_info(info, run.tmp, args.twistd):
+        print("  " + line)
+    print(f"  at start: {load_before}")
+    print(f"  at end:   {load_after}")
+    if busy_warning:
+        print("  " + busy_warning)
+    for s in run.servers:
+        problems = s.log_problems()
+        print(f"  {s.name} log: " + (f"{len(problems)} error-looking lines, e.g. {problems[0][:150]!r}"
+                                      if problems else "no error-looking lines"))
+    print()
+    report(res, rows, runs)
+    print()
 
 
 def main() -> int:
@@ -614,9 +698,8 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temporary dir (logs, data) at the end")
     args = ap.parse_args()
 
-    quick = args.quick
-    runs = args.runs if args.runs is not None else (1 if quick else 3)
-    rows = args.rows if args.rows is not None else (100_000 if quick else 1_000_000)
+    runs = args.runs if args.runs is not None else (1 if args.quick else 3)
+    rows = args.rows if args.rows is not None else (100_000 if args.quick else 1_000_000)
     if runs < 1:
         ap.error("--runs must be at least 1")
     if rows < WARM_LIMIT:
@@ -624,123 +707,8 @@ def main() -> int:
     if not os.path.exists(args.twistd):
         ap.error(f"twistd not found at {args.twistd} (use --twistd)")
 
-    interrupt_on_signals()
-
-    started = time.monotonic()
-    tmp = tempfile.mkdtemp(prefix="streamsvc-tasks-", dir=args.tmpdir)
-    servers: list[Server] = []
-    ok = False
-    try:
-        conffile = os.path.join(tmp, "bench_tasks.conf")
-        conf = ("# written by bench/bench_tasks.py; every other key keeps its built-in default\n"
-                f"[auth]\ntokens = {TOKEN}\n")
-        with open(conffile, "w") as f:
-            f.write(conf)
-        info = server_runtime(args.twistd, tmp)
-        src = os.path.join(tmp, "tasks.ndjson")
-        t = time.monotonic()
-        src_bytes, title_len = make_ndjson(src, rows)
-        log(f"import file: {rows:,} rows, {src_bytes / MiB:.1f} MiB, mean title {title_len:.1f} chars "
-            f"({time.monotonic() - t:.1f}s)")
-
-        def new_server(label: str) -> Server:
-            s = Server(label, tmp, os.path.join(tmp, f"data-{label}"), args.twistd, conffile)
-            servers.append(s)
-            s.start()
-            log(f"{s.name} (pid {s.pid}, port {s.port}) ready; RSS "
-                f"{kib_to_mib(proc_status(s.pid)['VmRSS']):.1f} MiB, {s.idle_fds} fds idle")
-            return s
-
-        load_before = other_cpu_users()
-        log("before: " + load_before)
-        busy_warning = ("" if load_before.endswith("CPU: none") else
-                        "WARNING: other processes were using CPU when the runs started; "
-                        "the figures may be noisy")
-        res = Results()
-
-        # 1. imports: a fresh server on a fresh data dir each run; the last one is kept.
-        srv: Server | None = None
-        for run in range(1, runs + 1):
-            if srv is not None:
-                srv.stop()
-                shutil.rmtree(srv.data_dir, ignore_errors=True)
-            srv = new_server(f"import{run}")
-            t0 = time.monotonic()
-            v, note = m_import(srv, src, rows, args.timeout)
-            res.add("import", v, note)
-            log(f"  run {run}/{runs} import: {v['rows_s']:,.0f} rows/s, RSS growth {v['growth']:.1f} MiB, "
-                f"healthz p99 {fmt(v['p99_ms'], 'p99_ms')} ms ({time.monotonic() - t0:.1f}s)")
-        assert srv is not None
-
-        # 2./3. exports and the loops, on the last import's table.
-        c = sqlite3.connect(srv.db)
-        try:
-            count, last_id = c.execute("SELECT count(*), max(id) FROM tasks").fetchone()
-        finally:
-            c.close()
-        if count != rows:
-            raise RuntimeError(f"{srv.db}: {count} tasks, expected {rows}")
-        db_mib = sum(os.path.getsize(srv.db + x) for x in ("", "-wal") if os.path.exists(srv.db + x)) / MiB
-        for kind in EXPORTS:   # unmeasured warm-up
-            m_export(srv, kind, rows, last_id, args.timeout, limit=WARM_LIMIT)
-        srv.idle_fds = steady_fds(srv.pid)   # now with the writer's and a reader's SQLite files
-        for run in range(1, runs + 1):
-            k = (run - 1) % len(ORDER)
-            order = ORDER[k:] + ORDER[:k]
-            res.orders.append(", ".join(order))
-            for kind in order:
-                t0 = time.monotonic()
-                if kind in LOOPS:
-                    v, note = m_loop(srv.db, kind, rows)
-                else:
-                    v, note = m_export(srv, kind, rows, last_id, args.timeout)
-                res.add(kind, v, note)
-                extra = ("" if kind in LOOPS else f", RSS growth {v['growth']:.1f} MiB, healthz p99 "
-                         f"{fmt(v['p99_ms'], 'p99_ms')} ms")
-                log(f"  run {run}/{runs} {kind}: {v['rows_s']:,.0f} rows/s{extra} "
-                    f"({time.monotonic() - t0:.1f}s)")
-        srv.settle()
-        load_after = other_cpu_users(ours={srv.pid})
-
-        print(f"/tasks: import {rows:,} NDJSON rows, then export them as CSV, NDJSON and gzipped CSV, "
-              f"against a plain Python loop over the same SQLite file; {runs} run(s); quick={quick}")
-        print(f"import file: {src_bytes:,} bytes ({src_bytes / rows:.0f} bytes a row, mean title "
-              f"{title_len:.1f} characters, seed {SEED}); table: {db_mib:.1f} MiB "
-              f"(tasks.sqlite3 + -wal), last id {last_id}")
-        print("server: " + shlex.join(servers[-1].argv) + f"   (cwd {tmp}; one per import run)")
-        print("  CONF: " + conf.splitlines()[1] + " " + conf.splitlines()[2])
-        print("import: " + shlex.join([CURL, "-s", "-S", "-T", "FILE", "-X", "POST", "-H",
-                                       "Content-Type: application/x-ndjson", "-H",
-                                       "Authorization: Bearer benchtoken", "URL/tasks/import"]))
-        print("exports: " + shlex.join([CURL, "-s", "-S", "-H", "Authorization: Bearer benchtoken",
-                                        "URL/tasks/{export.csv,stream.ndjson}"])
-              + " | (this script counts the lines); gzip: + -H 'Accept-Encoding: gzip' --compressed")
-        print()
-        print("Machine:")
-        for line in machine_info(info, tmp, args.twistd):
-            print("  " + line)
-        print(f"  at start: {load_before}")
-        print(f"  at end:   {load_after}")
-        if busy_warning:
-            print("  " + busy_warning)
-        for s in servers:
-            problems = s.log_problems()
-            print(f"  {s.name} log: " + (f"{len(problems)} error-looking lines, e.g. {problems[0][:150]!r}"
-                                          if problems else "no error-looking lines"))
-        print(f"total time {time.monotonic() - started:.0f}s")
-        print()
-        report(res, rows, runs)
-        print()
-        print("command: python bench/bench_tasks.py" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else ""))
-        ok = True
-        return 0
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
-    except Exception as e:
-        return run_failed(e, servers)
-    finally:
-        end_run(servers, tmp, keep=args.keep, ok=ok)
+    return run_script(lambda run: bench(run, args, runs, rows), prefix="streamsvc-tasks-",
+                      tmpdir=args.tmpdir, keep=args.keep)
 
 
 if __name__ == "__main__":

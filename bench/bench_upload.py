@@ -82,7 +82,6 @@ import argparse
 import hashlib
 import http.client
 import os
-import platform
 import shlex
 import shutil
 import socket
@@ -94,10 +93,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from _child import PortFileServer, clean_env, end_run, interrupt_on_signals, log, publish_and_run, run_failed  # bench/ is sys.path[0] when run as a script
-from _machine import filesystem_of, other_cpu_users, tool_version, tree_check
-from _report import table
+from _child import PortFileServer, Run, clean_env, log, publish_and_run, run_script  # bench/ is sys.path[0] when run as a script
+from _machine import filesystem_of, machine_lines, other_cpu_users, server_lines, tool_version
+from _report import Results, table
 from _proc import Watch, fd_count, kib_to_mib, proc_status, reset_hwm
+from _runner import interleaved
 
 HOST = "127.0.0.1"
 MiB = 1024 * 1024
@@ -516,22 +516,11 @@ METRICS = [  # key, label, applies to
 COUNT_KEYS = ("probe_n", "probe_fail")
 
 
-@dataclass
-class Block:
+@dataclass(kw_only=True)
+class Block(Results):
+    """One size's runs (L{Results}: a NaN, no probe answered, is left out of the medians)."""
+
     size: int
-    results: dict[str, dict[str, list[float]]] = field(default_factory=dict)
-    notes: dict[str, list[str]] = field(default_factory=dict)
-    orders: list[str] = field(default_factory=list)
-
-    def add(self, name: str, values: dict[str, float], note: str) -> None:
-        r = self.results.setdefault(name, {})
-        for k, v in values.items():
-            r.setdefault(k, []).append(v)
-        self.notes.setdefault(name, []).append(note)
-
-    def median(self, name: str, key: str) -> float | None:
-        v = [x for x in self.results.get(name, {}).get(key, []) if x == x]   # NaN: none answered
-        return statistics.median(v) if v else None
 
 
 def fmt(v: float | None, key: str) -> str:
@@ -568,7 +557,7 @@ def report(blocks: list[Block]) -> None:
         ratio("twisted.web", WEB_TARGET, f">= {WEB_TARGET}x")
         ratio("cp", CP_TARGET, f">= {CP_TARGET}x (the issue's target; cp alone stops at the page cache)")
         ratio("cp + fsync", CP_TARGET, f">= {CP_TARGET}x read against the like-for-like disk limit")
-        peaks = b.results.get("streamsvc", {}).get("peak_mib", [])
+        peaks = b.values.get("streamsvc", {}).get("peak_mib", [])
         if peaks:
             worst = max(peaks)
             rows.append(("streamsvc peak RSS growth, worst run",
@@ -578,7 +567,7 @@ def report(blocks: list[Block]) -> None:
         rows.append(("twisted.web / streamsvc max /healthz latency",
                      f"{wm / sm:.1f}x ({fmt(wm, 'probe_max_ms')} / {fmt(sm, 'probe_max_ms')} ms)"
                      if sm and wm is not None else "-", "-", "-"))
-        wpeaks = b.results.get("twisted.web", {}).get("peak_mib", [])
+        wpeaks = b.values.get("twisted.web", {}).get("peak_mib", [])
         if wpeaks:
             rows.append(("twisted.web peak RSS growth, worst run",
                          f"{max(wpeaks):.2f} MiB (median {statistics.median(wpeaks):.2f})", "-", "-"))
@@ -604,7 +593,7 @@ def report(blocks: list[Block]) -> None:
         for j, order in enumerate(b.orders, 1):
             print(f"    run {j} order: {order}")
         for name in PEERS:
-            res = b.results.get(name, {})
+            res = b.values.get(name, {})
             for key, label, applies in METRICS:
                 if name in applies and key in res:
                     print(f"    {name:<12} {label:<{lw}} " + ", ".join(fmt(v, key) for v in res[key]))
@@ -613,55 +602,141 @@ def report(blocks: list[Block]) -> None:
                 print(f"    {name:<12} run {j}: {n}")
 
 
-def machine_info(servers: list[Server], tmp: str, hash_mib_s: float) -> list[str]:
-    lines = [f"nproc: {os.cpu_count()} (affinity {len(os.sched_getaffinity(0))})",
-             f"kernel: {platform.release()}",
-             f"driver Python: {platform.python_version()} ({sys.executable}); "
-             f"sha256 in the driver {hash_mib_s:.0f} MiB/s (one core)"]
+def vm_dirty() -> str:
+    """The kernel's dirty page limits: when buffered writes (cp alone) start waiting for the disk."""
     try:
-        with open("/proc/cpuinfo") as f:
-            model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
-        lines.append(f"cpu: {model}")
-    except OSError:
-        pass
-    try:
-        with open("/proc/meminfo") as f:
-            mem = {l.split(":")[0]: l.split()[1] for l in f}
         dirty = []
         for k in ("dirty_ratio", "dirty_background_ratio", "dirty_bytes", "dirty_background_bytes"):
             with open(f"/proc/sys/vm/{k}") as f:
                 dirty.append(f"{k} {f.read().strip()}")
-        lines.append(f"memory: {int(mem['MemTotal']) // 1024} MiB total, "
-                     f"{int(mem['MemAvailable']) // 1024} MiB available; vm: {', '.join(dirty)}")
-    except (OSError, KeyError, ValueError):
-        pass
+        return "vm: " + ", ".join(dirty)
+    except OSError:
+        return ""
+
+
+def machine_info(servers: list[Server], tmp: str, hash_mib_s: float) -> list[str]:
+    """
+    The shared machine and server lines, with what only this script adds:
+    the driver's sha256 speed (it hashes every stored file), the vm dirty
+    settings, the filesystem everything is written to, the curl and cp
+    versions, streamsvc's limits and where twisted.web buffers the bodies.
+    """
     du = shutil.disk_usage(tmp)
-    lines.append(f"data dirs, source and cp copies in {tmp}: {filesystem_of(tmp, device=True)}, "
-                 f"{du.free // (1024 ** 3)} GiB free")
-    lines.append(f"client: {tool_version([CURL, '--version'])}; {tool_version(['cp', '--version'])}")
-    seen = set()
-    for s in servers:
-        i = s.info
-        if not i:
-            continue
-        line = (f"server {s.name} (pid {s.pid}): Python {i.get('python')}; Twisted {i.get('twisted')}; "
-                f"{i.get('reactor')}")
-        if s.kind == "streamsvc":
-            line += (f"; streamsvc {i.get('streamsvc_version')} from {i.get('streamsvc_file')}; "
-                     f"max_upload_bytes {i.get('max_upload_bytes')}, body_timeout {i.get('body_timeout')}s")
-            lines.append(line)
-            pkg = i.get("streamsvc_file")
-            if pkg and pkg not in seen:
-                seen.add(pkg)
-                lines.append("  " + tree_check(pkg))
-        else:
-            line += (f"; twisted.web buffers bodies in {i.get('tempdir')} "
-                     f"({filesystem_of(str(i.get('tempdir')), device=True)})")
-            lines.append(line)
-    return lines
+    return (machine_lines(driver_note=f"sha256 in the driver {hash_mib_s:.0f} MiB/s (one core)",
+                          memory_note=vm_dirty())
+            + [f"data dirs, source and cp copies in {tmp}: {filesystem_of(tmp, device=True)}, "
+               f"{du.free // (1024 ** 3)} GiB free",
+               f"client: {tool_version([CURL, '--version'])}; {tool_version(['cp', '--version'])}"]
+            + server_lines(servers,
+                           streamsvc_note=lambda i: (f"max_upload_bytes {i.get('max_upload_bytes')}, "
+                                                     f"body_timeout {i.get('body_timeout')}s"),
+                           peer_note=lambda i: (f"twisted.web buffers bodies in {i.get('tempdir')} "
+                                                f"({filesystem_of(str(i.get('tempdir')), device=True)})")))
 
 
 # --------------------------------------------------------------------------- main
+
+
+def bench(run: Run, args: argparse.Namespace, runs: int, sizes: list[int]) -> None:
+    """
+    The whole run in C{run.tmp}, both servers in C{run.servers} (so they are
+    stopped however it ends): warm-up, each size's source and runs, the report.
+    """
+    tmp = run.tmp
+    need = 3 * max(sizes) * MiB + 256 * MiB   # source + a stored file + twisted.web's temp file
+    free = shutil.disk_usage(tmp).free
+    if free < need:
+        raise RuntimeError(f"{tmp}: {free // MiB} MiB free, {need // MiB} MiB needed")
+    svc = Server("streamsvc", "streamsvc", tmp, os.path.join(tmp, "data-streamsvc"))
+    peer = Server("twisted.web", "web", tmp, os.path.join(tmp, "data-web"))
+    servers = [svc, peer]
+    run.servers.extend(servers)
+    for s in servers:
+        s.start()
+    cp_dir = os.path.join(tmp, "cp")
+    os.makedirs(cp_dir)
+
+    # Unmeasured warm-up: two 1 MiB uploads each (the thread pool, lazily opened fds).
+    warm_path = os.path.join(tmp, "warm.bin")
+    warm = Source(warm_path, MiB, make_source(warm_path, MiB)[0])
+    for s in servers:
+        s.idle_fds = fd_count(s.pid)
+        for i in range(2):
+            m_server(s, warm, f"up/warm-{i}.bin", 60)
+        s.settle(max_wait=5.0)   # fds opened lazily by the first requests: the new idle
+        s.idle_fds = fd_count(s.pid)
+        st = proc_status(s.pid)
+        log(f"{s.name} (pid {s.pid}, port {s.port}) ready; RSS {kib_to_mib(st['VmRSS']):.1f} MiB, "
+            f"{s.idle_fds} fds idle")
+    os.unlink(warm_path)
+
+    load_before = other_cpu_users(ours={s.pid for s in servers})
+    log("before: " + load_before)
+    busy_warning = ("" if load_before.endswith("CPU: none") else
+                    "WARNING: other processes were using CPU when the runs started; "
+                    "the figures may be noisy")
+    if busy_warning:
+        log(busy_warning)
+
+    blocks: list[Block] = []
+    hash_mib_s = 0.0
+    for size_m in sizes:
+        size = size_m * MiB
+        src_path = os.path.join(tmp, f"src-{size_m}.bin")
+        t = time.monotonic()
+        digest, hs = make_source(src_path, size)
+        if size >= 16 * MiB:
+            hash_mib_s = hs
+        src = Source(src_path, size, digest)
+        log(f"source {size_m} MiB written and hashed in {time.monotonic() - t:.1f}s")
+        block = Block(size=size)
+        blocks.append(block)
+        for i, order in interleaved(list(PEERS), runs):
+            n = i + 1
+            block.orders.append(", ".join(order))
+            for name in order:
+                t0 = time.monotonic()
+                if name == "streamsvc":
+                    v, note = m_server(svc, src, f"up/{size_m}-{n}.bin", args.timeout)
+                elif name == "twisted.web":
+                    v, note = m_server(peer, src, f"up/{size_m}-{n}.bin", args.timeout)
+                else:
+                    v, note = m_cp(src, os.path.join(cp_dir, f"{size_m}-{n}.bin"),
+                                   sync=(name == "cp + fsync"))
+                block.add(name, v, note)
+                shown = ", ".join(f"{key}={fmt(x, key)}" for key, x in v.items())
+                log(f"  [{size_m} MiB] run {n}/{runs} {name}: {shown} [{note}] "
+                    f"({time.monotonic() - t0:.1f}s)")
+        os.unlink(src_path)
+    for s in servers:
+        s.settle()
+    load_after = other_cpu_users(ours={s.pid for s in servers})
+
+    print(f"PUT /files: streamsvc vs stock twisted.web vs cp; sizes {','.join(map(str, sizes))} MiB; "
+          f"{runs} runs per size, order rotated each run (streamsvc, twisted.web, cp, cp + fsync); "
+          f"quick={args.quick}")
+    print("client: " + shlex.join([CURL, "-s", "-o", "/dev/null", "-w",
+                                   "%{http_code} %{time_total} %{size_upload}", "-T", "SRC",
+                                   "-H", "Authorization: Bearer benchtoken",
+                                   "http://127.0.0.1:PORT/files/up/N.bin"])
+          + "  (Expect: 100-continue left on; MiB/s = size / time_total)")
+    for s in servers:
+        print(f"server {s.name}: {shlex.join(s.argv)}   (cwd {tmp})")
+    print()
+    print("Machine:")
+    for line in machine_info(servers, tmp, hash_mib_s):
+        print("  " + line)
+    print(f"  at start: {load_before}")
+    print(f"  at end:   {load_after}")
+    if busy_warning:
+        print("  " + busy_warning)
+    for s in servers:
+        problems = s.log_problems()
+        print(f"  {s.name} log: " + (f"{len(problems)} error-looking lines, e.g. {problems[0][:150]!r}"
+                                      if problems else "no error-looking lines"))
+    print()
+    report(blocks)
+    print()
 
 
 def main() -> int:
@@ -703,118 +778,8 @@ def main() -> int:
     if any(s < 1 for s in sizes):
         ap.error("sizes must be at least 1 MiB")
 
-    interrupt_on_signals()
-
-    started = time.monotonic()
-    tmp = tempfile.mkdtemp(prefix="streamsvc-upload-", dir=args.tmpdir)
-    servers: list[Server] = []
-    ok = False
-    try:
-        need = 3 * max(sizes) * MiB + 256 * MiB   # source + a stored file + twisted.web's temp file
-        free = shutil.disk_usage(tmp).free
-        if free < need:
-            raise RuntimeError(f"{tmp}: {free // MiB} MiB free, {need // MiB} MiB needed")
-        svc = Server("streamsvc", "streamsvc", tmp, os.path.join(tmp, "data-streamsvc"))
-        peer = Server("twisted.web", "web", tmp, os.path.join(tmp, "data-web"))
-        servers = [svc, peer]
-        for s in servers:
-            s.start()
-        cp_dir = os.path.join(tmp, "cp")
-        os.makedirs(cp_dir)
-
-        # Unmeasured warm-up: two 1 MiB uploads each (the thread pool, lazily opened fds).
-        warm_path = os.path.join(tmp, "warm.bin")
-        warm = Source(warm_path, MiB, make_source(warm_path, MiB)[0])
-        for s in servers:
-            s.idle_fds = fd_count(s.pid)
-            for i in range(2):
-                m_server(s, warm, f"up/warm-{i}.bin", 60)
-            s.settle(max_wait=5.0)   # fds opened lazily by the first requests: the new idle
-            s.idle_fds = fd_count(s.pid)
-            st = proc_status(s.pid)
-            log(f"{s.name} (pid {s.pid}, port {s.port}) ready; RSS {kib_to_mib(st['VmRSS']):.1f} MiB, "
-                f"{s.idle_fds} fds idle")
-        os.unlink(warm_path)
-
-        load_before = other_cpu_users(ours={s.pid for s in servers})
-        log("before: " + load_before)
-        busy_warning = ("" if load_before.endswith("CPU: none") else
-                        "WARNING: other processes were using CPU when the runs started; "
-                        "the figures may be noisy")
-        if busy_warning:
-            log(busy_warning)
-
-        blocks: list[Block] = []
-        hash_mib_s = 0.0
-        for size_m in sizes:
-            size = size_m * MiB
-            src_path = os.path.join(tmp, f"src-{size_m}.bin")
-            t = time.monotonic()
-            digest, hs = make_source(src_path, size)
-            if size >= 16 * MiB:
-                hash_mib_s = hs
-            src = Source(src_path, size, digest)
-            log(f"source {size_m} MiB written and hashed in {time.monotonic() - t:.1f}s")
-            block = Block(size)
-            blocks.append(block)
-            for run in range(1, runs + 1):
-                k = (run - 1) % len(PEERS)
-                order = list(PEERS[k:] + PEERS[:k])
-                block.orders.append(", ".join(order))
-                for name in order:
-                    t0 = time.monotonic()
-                    if name == "streamsvc":
-                        v, note = m_server(svc, src, f"up/{size_m}-{run}.bin", args.timeout)
-                    elif name == "twisted.web":
-                        v, note = m_server(peer, src, f"up/{size_m}-{run}.bin", args.timeout)
-                    else:
-                        v, note = m_cp(src, os.path.join(cp_dir, f"{size_m}-{run}.bin"),
-                                       sync=(name == "cp + fsync"))
-                    block.add(name, v, note)
-                    shown = ", ".join(f"{key}={fmt(x, key)}" for key, x in v.items())
-                    log(f"  [{size_m} MiB] run {run}/{runs} {name}: {shown} [{note}] "
-                        f"({time.monotonic() - t0:.1f}s)")
-            os.unlink(src_path)
-        for s in servers:
-            s.settle()
-        load_after = other_cpu_users(ours={s.pid for s in servers})
-
-        print(f"PUT /files: streamsvc vs stock twisted.web vs cp; sizes {','.join(map(str, sizes))} MiB; "
-              f"{runs} runs per size, order rotated each run (streamsvc, twisted.web, cp, cp + fsync); "
-              f"quick={quick}")
-        print("client: " + shlex.join([CURL, "-s", "-o", "/dev/null", "-w",
-                                       "%{http_code} %{time_total} %{size_upload}", "-T", "SRC",
-                                       "-H", "Authorization: Bearer benchtoken",
-                                       "http://127.0.0.1:PORT/files/up/N.bin"])
-              + "  (Expect: 100-continue left on; MiB/s = size / time_total)")
-        for s in servers:
-            print(f"server {s.name}: {shlex.join(s.argv)}   (cwd {tmp})")
-        print()
-        print("Machine:")
-        for line in machine_info(servers, tmp, hash_mib_s):
-            print("  " + line)
-        print(f"  at start: {load_before}")
-        print(f"  at end:   {load_after}")
-        if busy_warning:
-            print("  " + busy_warning)
-        for s in servers:
-            problems = s.log_problems()
-            print(f"  {s.name} log: " + (f"{len(problems)} error-looking lines, e.g. {problems[0][:150]!r}"
-                                          if problems else "no error-looking lines"))
-        print(f"total time {time.monotonic() - started:.0f}s")
-        print()
-        report(blocks)
-        print()
-        print("command: python bench/bench_upload.py" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else ""))
-        ok = True
-        return 0
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
-    except Exception as e:
-        return run_failed(e, servers)
-    finally:
-        end_run(servers, tmp, keep=args.keep, ok=ok)
+    return run_script(lambda run: bench(run, args, runs, sizes), prefix="streamsvc-upload-",
+                      tmpdir=args.tmpdir, keep=args.keep)
 
 
 if __name__ == "__main__":

@@ -76,24 +76,21 @@ import argparse
 import glob
 import http.client
 import os
-import platform
 import pstats
 import re
 import resource
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 
-from _child import ChildServer, clean_env, interrupt_on_signals, log  # bench/ is sys.path[0] when run as a script
-from _machine import other_cpu_users, tool_version, tree_check
+from _child import ChildServer, Run, clean_env, log, run_script  # bench/ is sys.path[0] when run as a script
+from _machine import machine_lines, other_cpu_users, tool_version, tree_check
 from _report import table
-from _runner import free_ports
+from _runner import children, free_ports, interleaved, kill_children, wait_ready, wrk_argv
 
 HOST = "127.0.0.1"
 SMALL = 4096
@@ -101,8 +98,6 @@ SMALL_NAME = "4k.bin"
 TARGET = 0.90
 MAX_CONNECTIONS_OFF = 1_000_000
 FD_RESERVE = 64   # streamsvc.limits.FD_RESERVE: 2 fds a connection + 64
-
-_children: list[subprocess.Popen] = []
 
 DEFAULTS = {
     "server": {"access_log": "combined", "metrics": "yes"},
@@ -177,6 +172,10 @@ class Variant(ChildServer):
     steal: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     warm_requests: int = 0
+    # For _runner.wait_ready: the tree once ready is the twistd process alone,
+    # holding the listening socket itself (no --workers).
+    procs = 1
+    listeners = 1
 
     @property
     def slug(self) -> str:
@@ -281,6 +280,10 @@ class Variant(ChildServer):
 
 
 def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+    """
+    Status, headers (lower-cased names) and body. Not _runner's http_get,
+    which gives no headers: L{verify} checks the Content-Length.
+    """
     c = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
         c.request("GET", path)
@@ -288,23 +291,6 @@ def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, dict[str,
         return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
     finally:
         c.close()
-
-
-def wait_ready(v: Variant, timeout: float = 60.0) -> float:
-    t0 = time.monotonic()
-    last = ""
-    while time.monotonic() - t0 < timeout:
-        v.check_alive()
-        try:
-            status, _, body = http_get(v.port, v.path, timeout=2.0)
-            if status == 200 and len(body) == SMALL:
-                return time.monotonic() - t0
-            last = f"HTTP {status}, {len(body)} bytes"
-        except OSError as e:
-            last = repr(e)
-        time.sleep(0.1)
-    raise RuntimeError(f"{v.name} did not answer GET {v.path} within {timeout:.0f}s ({last})\n"
-                       + v.tail())
 
 
 def verify(v: Variant, content: bytes) -> str:
@@ -348,6 +334,11 @@ def verify(v: Variant, content: bytes) -> str:
 
 
 def cpu_seconds(pid: int) -> float:
+    """
+    utime + stime of the server process (all its threads). Not _runner's
+    cpu_seconds, which adds the descendants and the cutime + cstime of the
+    children they reaped: the figure reported is of the one process.
+    """
     with open(f"/proc/{pid}/stat", "rb") as f:
         st = f.read()
     fields = st[st.rfind(b")") + 2:].split()
@@ -372,25 +363,30 @@ def cpu_probe(n: int = 1_000_000) -> float:
 
 def load_argv(tool: str, url: str, seconds: int) -> list[str]:
     if tool == "wrk":
-        return ["wrk", "-t2", "-c32", f"-d{seconds}s", url]
+        return wrk_argv(url, seconds)   # -t2 -c32, bench_files.py's rps scenario
     return ["ab", "-q", "-k", "-c", "32", "-n", "20000", url]
 
 
 def run_load(v: Variant, tool: str, seconds: int) -> tuple[float, int, float, float, str]:
-    """(req/s, requests, server CPU seconds, % of CPU time stolen, notes) of one load run."""
+    """
+    (req/s, requests, server CPU seconds, % of CPU time stolen, notes) of one
+    load run. Not _runner's wrk(): this one also runs ab (when wrk is
+    missing), keeps wrk's latency line in the notes and takes the server's
+    CPU and the steal around the same run.
+    """
     argv = load_argv(tool, v.url, seconds)
     steal0, total0 = cpu_ticks()
     cpu0 = cpu_seconds(v.pid)
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=clean_env())
-    _children.append(p)
+    children.append(p)   # _runner's: kill_children() at the end of the run
     try:
         out, err = p.communicate(timeout=seconds + 300)
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
-        _children.remove(p)
+        children.remove(p)
     cpu = cpu_seconds(v.pid) - cpu0
     steal1, total1 = cpu_ticks()
     steal = (steal1 - steal0) / max(1, total1 - total0) * 100
@@ -449,15 +445,14 @@ def server_info(twistd: str, cwd: str) -> tuple[list[str], str | None]:
 
 
 def machine_info(twistd: str, tmp: str, variants: list[Variant], tool: str) -> list[str]:
-    lines = [f"nproc: {os.cpu_count()} (affinity {len(os.sched_getaffinity(0))})",
-             f"kernel: {platform.release()}",
-             f"driver Python: {platform.python_version()} ({sys.executable})"]
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
-        lines.append(f"cpu: {model}")
-    except OSError:
-        pass
+    """
+    The common lines, then this script's own: the servers' Python (asked of
+    the twistd's venv: the variants are twistd itself, not C{--serve}
+    children with a port file, so not L{server_lines}), the reactor their
+    logs name, the fd limit (max_connections of all-off) and the load
+    generator.
+    """
+    lines = machine_lines()
     info, pkg = server_info(twistd, tmp)
     lines += info
     if pkg:
@@ -625,7 +620,7 @@ def run_profile(args, variants: list[Variant], tool: str, content: bytes) -> Non
     for v in chosen:
         v.profile = os.path.join(v.tmp, f"{v.slug}.prof")
         v.start(free_ports(1)[0])
-        wait_ready(v)
+        wait_ready(v, v.path, SMALL)
         log(f"{v.name} (pid {v.pid}, port {v.port}, under cProfile): {verify(v, content)}")
         warm = run_load(v, tool, 1)[1]
         rps, n, _, _, notes = run_load(v, tool, args.profile_seconds)
@@ -662,6 +657,135 @@ def run_profile(args, variants: list[Variant], tool: str, content: bytes) -> Non
 # --------------------------------------------------------------------------- main
 
 
+def measure(run: Run, args: argparse.Namespace, tool: str, runs: int, seconds: int) -> None:
+    """
+    The variants (in C{run.servers}: L{run_script} stops them), then the
+    profile, or the runs and the report. The load generators still running
+    are killed before the servers are stopped, however it ends.
+    """
+    try:
+        _measure(run, args, tool, runs, seconds)
+    finally:
+        kill_children()
+
+
+def _measure(run: Run, args: argparse.Namespace, tool: str, runs: int, seconds: int) -> None:
+    warm_seconds = 1 if args.quick else 2
+    files = os.path.join(run.tmp, "data", "files")
+    os.makedirs(files)
+    content = os.urandom(SMALL)
+    with open(os.path.join(files, SMALL_NAME), "wb") as f:
+        f.write(content)
+    specs, maxc_note = variant_settings()
+    variants = [Variant(name, settings, log_on, run.tmp, args.twistd)
+                for name, settings, log_on in specs]
+    run.servers.extend(variants)
+    if maxc_note:
+        log("note: " + maxc_note)
+
+    if args.profile:
+        run_profile(args, variants, tool, content)
+        print()
+        return
+
+    checks: dict[str, str] = {}
+
+    def start_all() -> None:
+        """Fresh processes on fresh ports, each checked, then warmed up (unmeasured)."""
+        for v in variants:
+            v.stop()
+        for v, port in zip(variants, free_ports(len(variants))):
+            v.start(port)
+        for v in variants:
+            t = wait_ready(v, v.path, SMALL)
+            check = verify(v, content)
+            checks.setdefault(v.name, check)
+            log(f"{v.name} (pid {v.pid}, port {v.port}) ready after {t:.1f}s: {check}")
+        for v in variants:
+            v.warm_requests += run_load(v, tool, warm_seconds)[1] + 2   # + the 2 checks' GETs
+        log(f"warmed up ({warm_seconds}s of {tool} each)")
+
+    start_all()
+
+    load_before = other_cpu_users(ours={v.pid for v in variants})
+    log("before: " + load_before)
+    busy_warning = ("" if load_before.endswith("CPU: none") else
+                    "WARNING: other processes were using CPU when the runs started; "
+                    "the figures may be noisy")
+    if busy_warning:
+        log(busy_warning)
+
+    names = [v.name for v in variants]
+    by = {v.name: v for v in variants}
+    orders: list[list[str]] = []
+    probes: list[float] = []
+    for i, order in interleaved(names, runs):
+        if i > 0 and not args.same_process:
+            start_all()
+        orders.append(order)
+        for name in order:
+            v = by[name]
+            v.check_alive()
+            probes.append(cpu_probe())
+            t0 = time.monotonic()
+            m_rps(v, tool, seconds)
+            log(f"  run {i + 1}/{runs} {name}: {v.rps[-1]:.0f} req/s, "
+                f"{v.cpu_us[-1]:.0f} us CPU/req [{v.notes[-1]}] ({time.monotonic() - t0:.1f}s)")
+    for v in variants:
+        v.check_alive()
+    load_after = other_cpu_users(ours={v.pid for v in variants})
+    # Settle, then count what reached the logs.
+    time.sleep(0.5)
+    logged = {v.name: v.access_lines() for v in variants}
+
+    print(f"Issue 13 feature overhead on 4 KiB req/s; {runs} runs of {seconds}s per variant, "
+          f"the order rotated by one each run; quick={args.quick}; "
+          + ("the same server processes throughout" if args.same_process else
+             "every server restarted (fresh process, fresh port) before each run"))
+    print(f"client: {shlex.join(load_argv(tool, 'URL', seconds))}  "
+          f"(after an unmeasured {warm_seconds}s run each, after each start)")
+    print("servers (as last started):")
+    for v in variants:
+        what = (settings_line(v.settings) if v.settings is not None else
+                ("access log through twistd's log (default)" if v.log_on else
+                 "access log written to /dev/null (twistd web --logfile /dev/null; "
+                 "twisted.web cannot turn it off)"))
+        print(f"  {v.name}: {what}")
+        print(f"      {shlex.join(v.argv)}")
+    print(f"  (cwd {run.tmp}; streamsvc confs hold only the keys shown, every other key is its "
+          f"default; all-off keeps the connection accounting, which is always on"
+          + (f"; {maxc_note}" if maxc_note else "") + ")")
+    print("checks before measuring:")
+    for v in variants:
+        print(f"  {v.name}: {checks[v.name]}")
+    print()
+    print("Machine:")
+    for line in machine_info(args.twistd, run.tmp, variants, tool):
+        print("  " + line)
+    print(f"  at start: {load_before}")
+    print(f"  at end:   {load_after}")
+    if busy_warning:
+        print("  " + busy_warning)
+    print("Server logs:")
+    for v in variants:
+        problems = v.log_problems()
+        # wait_ready's and verify's GETs, the warm-up, the measured runs; a
+        # few more are answered after wrk stops counting (up to 32 a run).
+        total = sum(v.requests) + v.warm_requests
+        if v.log_on:
+            lines = (f"{logged[v.name]} access lines of 200/4096 for {total} requests counted "
+                     f"by wrk and the checks ({logged[v.name] - total:+d}) in "
+                     f"{len(v.log_paths())} file(s) (twistd rotates its log at 1 MB)")
+        else:
+            lines = f"{logged[v.name]} access lines (log off)"
+        print(f"  {v.name}: {lines}; " +
+              (f"{len(problems)} error-looking lines, e.g. {problems[0][:150]!r}"
+               if problems else "no error-looking lines"))
+    print()
+    report(variants, orders, tool, seconds, probes)
+    print()
+
+
 def main() -> int:
     default_twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     ap = argparse.ArgumentParser(
@@ -682,10 +806,8 @@ def main() -> int:
     ap.add_argument("--profile-top", type=int, default=15, help="functions shown [15]")
     args = ap.parse_args()
 
-    quick = args.quick
-    runs = args.runs if args.runs is not None else (2 if quick else 5)
-    seconds = args.seconds if args.seconds is not None else (5 if quick else 10)
-    warm_seconds = 1 if quick else 2
+    runs = args.runs if args.runs is not None else (2 if args.quick else 5)
+    seconds = args.seconds if args.seconds is not None else (5 if args.quick else 10)
     if runs < 1 or seconds < 1:
         ap.error("--runs and --seconds must be at least 1")
     tool = "wrk" if shutil.which("wrk") else ("ab" if shutil.which("ab") else None)
@@ -694,155 +816,8 @@ def main() -> int:
     if tool is None:
         ap.error("wrk or ab is required")
 
-    interrupt_on_signals()
-
-    started = time.monotonic()
-    tmp = tempfile.mkdtemp(prefix="streamsvc-overhead-", dir=args.tmpdir)
-    variants: list[Variant] = []
-    ok = False
-    try:
-        files = os.path.join(tmp, "data", "files")
-        os.makedirs(files)
-        content = os.urandom(SMALL)
-        with open(os.path.join(files, SMALL_NAME), "wb") as f:
-            f.write(content)
-        specs, maxc_note = variant_settings()
-        variants = [Variant(name, settings, log_on, tmp, args.twistd)
-                    for name, settings, log_on in specs]
-        if maxc_note:
-            log("note: " + maxc_note)
-
-        if args.profile:
-            run_profile(args, variants, tool, content)
-            print()
-            print("command: " + shlex.join([sys.executable, "bench/overhead.py", *sys.argv[1:]]))
-            ok = True
-            return 0
-
-        checks: dict[str, str] = {}
-
-        def start_all() -> None:
-            """Fresh processes on fresh ports, each checked, then warmed up (unmeasured)."""
-            for v in variants:
-                v.stop()
-            for v, port in zip(variants, free_ports(len(variants))):
-                v.start(port)
-            for v in variants:
-                t = wait_ready(v)
-                check = verify(v, content)
-                checks.setdefault(v.name, check)
-                log(f"{v.name} (pid {v.pid}, port {v.port}) ready after {t:.1f}s: {check}")
-            for v in variants:
-                v.warm_requests += run_load(v, tool, warm_seconds)[1] + 2   # + the 2 checks' GETs
-            log(f"warmed up ({warm_seconds}s of {tool} each)")
-
-        start_all()
-
-        load_before = other_cpu_users(ours={v.pid for v in variants})
-        log("before: " + load_before)
-        busy_warning = ("" if load_before.endswith("CPU: none") else
-                        "WARNING: other processes were using CPU when the runs started; "
-                        "the figures may be noisy")
-        if busy_warning:
-            log(busy_warning)
-
-        names = [v.name for v in variants]
-        by = {v.name: v for v in variants}
-        orders: list[list[str]] = []
-        probes: list[float] = []
-        for run in range(1, runs + 1):
-            if run > 1 and not args.same_process:
-                start_all()
-            k = (run - 1) % len(names)
-            order = names[k:] + names[:k]
-            orders.append(order)
-            for name in order:
-                v = by[name]
-                v.check_alive()
-                probes.append(cpu_probe())
-                t0 = time.monotonic()
-                m_rps(v, tool, seconds)
-                log(f"  run {run}/{runs} {name}: {v.rps[-1]:.0f} req/s, "
-                    f"{v.cpu_us[-1]:.0f} us CPU/req [{v.notes[-1]}] ({time.monotonic() - t0:.1f}s)")
-        for v in variants:
-            v.check_alive()
-        load_after = other_cpu_users(ours={v.pid for v in variants})
-        # Settle, then count what reached the logs.
-        time.sleep(0.5)
-        logged = {v.name: v.access_lines() for v in variants}
-
-        print(f"Issue 13 feature overhead on 4 KiB req/s; {runs} runs of {seconds}s per variant, "
-              f"the order rotated by one each run; quick={quick}; "
-              + ("the same server processes throughout" if args.same_process else
-                 "every server restarted (fresh process, fresh port) before each run"))
-        print(f"client: {shlex.join(load_argv(tool, 'URL', seconds))}  "
-              f"(after an unmeasured {warm_seconds}s run each, after each start)")
-        print("servers (as last started):")
-        for v in variants:
-            what = (settings_line(v.settings) if v.settings is not None else
-                    ("access log through twistd's log (default)" if v.log_on else
-                     "access log written to /dev/null (twistd web --logfile /dev/null; "
-                     "twisted.web cannot turn it off)"))
-            print(f"  {v.name}: {what}")
-            print(f"      {shlex.join(v.argv)}")
-        print(f"  (cwd {tmp}; streamsvc confs hold only the keys shown, every other key is its "
-              f"default; all-off keeps the connection accounting, which is always on"
-              + (f"; {maxc_note}" if maxc_note else "") + ")")
-        print("checks before measuring:")
-        for v in variants:
-            print(f"  {v.name}: {checks[v.name]}")
-        print()
-        print("Machine:")
-        for line in machine_info(args.twistd, tmp, variants, tool):
-            print("  " + line)
-        print(f"  at start: {load_before}")
-        print(f"  at end:   {load_after}")
-        if busy_warning:
-            print("  " + busy_warning)
-        print("Server logs:")
-        for v in variants:
-            problems = v.log_problems()
-            # wait_ready's and verify's GETs, the warm-up, the measured runs; a
-            # few more are answered after wrk stops counting (up to 32 a run).
-            total = sum(v.requests) + v.warm_requests
-            if v.log_on:
-                lines = (f"{logged[v.name]} access lines of 200/4096 for {total} requests counted "
-                         f"by wrk and the checks ({logged[v.name] - total:+d}) in "
-                         f"{len(v.log_paths())} file(s) (twistd rotates its log at 1 MB)")
-            else:
-                lines = f"{logged[v.name]} access lines (log off)"
-            print(f"  {v.name}: {lines}; " +
-                  (f"{len(problems)} error-looking lines, e.g. {problems[0][:150]!r}"
-                   if problems else "no error-looking lines"))
-        print(f"total time {time.monotonic() - started:.0f}s")
-        print()
-        report(variants, orders, tool, seconds, probes)
-        print()
-        print("command: " + shlex.join([sys.executable, "bench/overhead.py", *sys.argv[1:]]))
-        ok = True
-        return 0
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
-    except Exception as e:
-        log(f"error: {e}")
-        for v in variants:
-            if v.proc is not None:
-                log(v.tail(15))
-        return 1
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for p in list(_children):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for v in variants:
-            v.stop()
-        if args.keep or (not ok and os.environ.get("BENCH_KEEP_ON_ERROR")):
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return run_script(lambda run: measure(run, args, tool, runs, seconds), prefix="streamsvc-overhead-",
+                      tmpdir=args.tmpdir, keep=args.keep)
 
 
 if __name__ == "__main__":

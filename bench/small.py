@@ -51,7 +51,7 @@ from _machine import other_cpu_users, tool_version, tree_check
 from _report import table
 from _runner import (
     HERE, Server, cpu_seconds, free_ports, interleaved, kill_children, nginx_binary, nginx_conf,
-    rss_kib, slow_rss, wait_ready, wrk,
+    slow_rss, wait_ready, wrk,
 )
 
 FLOOR = os.path.join(HERE, "peers", "twisted_floor.py")

@@ -87,7 +87,6 @@ import http.client
 import json
 import math
 import os
-import platform
 import random
 import shlex
 import shutil
@@ -95,14 +94,14 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import zlib
 from dataclasses import dataclass, field
 
-from _child import PortFileServer, interrupt_on_signals, log, publish_and_run, run_failed  # bench/ is sys.path[0] when run as a script
-from _machine import other_cpu_users, tree_check
+from _child import PortFileServer, Run, log, publish_and_run, run_script  # bench/ is sys.path[0] when run as a script
+from _machine import machine_lines, other_cpu_users, server_lines
+from _report import table
 
 HOST = "127.0.0.1"
 MiB = 1024 * 1024
@@ -350,7 +349,28 @@ def reap(pid: int, kill: bool = False) -> None:
     _forked.discard(pid)
 
 
+class ForkedClients:
+    """
+    The forked listing clients still running, as one more entry of
+    run.servers: end_run stops them first (with the signals ignored, as it
+    stops the servers), so none outlives an interrupted or failed run.
+    """
+
+    name = "listing clients"
+    proc = None   # no log for run_failed to show
+
+    def stop(self) -> None:
+        for pid in list(_forked):
+            reap(pid, kill=True)
+
+
 def http_get(port: int, path: str, timeout: float = 30.0) -> tuple[int, bytes]:
+    """
+    GET path with Connection: close.  Not _runner's http_get (which sends no
+    Connection header): the healthz probes are measured, and asking the
+    server to close keeps the probe requests and who ends each connection
+    as the published figures were taken.
+    """
     c = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
         c.request("GET", path, headers={"Connection": "close"})
@@ -689,31 +709,8 @@ def fmt(v: float, unit: str) -> str:
 
 
 def machine_info(servers: list[Server]) -> list[str]:
-    lines = [f"nproc: {os.cpu_count()} (affinity {len(os.sched_getaffinity(0))})",
-             f"kernel: {platform.release()}",
-             f"driver Python: {platform.python_version()} ({sys.executable})"]
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
-        lines.append(f"cpu: {model}")
-    except OSError:
-        pass
-    seen = set()
-    for s in servers:
-        i = s.info
-        if not i:
-            continue
-        line = f"server {s.name}: Python {i.get('python')}; Twisted {i.get('twisted')}; {i.get('reactor')}"
-        if s.kind == "streamsvc":
-            line += f"; streamsvc {i.get('streamsvc_version')} from {i.get('streamsvc_file')}"
-            pkg = i.get("streamsvc_file")
-            if pkg and pkg not in seen:
-                seen.add(pkg)
-                lines.append(line)
-                lines.append("  " + tree_check(pkg))
-                continue
-        lines.append(line)
-    return lines
+    """The shared machine and server lines; each streamsvc child with the chunk_size it parsed."""
+    return machine_lines() + server_lines(servers, streamsvc_note=lambda i: f"chunk_size {i.get('chunk_size')}")
 
 
 def report(scenarios: list[Scenario], names: tuple[str, str]) -> None:
@@ -729,12 +726,7 @@ def report(scenarios: list[Scenario], names: tuple[str, str]) -> None:
             rows.append((sc.title if i == 0 else "", label,
                          fmt(ma, unit) if ma is not None else "-",
                          fmt(mb, unit) if mb is not None else "-", ratio))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    sep = "-+-".join("-" * w for w in widths)
-    for i, r in enumerate(rows):
-        print(" | ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-        if i == 0:
-            print(sep)
+    table(rows)
     print("(lower is better everywhere; ratio < 1 means streamsvc holds the reactor less / answers sooner)")
     print()
     print("Individual runs (in run order):")
@@ -753,6 +745,151 @@ def report(scenarios: list[Scenario], names: tuple[str, str]) -> None:
 
 
 SCENARIOS = ("listing_gz", "gzip_16m", "gzip_64k", "plain", "healthz", "healthz_gz")
+
+
+def measure(run: Run, args: argparse.Namespace, selected: list[str], runs: int, entries: int,
+            hz_entries: int, text_size: int, plain_size: int) -> None:
+    """
+    The whole comparison: the test files (in --data-dir, or run.tmp), the
+    servers (in run.servers, so they are stopped however it ends, after the
+    forked listing clients) warmed up, each selected scenario's runs, then
+    the machine and the report.
+    """
+    quick = args.quick
+    tmp = run.tmp
+    run.servers.append(ForkedClients())
+    load_before = other_cpu_users(ours=set(_forked))
+    log("before: " + load_before)
+    data = os.path.abspath(args.data_dir) if args.data_dir else os.path.join(tmp, "data")
+    files = os.path.join(data, "files")
+    os.makedirs(files, exist_ok=True)
+    folder = f"big{entries}"
+    hz_folder = f"big{hz_entries}"
+    text_name = f"log{text_size // MiB}M.txt"
+    plain_name = f"plain{plain_size // MiB}M.bin"
+    tiny = "10b.txt"
+    calibration = ""
+    t = time.monotonic()
+    log(f"test files in {files} ...")
+    if "listing_gz" in selected:
+        make_folder(os.path.join(files, folder), entries)
+    if {"healthz", "healthz_gz"} & set(selected):
+        make_folder(os.path.join(files, hz_folder), hz_entries)
+    make_folder(os.path.join(files, "small"), 10)
+    if {"gzip_16m", "gzip_64k"} & set(selected):
+        make_file(os.path.join(files, text_name), text_size, text_block(16 * MiB))
+        warm_cache(os.path.join(files, text_name))
+        calibration = zlib_calibration(os.path.join(files, text_name))
+    if "plain" in selected:
+        make_file(os.path.join(files, plain_name), plain_size, os.urandom(16 * MiB))
+        warm_cache(os.path.join(files, plain_name))
+    with open(os.path.join(files, tiny), "wb") as f:
+        f.write(b"0123456789")
+    for d in {folder, hz_folder}:
+        if os.path.isdir(os.path.join(files, d)):
+            with os.scandir(os.path.join(files, d)) as it:   # warm the dentry/inode cache
+                for e in it:
+                    e.stat()
+    log(f"  ready after {time.monotonic() - t:.1f}s")
+
+    svc = Server("streamsvc", "streamsvc", 65536, tmp, data, args.beat_ms)
+    peer = Server("static.File", "static", 0, tmp, data, args.beat_ms)
+    svc16 = Server("streamsvc chunk_size=16M", "streamsvc", 16 * MiB, tmp, data, args.beat_ms)
+    servers = [svc, peer] + ([svc16] if "gzip_16m" in selected else [])
+    run.servers.extend(servers)
+    for s in servers:
+        s.start()
+    for s in servers:
+        # Unmeasured warm-up: small listing both ways, a probe, the start of a gzip download.
+        for gz in (False, True):
+            fetch(s.port, s.listing("small", gz), gzip=gz, kind=s.listing_kind)
+        status, _ = http_get(s.port, s.probe_path(tiny))
+        if status != 200:
+            raise RuntimeError(f"{s.name}: probe {s.probe_path(tiny)} -> {status}")
+        s.lag_start()
+        idle = (time.sleep(0.5), s.lag_stop())[1]
+        log(f"{s.name} (pid {s.proc.pid}, port {s.port}, control {s.ctl}) ready; "
+            f"idle lag over 0.5s: max {idle['max_ms']:.2f}ms p99 {idle['p99_ms']:.2f}ms "
+            f"({idle['beats']} beats)")
+    for s in servers:
+        print(f"server {s.name}: {shlex.join(s.argv)}   (cwd {tmp})", flush=True)
+
+    N, HN = f"{entries:,}", f"{hz_entries:,}"
+    scenarios: dict[str, Scenario] = {
+        "listing_gz": Scenario("listing_gz", f"1 gzipped listing, {N} entries", LAG_METRICS),
+        "gzip_16m": Scenario("gzip_16m", f"1 gzip download {text_size // MiB} MiB text, "
+                             f"streamsvc chunk_size=16M", LAG_METRICS),
+        "gzip_64k": Scenario("gzip_64k", f"1 gzip download {text_size // MiB} MiB text, "
+                             f"chunk_size default", LAG_METRICS),
+        "plain": Scenario("plain", f"1 plain download {plain_size // MiB} MiB (control)", LAG_METRICS),
+        "healthz": Scenario("healthz", f"{args.clients} x plain listing {HN}, "
+                            f"probe every {args.probe_ms:g}ms", HEALTHZ_METRICS),
+        "healthz_gz": Scenario("healthz_gz", f"{args.clients} x gzip listing {HN}, "
+                               f"probe every {args.probe_ms:g}ms", HEALTHZ_METRICS),
+    }
+    print(f"runs per server: {runs} (interleaved streamsvc, static.File, ...); quick={quick}; "
+          f"listing_gz entries={entries}; healthz entries={hz_entries}; text {text_size // MiB} MiB; "
+          f"plain {plain_size // MiB} MiB; heartbeat every {args.beat_ms:g} ms; "
+          f"scenarios: {','.join(selected)}", flush=True)
+
+    # Jobs: (scenario keys filled, [(server, column, keys it fills)]).  The two gzip
+    # scenarios share the peer's runs: static.File is configured the same for both.
+    jobs: list[tuple[list[str], list[tuple[Server, str, list[str]]]]] = []
+    for key in selected:
+        if key == "gzip_64k" and "gzip_16m" in selected:
+            continue
+        if key == "gzip_16m":
+            keys = ["gzip_16m"] + (["gzip_64k"] if "gzip_64k" in selected else [])
+            members = [(svc16, "streamsvc", ["gzip_16m"])]
+            if "gzip_64k" in keys:
+                members.append((svc, "streamsvc", ["gzip_64k"]))
+            members.append((peer, "static.File", keys))
+        else:
+            keys = [key]
+            members = [(svc, "streamsvc", keys), (peer, "static.File", keys)]
+        jobs.append((keys, members))
+
+    for keys, members in jobs:
+        key = keys[0]
+        for i in range(1, runs + 1):
+            for s, name, fills in members:
+                t0 = time.monotonic()
+                if key == "listing_gz":
+                    v, note = m_single(s, s.listing(folder, True), gzip=True,
+                                       kind=s.listing_kind, expect=entries)
+                elif key in ("gzip_16m", "gzip_64k"):
+                    v, note = m_single(s, s.file(text_name, True), gzip=True, kind="bytes",
+                                       expect=text_size)
+                elif key == "plain":
+                    v, note = m_single(s, s.file(plain_name, False), gzip=False, kind="bytes",
+                                       expect=plain_size)
+                else:
+                    v, note = m_healthz(s, hz_folder, gzip=key == "healthz_gz", entries=hz_entries,
+                                        clients=args.clients, interval=args.probe_ms / 1000.0,
+                                        tiny=tiny)
+                for k in fills:
+                    scenarios[k].add(name, v, note + (" (one run for both gzip rows)"
+                                                      if len(fills) > 1 else ""))
+                shown = ", ".join(f"{k}={fmt(x, 'ms' if k.endswith('ms') else 's')}"
+                                  for k, x in v.items())
+                log(f"  [{'+'.join(fills)}] run {i}/{runs} {s.name}: {shown} [{note}] "
+                    f"({time.monotonic() - t0:.1f}s)")
+                time.sleep(0.3)
+    for s in servers:
+        s.check_alive()
+    load_after = other_cpu_users(ours=set(_forked))
+
+    print()
+    print("Machine:")
+    for line in machine_info(servers):
+        print("  " + line)
+    if calibration:
+        print(f"  text file {text_name}, zlib in the driver: {calibration}")
+    print(f"  at start: {load_before}")
+    print(f"  at end:   {load_after}")
+    print()
+    report([scenarios[k] for k in selected], ("streamsvc", "static.File"))
+    print()
 
 
 def main() -> int:
@@ -799,163 +936,9 @@ def main() -> int:
         ap.error(f"unknown scenarios in --only: {', '.join(sorted(unknown))}")
     selected = [s for s in SCENARIOS if s in selected]
 
-    interrupt_on_signals()
-
-    started = time.monotonic()
-    print("command: " + shlex.join([sys.executable] + sys.argv), flush=True)
-    load_before = other_cpu_users(ours=set(_forked))
-    log("before: " + load_before)
-    tmp = tempfile.mkdtemp(prefix="streamsvc-lag-", dir=args.tmpdir)
-    data = os.path.abspath(args.data_dir) if args.data_dir else os.path.join(tmp, "data")
-    files = os.path.join(data, "files")
-    servers: list[Server] = []
-    ok = False
-    try:
-        os.makedirs(files, exist_ok=True)
-        folder = f"big{entries}"
-        hz_folder = f"big{hz_entries}"
-        text_name = f"log{text_size // MiB}M.txt"
-        plain_name = f"plain{plain_size // MiB}M.bin"
-        tiny = "10b.txt"
-        calibration = ""
-        t = time.monotonic()
-        log(f"test files in {files} ...")
-        if "listing_gz" in selected:
-            make_folder(os.path.join(files, folder), entries)
-        if {"healthz", "healthz_gz"} & set(selected):
-            make_folder(os.path.join(files, hz_folder), hz_entries)
-        make_folder(os.path.join(files, "small"), 10)
-        if {"gzip_16m", "gzip_64k"} & set(selected):
-            make_file(os.path.join(files, text_name), text_size, text_block(16 * MiB))
-            warm_cache(os.path.join(files, text_name))
-            calibration = zlib_calibration(os.path.join(files, text_name))
-        if "plain" in selected:
-            make_file(os.path.join(files, plain_name), plain_size, os.urandom(16 * MiB))
-            warm_cache(os.path.join(files, plain_name))
-        with open(os.path.join(files, tiny), "wb") as f:
-            f.write(b"0123456789")
-        for d in {folder, hz_folder}:
-            if os.path.isdir(os.path.join(files, d)):
-                with os.scandir(os.path.join(files, d)) as it:   # warm the dentry/inode cache
-                    for e in it:
-                        e.stat()
-        log(f"  ready after {time.monotonic() - t:.1f}s")
-
-        svc = Server("streamsvc", "streamsvc", 65536, tmp, data, args.beat_ms)
-        peer = Server("static.File", "static", 0, tmp, data, args.beat_ms)
-        svc16 = Server("streamsvc chunk_size=16M", "streamsvc", 16 * MiB, tmp, data, args.beat_ms)
-        servers = [svc, peer] + ([svc16] if "gzip_16m" in selected else [])
-        for s in servers:
-            s.start()
-        for s in servers:
-            # Unmeasured warm-up: small listing both ways, a probe, the start of a gzip download.
-            for gz in (False, True):
-                fetch(s.port, s.listing("small", gz), gzip=gz, kind=s.listing_kind)
-            status, _ = http_get(s.port, s.probe_path(tiny))
-            if status != 200:
-                raise RuntimeError(f"{s.name}: probe {s.probe_path(tiny)} -> {status}")
-            s.lag_start()
-            idle = (time.sleep(0.5), s.lag_stop())[1]
-            log(f"{s.name} (pid {s.proc.pid}, port {s.port}, control {s.ctl}) ready; "
-                f"idle lag over 0.5s: max {idle['max_ms']:.2f}ms p99 {idle['p99_ms']:.2f}ms "
-                f"({idle['beats']} beats)")
-        for s in servers:
-            print(f"server {s.name}: {shlex.join(s.argv)}   (cwd {tmp})", flush=True)
-
-        N, HN = f"{entries:,}", f"{hz_entries:,}"
-        scenarios: dict[str, Scenario] = {
-            "listing_gz": Scenario("listing_gz", f"1 gzipped listing, {N} entries", LAG_METRICS),
-            "gzip_16m": Scenario("gzip_16m", f"1 gzip download {text_size // MiB} MiB text, "
-                                 f"streamsvc chunk_size=16M", LAG_METRICS),
-            "gzip_64k": Scenario("gzip_64k", f"1 gzip download {text_size // MiB} MiB text, "
-                                 f"chunk_size default", LAG_METRICS),
-            "plain": Scenario("plain", f"1 plain download {plain_size // MiB} MiB (control)", LAG_METRICS),
-            "healthz": Scenario("healthz", f"{args.clients} x plain listing {HN}, "
-                                f"probe every {args.probe_ms:g}ms", HEALTHZ_METRICS),
-            "healthz_gz": Scenario("healthz_gz", f"{args.clients} x gzip listing {HN}, "
-                                   f"probe every {args.probe_ms:g}ms", HEALTHZ_METRICS),
-        }
-        print(f"runs per server: {runs} (interleaved streamsvc, static.File, ...); quick={quick}; "
-              f"listing_gz entries={entries}; healthz entries={hz_entries}; text {text_size // MiB} MiB; "
-              f"plain {plain_size // MiB} MiB; heartbeat every {args.beat_ms:g} ms; "
-              f"scenarios: {','.join(selected)}", flush=True)
-
-        # Jobs: (scenario keys filled, [(server, column, keys it fills)]).  The two gzip
-        # scenarios share the peer's runs: static.File is configured the same for both.
-        jobs: list[tuple[list[str], list[tuple[Server, str, list[str]]]]] = []
-        for key in selected:
-            if key == "gzip_64k" and "gzip_16m" in selected:
-                continue
-            if key == "gzip_16m":
-                keys = ["gzip_16m"] + (["gzip_64k"] if "gzip_64k" in selected else [])
-                members = [(svc16, "streamsvc", ["gzip_16m"])]
-                if "gzip_64k" in keys:
-                    members.append((svc, "streamsvc", ["gzip_64k"]))
-                members.append((peer, "static.File", keys))
-            else:
-                keys = [key]
-                members = [(svc, "streamsvc", keys), (peer, "static.File", keys)]
-            jobs.append((keys, members))
-
-        for keys, members in jobs:
-            key = keys[0]
-            for run in range(1, runs + 1):
-                for s, name, fills in members:
-                    t0 = time.monotonic()
-                    if key == "listing_gz":
-                        v, note = m_single(s, s.listing(folder, True), gzip=True,
-                                           kind=s.listing_kind, expect=entries)
-                    elif key in ("gzip_16m", "gzip_64k"):
-                        v, note = m_single(s, s.file(text_name, True), gzip=True, kind="bytes",
-                                           expect=text_size)
-                    elif key == "plain":
-                        v, note = m_single(s, s.file(plain_name, False), gzip=False, kind="bytes",
-                                           expect=plain_size)
-                    else:
-                        v, note = m_healthz(s, hz_folder, gzip=key == "healthz_gz", entries=hz_entries,
-                                            clients=args.clients, interval=args.probe_ms / 1000.0,
-                                            tiny=tiny)
-                    for k in fills:
-                        scenarios[k].add(name, v, note + (" (one run for both gzip rows)"
-                                                          if len(fills) > 1 else ""))
-                    shown = ", ".join(f"{k}={fmt(x, 'ms' if k.endswith('ms') else 's')}"
-                                      for k, x in v.items())
-                    log(f"  [{'+'.join(fills)}] run {run}/{runs} {s.name}: {shown} [{note}] "
-                        f"({time.monotonic() - t0:.1f}s)")
-                    time.sleep(0.3)
-        for s in servers:
-            s.check_alive()
-        load_after = other_cpu_users(ours=set(_forked))
-
-        print()
-        print("Machine:")
-        for line in machine_info(servers):
-            print("  " + line)
-        if calibration:
-            print(f"  text file {text_name}, zlib in the driver: {calibration}")
-        print(f"  at start: {load_before}")
-        print(f"  at end:   {load_after}")
-        print(f"total time {time.monotonic() - started:.0f}s")
-        print()
-        report([scenarios[k] for k in selected], ("streamsvc", "static.File"))
-        ok = True
-        return 0
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
-    except Exception as e:
-        return run_failed(e, servers)
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for pid in list(_forked):
-            reap(pid, kill=True)
-        for s in servers:
-            s.stop()
-        if args.keep or (not ok and os.environ.get("BENCH_KEEP_ON_ERROR")):
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return run_script(lambda run: measure(run, args, selected, runs, entries, hz_entries, text_size,
+                                          plain_size),
+                      prefix="streamsvc-lag-", tmpdir=args.tmpdir, keep=args.keep)
 
 
 if __name__ == "__main__":

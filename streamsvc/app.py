@@ -75,7 +75,8 @@ def open_task_store(config: Config, reactor: IReactorTime | None = None) -> ITas
 
         assert tasks.dsn is not None  # load_config saw to it
         return PostgresTaskStore(
-            tasks.dsn, reactor=reactor, pool_size=tasks.pool_size, statement_timeout=tasks.statement_timeout
+            tasks.dsn, reactor=reactor, pool_size=tasks.pool_size, statement_timeout=tasks.statement_timeout,
+            events_kept=config.events.history,
         )
     return SQLiteTaskStore(tasks_path(config), reactor=reactor, readers=config.tasks.readers)
 

@@ -228,5 +228,20 @@ class ITaskStore(Interface):
     def cursor(query):
         """An L{ITaskCursor} over the tasks passing a L{streamsvc.tasks.model.TaskQuery}, in id order."""
 
+    def feed(hub):
+        """
+        From now on, every change this store commits reaches C{hub} (an
+        L{streamsvc.tasks.events.EventHub}) as an event
+        (L{streamsvc.tasks.store.change_event}: C{created}, C{updated},
+        C{deleted}, C{imported}), in commit order; the resources publish
+        nothing themselves. A store only this process writes to publishes
+        each change once it has committed (the hub, or its relay, numbers
+        it: L{streamsvc.tasks.store.LocalFeed}). A store several hosts
+        share writes the event with the change, in its transaction, and
+        feeds C{hub} from the database with ids that mean the same on
+        every host (C{hub.deliver}), including the changes made here.
+        Called once, before the reactor runs; L{close} stops it.
+        """
+
     def close():
         """Release every resource (at shutdown); a Deferred that fires once done."""

@@ -27,7 +27,7 @@ from zope.interface import implementer
 
 from streamsvc.interfaces import ITaskCursor, ITaskStore
 from streamsvc.tasks.model import NewTask, Task, TaskQuery, matches, now_iso
-from streamsvc.tasks.store import changed, writable
+from streamsvc.tasks.store import LocalFeed, changed, writable
 
 
 @implementer(IConsumer)
@@ -321,7 +321,7 @@ class BodySender(Protocol):
 
 
 @implementer(ITaskStore)
-class MemoryTaskStore:
+class MemoryTaskStore(LocalFeed):
     """
     An L{ITaskStore} in a dict, for tests of code built on the tasks API:
     every Deferred has fired by the time it is returned (pass C{now} for
@@ -339,9 +339,12 @@ class MemoryTaskStore:
         self.closed = False
 
     def create(self, task: NewTask) -> Deferred[Task]:
-        return self.create_many([task]).addCallback(lambda made: made[0])
+        return succeed(self._insert([task])[0]).addCallback(self._announce, "created")
 
     def create_many(self, tasks: Sequence[NewTask]) -> Deferred[list[Task]]:
+        return succeed(self._insert(tasks)).addCallback(self._announce, "imported")
+
+    def _insert(self, tasks: Sequence[NewTask]) -> list[Task]:
         stamp = now_iso(self._now())
         made = []
         for new in tasks:
@@ -349,7 +352,7 @@ class MemoryTaskStore:
             self.tasks[task.id] = task
             self._next_id += 1
             made.append(task)
-        return succeed(made)
+        return made
 
     def get(self, task_id: int) -> Deferred[Task | None]:
         return succeed(self.tasks.get(task_id))
@@ -364,10 +367,11 @@ class MemoryTaskStore:
             task = writable(self.tasks.get(task_id), task_id, precondition)
         except Exception:
             return fail()
-        if changes:
-            task = changed(task, changes, now_iso(self._now()))
-            self.tasks[task_id] = task
-        return succeed(task)
+        if not changes:
+            return succeed(task)
+        task = changed(task, changes, now_iso(self._now()))
+        self.tasks[task_id] = task
+        return succeed(task).addCallback(self._announce, "updated")
 
     def delete(self, task_id: int, precondition: Callable[[Task], bool] | None = None) -> Deferred[Task]:
         try:
@@ -375,7 +379,7 @@ class MemoryTaskStore:
         except Exception:
             return fail()
         del self.tasks[task_id]
-        return succeed(task)
+        return succeed(task).addCallback(self._announce, "deleted")
 
     def cursor(self, query: TaskQuery) -> "_MemoryCursor":
         self.open_cursors += 1

@@ -744,3 +744,31 @@ def test_metrics_may_be_absent(clock: Clock) -> None:
     cutting.publish("b", {})
     assert c.outcome[0].check(QueueOverflow)
     assert dropping.subscribers == cutting.subscribers == 0
+
+
+def test_ids_with_gaps_from_a_database_keep_the_history_and_resume_exactly(clock: Clock) -> None:
+    """A sequence skips the ids of rolled-back writes: with C{after}, that is no loss."""
+    hub = EventHub(clock, history=10)
+    before = 0
+    for seq in (3, 4, 7, 9):
+        hub.deliver(seq, "created", b"{}", after=before)
+        before = seq
+    assert [e.seq for e in hub._history] == [3, 4, 7, 9]
+    assert sse_ids(b"".join(Started(hub, clock, last_event_id="4").chunks)) == [7, 9]
+    assert Started(hub, clock, last_event_id="9").chunks == []
+    assert sse_ids(b"".join(Started(hub, clock, last_event_id="2").chunks)) == [3, 4, 7, 9]
+    # Without `after`, a jump is ids this hub never had: the history restarts.
+    hub.deliver(20, "created", b"{}")
+    assert [e.seq for e in hub._history] == [20]
+
+
+def test_lost_events_reset_every_open_stream_then_go_on(clock: Clock) -> None:
+    hub = EventHub(clock, history=10)
+    hub.deliver(1, "created", b"{}")
+    s = Started(hub, clock)
+    hub.lost_events(6)
+    clock.advance(0)
+    hub.deliver(7, "updated", b"{}", after=6)
+    clock.advance(0)
+    assert s.chunks == [b'id: 6\nevent: reset\ndata: {"last_event_id":6}\n\n', sse(7, "updated", "{}")]
+    assert hub.last_id == 7 and [e.seq for e in hub._history] == [7]

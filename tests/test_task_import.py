@@ -231,8 +231,14 @@ class SlowStore(MemoryTaskStore):
 def test_socket_paused_while_a_batch_is_stored_and_resumed_after() -> None:
     store = SlowStore()
     request = FakeRequest()
-    published: list[list[Task]] = []
-    importer = Importer(request, store, "ndjson", batch_rows=10, publish=published.append)
+    published: list = []
+
+    class Hub:
+        def publish(self, kind, data):
+            published.append((kind, data["count"]))
+
+    store.feed(Hub())
+    importer = Importer(request, store, "ndjson", batch_rows=10)
     importer.write(lines(*({"title": f"t{i}"} for i in range(25))))
     assert request.paused and len(store.pending) == 1  # one batch at a time
     assert len(importer._ready) == 1  # the second waits, parsed
@@ -244,7 +250,7 @@ def test_socket_paused_while_a_batch_is_stored_and_resumed_after() -> None:
     assert len(store.pending) == 1 and request.answer is None  # the last 5 are being stored
     store.finish_one()
     assert request.answer == {"created": 25, "failed": 0, "errors": []}
-    assert [len(b) for b in published] == [10, 10, 5]
+    assert published == [("imported", 10), ("imported", 10), ("imported", 5)]  # the store announced each batch
 
 
 def test_client_gone_mid_import_keeps_stored_batches_drops_the_rest() -> None:

@@ -32,10 +32,21 @@ def config(tmp_path: Path, shutdown_timeout: int = 30) -> str:
     return str(conf)
 
 
-def http(port: int, request: bytes) -> bytes:
+def http(port: int, request: bytes, until: bytes | None = None) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         s.sendall(request)
-        return read_all(s)
+        return read_all(s) if until is None else read_until(s, until)
+
+
+def read_until(s: socket.socket, marker: bytes) -> bytes:
+    """What C{s} sends until C{marker} has come (a live stream never ends by itself)."""
+    got = b""
+    while marker not in got:
+        data = s.recv(65536)
+        if not data:
+            raise AssertionError(f"closed before {marker!r}: {got!r}")
+        got += data
+    return got
 
 
 def test_tasks_under_twistd_and_sigterm_ends_event_streams(tmp_path: Path) -> None:
@@ -140,8 +151,12 @@ def split(reply: bytes) -> tuple[int, dict[str, str], bytes]:
 def test_two_hosts_share_one_postgresql_with_the_same_etags(tmp_path: Path, postgres_dsn: str) -> None:
     a, port_a = start_twistd(tmp_path, "--config", postgres_config(tmp_path, "a", postgres_dsn))
     b, port_b = start_twistd(tmp_path, "--config", postgres_config(tmp_path, "b", postgres_dsn))
+    events_b = socket.create_connection(("127.0.0.1", port_b), timeout=30)
     try:
         assert not (tmp_path / "a" / "data" / "tasks.sqlite3").exists()
+        events_b.sendall(b"GET /tasks/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                         + TOKEN.encode() + b"\r\n\r\n")
+        assert read_until(events_b, b": streamsvc task events").startswith(b"HTTP/1.1 200")
         code, headers, body = split(http(port_a, request_bytes("POST", "/tasks", b'{"title": "on a"}')))
         assert code == 201
         task = json.loads(body)
@@ -157,7 +172,16 @@ def test_two_hosts_share_one_postgresql_with_the_same_etags(tmp_path: Path, post
         assert code == 412 and "error" in json.loads(body)
         code, _, body = split(http(port_b, request_bytes("GET", "/tasks/stream.ndjson")))
         assert code == 200 and [json.loads(line)["title"] for line in body.splitlines() if line] == ["a2"]
+        # The change made on a reached b's live stream, with the database's id.
+        live = read_until(events_b, b"event: updated")
+        assert b"id: 1\nevent: created\n" in live and b'"title":"on a"' in live
+        # A client that saw event 1 on b resumes on a with exactly event 2.
+        resumed = http(port_a, b"GET /tasks/events?format=ndjson HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                       b"Last-Event-ID: 1\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\n\r\n",
+                       until=b'"event":"updated"')
+        assert b'{"id":2,"event":"updated"' in resumed and b"reset" not in resumed
     finally:
+        events_b.close()
         for proc in (a, b):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

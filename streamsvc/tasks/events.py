@@ -82,8 +82,12 @@ class HubClosed(RuntimeError):
     """L{EventHub.subscribe} after L{EventHub.close}: the server is shutting down."""
 
 
-def _json(value: Any) -> bytes:
+def encode_payload(value: Any) -> bytes:
+    """An event's data as every source encodes it (a store writing events elsewhere too): compact JSON, UTF-8."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+_json = encode_payload
 
 
 class _Event:
@@ -225,6 +229,11 @@ class EventHub:
         return len(self._subscriptions)
 
     @property
+    def history_size(self) -> int:
+        """How many past events it keeps for clients that reconnect."""
+        return self._history.maxlen or 0
+
+    @property
     def last_id(self) -> int:
         """The newest event's id; 0 before the first."""
         return self._last_seq
@@ -258,14 +267,21 @@ class EventHub:
     #: any worker sees every change, with ids that mean the same on all.
     relay: Callable[[str, bytes], None] | None = None
 
-    def deliver(self, seq: int, kind: str, payload: bytes) -> int:
+    def deliver(self, seq: int, kind: str, payload: bytes, *, after: int | None = None) -> int:
         """
-        Offer an event numbered C{seq} (by L{publish}, or by a relay) to
-        every subscriber. An id not above the last one is ignored.
+        Offer an event numbered C{seq} (by L{publish}, by a relay, or by a
+        store's feed) to every subscriber. An id not above the last one is
+        ignored.
+
+        @param after: the id of the event this one follows in its source,
+            when the source's ids may skip numbers (a database sequence):
+            then a gap of ids no event has is no loss. By default the event
+            before is C{seq - 1}.
         """
         if seq <= self._last_seq:
             return self._last_seq
-        if seq != self._last_seq + 1:
+        follows = seq - 1 if after is None else after
+        if follows != self._last_seq:
             # Ids we never had (a worker that started late): the history
             # cannot replay across them.
             self._history.clear()
@@ -286,6 +302,18 @@ class EventHub:
         if seq > self._last_seq:
             self._history.clear()
             self._last_seq = seq
+
+    def lost_events(self, last: int) -> None:
+        """
+        The source lost events it cannot give (a store's feed found them
+        pruned while it was cut off): forget the history, number on from
+        C{last}, and tell every open stream with a C{reset}, so that no
+        subscriber silently misses an event.
+        """
+        self._history.clear()
+        self._last_seq = max(self._last_seq, last)
+        for subscription in list(self._subscriptions):
+            subscription._reset_to(self._last_seq)
 
     def subscribe(
         self, *, last_event_id: str | None = None, fmt: str = "sse", opening: bool = False
@@ -340,10 +368,17 @@ class EventHub:
         if not _EVENT_ID.fullmatch(last_event_id.strip()):
             return None
         after = int(last_event_id)
-        oldest = self._history[0].seq if self._history else self._last_seq + 1
+        history = self._history
+        oldest = history[0].seq if history else self._last_seq + 1
         if not oldest - 1 <= after <= self._last_seq:
             return None
-        return list(islice(self._history, after - (oldest - 1), None))
+        if after == self._last_seq:
+            return []
+        start = after - (oldest - 1)
+        if start < len(history) and history[start].seq == after + 1:
+            return list(islice(history, start, None))  # consecutive ids: no search
+        # Ids with gaps (a database sequence skips the ids of rolled-back writes).
+        return [event for event in history if event.seq > after]
 
     def _remove(self, subscription: Subscription) -> None:
         """Forget C{subscription}; idempotent, so it is counted out exactly once."""

@@ -124,8 +124,8 @@ class Importer:
 
     States: reading (parsing what arrives), a batch being stored (the
     socket paused; batches parsed meanwhile wait in C{_ready}), body ended
-    (the last batches being stored), answered. C{publish} is called with
-    each stored batch.
+    (the last batches being stored), answered. The store announces each
+    stored batch (an C{imported} event).
     """
 
     def __init__(
@@ -134,14 +134,12 @@ class Importer:
         store: ITaskStore,
         fmt: str,
         *,
-        publish: Callable[[list[Task]], None] = lambda tasks: None,
         batch_rows: int = BATCH_ROWS,
         max_line: int = MAX_LINE,
         max_errors: int = MAX_ERRORS,
     ) -> None:
         self._request = request
         self._store = store
-        self._publish = publish
         self._csv = fmt == "csv"
         self._max_line = max_line
         self._lines = LineSplitter(max_line, count_quotes=self._csv)
@@ -254,10 +252,6 @@ class Importer:
     def _stored(self, tasks: list[Task]) -> None:
         self._storing = False
         self.created += len(tasks)
-        try:
-            self._publish(tasks)
-        except Exception:
-            log.failure("Publishing an import batch failed")
         self._store_next()
 
     def _store_failed(self, failure: Failure) -> None:
@@ -303,14 +297,7 @@ class ImportResource(JSONResource):
         if request.args:
             raise HTTPError(400, "this resource takes no query parameters")
         fmt = import_format(request.getHeader(b"content-type"))
-        return Importer(request, self._tasks.store, fmt, publish=self._publish)
-
-    def _publish(self, tasks: list[Task]) -> None:
-        events = self._tasks.events
-        if events is not None and tasks:
-            events.publish(
-                "imported", {"count": len(tasks), "first_id": tasks[0].id, "last_id": tasks[-1].id}
-            )
+        return Importer(request, self._tasks.store, fmt)
 
     def render_POST(self, request: IRequest) -> bytes:
         """A POST with an empty body: nothing to import."""

@@ -55,9 +55,11 @@ from streamsvc.tasks.store import (
     Runner,
     SchemaTooNew,
     StoreUnavailable,
+    change_event,
     changed,
     writable,
 )
+from streamsvc.tasks.events import encode_payload
 
 try:
     import psycopg
@@ -74,6 +76,17 @@ MIGRATION_LOCK = 0x73747265616D73
 
 #: Seconds a connection attempt may take when the DSN does not say (libpq's connect_timeout).
 CONNECT_TIMEOUT = 5
+
+#: The advisory lock every write holds from writing its event to its commit,
+#: so that event ids are committed in id order (see L{_record}).
+EVENTS_LOCK = MIGRATION_LOCK + 1
+#: The channel of the NOTIFY each event sends (its payload: the event's id).
+EVENTS_CHANNEL = "streamsvc_task_events"
+#: The fewest events the table keeps, whatever C{[events] history} says:
+#: what a host cut off from the database can catch up over.
+EVENTS_KEPT_MIN = 1000
+#: Every this many events, the table is pruned (one range delete on the key).
+PRUNE_EVERY = 100
 
 MIGRATIONS = (
     """
@@ -255,7 +268,29 @@ def _get(connection: Any, task_id: int, lock: bool = False) -> Task | None:
     return None if row is None else Task._make(row)
 
 
-def _insert(connection: Any, tasks: list[NewTask], stamp: str) -> list[Task]:
+def _record(connection: Any, keep: int, kind: str, result: Task | list[Task]) -> None:
+    """
+    Write the event of a change, in the change's transaction, last: under
+    L{EVENTS_LOCK} (held to the commit, so ids commit in the order they
+    were drawn and a feed reading C{id > last} never skips one that
+    commits later), with a C{NOTIFY} carrying its id (sent at the commit,
+    not before). Every L{PRUNE_EVERY} ids, events older than the newest
+    C{keep} are deleted.
+    """
+    event = change_event(kind, result)
+    if event is None:
+        return
+    connection.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
+    (seq,) = connection.execute(
+        "INSERT INTO task_events (kind, payload) VALUES (%s, %s) RETURNING id",
+        (event[0], encode_payload(event[1]).decode("utf-8")),
+    ).fetchone()
+    connection.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, str(seq)))
+    if seq % PRUNE_EVERY == 0:
+        connection.execute("DELETE FROM task_events WHERE id <= %s", (seq - keep,))
+
+
+def _insert(connection: Any, tasks: list[NewTask], stamp: str, keep: int, kind: str) -> list[Task]:
     """One statement for the whole batch: the ids come back in the order the rows went in."""
     if not tasks:
         return []
@@ -267,13 +302,20 @@ def _insert(connection: Any, tasks: list[NewTask], stamp: str) -> list[Task]:
             " AS t(title, priority, status, n) ORDER BY n RETURNING id",
             (stamp, stamp, [t.title for t in tasks], [t.priority for t in tasks], [t.status for t in tasks]),
         ).fetchall()
-    # Identity values are drawn row by row in that order, so sorted they pair up with the input.
-    ids = sorted(int(row[0]) for row in rows)
-    return [Task(i, t.title, t.priority, t.status, stamp, stamp, 1) for i, t in zip(ids, tasks)]
+        # Identity values are drawn row by row in that order, so sorted they pair up with the input.
+        ids = sorted(int(row[0]) for row in rows)
+        made = [Task(i, t.title, t.priority, t.status, stamp, stamp, 1) for i, t in zip(ids, tasks)]
+        _record(connection, keep, kind, made[0] if kind == "created" else made)
+    return made
 
 
 def _update(
-    connection: Any, task_id: int, changes: dict[str, Any], precondition: Callable[[Task], bool] | None, stamp: str
+    connection: Any,
+    task_id: int,
+    changes: dict[str, Any],
+    precondition: Callable[[Task], bool] | None,
+    stamp: str,
+    keep: int,
 ) -> Task:
     with connection.transaction():
         task = writable(_get(connection, task_id, lock=True), task_id, precondition)
@@ -285,13 +327,15 @@ def _update(
             " WHERE id = %s AND version = %s",
             (updated.title, updated.priority, updated.status, stamp, updated.version, task_id, task.version),
         )
+        _record(connection, keep, "updated", updated)
         return updated
 
 
-def _delete(connection: Any, task_id: int, precondition: Callable[[Task], bool] | None) -> Task:
+def _delete(connection: Any, task_id: int, precondition: Callable[[Task], bool] | None, keep: int) -> Task:
     with connection.transaction():
         task = writable(_get(connection, task_id, lock=True), task_id, precondition)
         connection.execute("DELETE FROM tasks WHERE id = %s AND version = %s", (task_id, task.version))
+        _record(connection, keep, "deleted", task)
         return task
 
 
@@ -306,6 +350,9 @@ class PostgresTaskStore:
     @param runner: runs the blocking jobs (tests: L{streamsvc.tasks.store.at_once});
         by default a thread pool of C{pool_size} on C{reactor}.
     @param clock: times a wait for a connection; C{wait} is its limit.
+    @param events_kept: how many of the newest events the table keeps (at
+        least L{EVENTS_KEPT_MIN}): what a client's C{Last-Event-ID} can be
+        resumed over on any host, and what a host cut off can catch up over.
     """
 
     def __init__(
@@ -319,17 +366,21 @@ class PostgresTaskStore:
         now: Callable[[], float] = time.time,
         clock: Any = None,
         wait: float = READER_WAIT,
+        events_kept: int = EVENTS_KEPT_MIN,
     ) -> None:
         require_driver()
         self._dsn = dsn
         self.where = describe(dsn)
         self._now = now
+        self._keep = max(events_kept, EVENTS_KEPT_MIN)
+        self._feed: Any = None
         self._pool: PoolRunner | None = None
-        if runner is None:
-            if reactor is None:
-                from twisted.internet import reactor as default_reactor
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
 
-                reactor = default_reactor
+            reactor = default_reactor
+        self._reactor = reactor
+        if runner is None:
             runner = self._pool = PoolRunner(reactor, pool_size, "streamsvc-tasks-postgres")
         self._migrated = False
         self._connections: Connections[Any] = Connections(
@@ -360,10 +411,11 @@ class PostgresTaskStore:
         return self._connections.query(_guarded(function, self._dsn), *args)
 
     def create(self, task: NewTask) -> Deferred[Task]:
-        return self.create_many([task]).addCallback(lambda tasks: tasks[0])
+        made = self._query(_insert, [task], now_iso(self._now()), self._keep, "created")
+        return made.addCallback(lambda tasks: tasks[0])
 
     def create_many(self, tasks: Sequence[NewTask]) -> Deferred[list[Task]]:
-        return self._query(_insert, list(tasks), now_iso(self._now()))
+        return self._query(_insert, list(tasks), now_iso(self._now()), self._keep, "imported")
 
     def get(self, task_id: int) -> Deferred[Task | None]:
         return self._query(_get, task_id)
@@ -371,15 +423,29 @@ class PostgresTaskStore:
     def update(
         self, task_id: int, changes: dict[str, Any], precondition: Callable[[Task], bool] | None = None
     ) -> Deferred[Task]:
-        return self._query(_update, task_id, dict(changes), precondition, now_iso(self._now()))
+        return self._query(_update, task_id, dict(changes), precondition, now_iso(self._now()), self._keep)
 
     def delete(self, task_id: int, precondition: Callable[[Task], bool] | None = None) -> Deferred[Task]:
-        return self._query(_delete, task_id, precondition)
+        return self._query(_delete, task_id, precondition, self._keep)
 
     def cursor(self, query: TaskQuery) -> ITaskCursor:
         if self._closed:
             raise RuntimeError("the task store is closed")
         return KeysetCursor(self, self._connections, _guarded(_select, self._dsn), query)
+
+    def feed(self, hub: Any) -> None:
+        """
+        Feed C{hub} from the events table (L{streamsvc.tasks.pgfeed}): its
+        own changes and every other host's, once the reactor runs (a thread
+        started before twistd forks would not survive the fork).
+        """
+        from streamsvc.tasks.pgfeed import PostgresFeed
+
+        self._feed = PostgresFeed(
+            self._connect, hub, self._reactor,
+            where=self.where, history=hub.history_size,
+        )
+        self._reactor.callWhenRunning(self._feed.start)
 
     @property
     def idle_connections(self) -> int:
@@ -391,6 +457,8 @@ class PostgresTaskStore:
         if self._closed:
             return succeed(None)
         self._closed = True
+        if self._feed is not None:
+            self._feed.stop()
         self._connections.close()
         if self._pool is not None:
             self._pool.stop()

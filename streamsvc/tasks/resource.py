@@ -324,7 +324,7 @@ class _ListingResource(JSONResource):
 class TasksResource(JSONResource):
     """
     C{/tasks}. C{events} is an L{streamsvc.tasks.events.EventHub} (or None:
-    no live events, no C{/tasks/events}); C{importer} makes the resource of
+    no live events, no C{/tasks/events}), fed by C{store}; C{importer} makes the resource of
     C{/tasks/import} (see L{streamsvc.tasks.importer.ImportResource}).
     """
 
@@ -343,6 +343,11 @@ class TasksResource(JSONResource):
         super().__init__()
         self.store = store
         self.events = events
+        if events is not None:
+            # Every change the store commits, from any request (or, with a
+            # shared database, any host), reaches the hub: the store says
+            # how (ITaskStore.feed); the resources publish nothing themselves.
+            store.feed(events)
         self.clock = clock
         self.gzip = gzip
         self.gzip_level = gzip_level
@@ -362,10 +367,6 @@ class TasksResource(JSONResource):
             ),
         }
         self._children = dict(children or {})
-
-    def publish(self, kind: str, task: Task) -> None:
-        if self.events is not None:
-            self.events.publish(kind, task.as_json())
 
     def getChild(self, path: bytes, request: IRequest) -> IResource:
         if path == b"" and not request.postpath:
@@ -406,7 +407,6 @@ class TasksResource(JSONResource):
         task = new_task(document)
 
         def created(task: Task) -> None:
-            self.publish("created", task)
             headers = _task_headers(task)
             headers[b"location"] = b"/tasks/%d" % task.id
             respond(request, 201, task.as_json(), headers)
@@ -475,15 +475,12 @@ class TaskResource(JSONResource):
         changes = task_changes(document)
 
         def updated(task: Task) -> None:
-            if changes:
-                self._tasks.publish("updated", task)
             respond(request, 200, task.as_json(), _task_headers(task))
 
         return self._tasks.store.update(self._id, changes, precondition).addCallback(updated)
 
     def render_DELETE(self, request: IRequest) -> int:
         def deleted(task: Task) -> None:
-            self._tasks.publish("deleted", task)
             respond(request, 204, None)
 
         self._tasks.store.delete(self._id, _if_match(request)).addCallbacks(

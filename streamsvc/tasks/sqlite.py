@@ -45,6 +45,7 @@ from streamsvc.tasks.store import (
     READER_WAIT,
     Connections,
     KeysetCursor,
+    LocalFeed,
     Runner,
     SchemaTooNew,
     changed,
@@ -163,7 +164,7 @@ class _Transaction:
 
 
 @implementer(ITaskStore)
-class SQLiteTaskStore:
+class SQLiteTaskStore(LocalFeed):
     """
     Tasks in one SQLite file, created or migrated when first used (and,
     under twistd, by L{prepare_database} at start-up, before anything
@@ -233,11 +234,13 @@ class SQLiteTaskStore:
     # -- single tasks (the writer) -------------------------------------------
 
     def create(self, task: NewTask) -> Deferred[Task]:
-        return self.create_many([task]).addCallback(lambda tasks: tasks[0])
+        stamp = now_iso(self._now())
+        made = self._run_writer(self._insert, [task], stamp).addCallback(lambda tasks: tasks[0])
+        return made.addCallback(self._announce, "created")
 
     def create_many(self, tasks: Sequence[NewTask]) -> Deferred[list[Task]]:
         stamp = now_iso(self._now())
-        return self._run_writer(self._insert, list(tasks), stamp)
+        return self._run_writer(self._insert, list(tasks), stamp).addCallback(self._announce, "imported")
 
     def _insert(self, tasks: list[NewTask], stamp: str) -> list[Task]:
         with _Transaction(self._writer) as db:
@@ -267,7 +270,8 @@ class SQLiteTaskStore:
         precondition: Callable[[Task], bool] | None = None,
     ) -> Deferred[Task]:
         stamp = now_iso(self._now())
-        return self._run_writer(self._update, task_id, dict(changes), precondition, stamp)
+        done = self._run_writer(self._update, task_id, dict(changes), precondition, stamp)
+        return done.addCallback(self._announce, "updated") if changes else done
 
     def _update(
         self, task_id: int, changes: dict[str, Any], precondition: Callable[[Task], bool] | None, stamp: str
@@ -285,7 +289,7 @@ class SQLiteTaskStore:
             return updated
 
     def delete(self, task_id: int, precondition: Callable[[Task], bool] | None = None) -> Deferred[Task]:
-        return self._run_writer(self._delete, task_id, precondition)
+        return self._run_writer(self._delete, task_id, precondition).addCallback(self._announce, "deleted")
 
     def _delete(self, task_id: int, precondition: Callable[[Task], bool] | None) -> Task:
         with _Transaction(self._writer) as db:

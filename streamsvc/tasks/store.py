@@ -24,7 +24,7 @@ next rows after the last id read, on a connection held for that query only.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -78,6 +78,43 @@ def writable(task: Task | None, task_id: int, precondition: Callable[[Task], boo
 def changed(task: Task, changes: dict[str, Any], stamp: str) -> Task:
     """C{task} with C{changes} applied: a new version, updated at C{stamp}."""
     return task._replace(**changes, updated_at=stamp, version=task.version + 1)
+
+
+def change_event(kind: str, result: Task | Sequence[Task]) -> tuple[str, dict[str, Any]] | None:
+    """
+    The event a committed write announces, the same from every store:
+    C{created}, C{updated} and C{deleted} carry the task as the API shows
+    it; C{imported} (one L{ITaskStore.create_many} batch) its count and
+    first and last ids. None for a batch of nothing.
+    """
+    if kind == "imported":
+        tasks = list(result)  # type: ignore[arg-type]
+        if not tasks:
+            return None
+        return kind, {"count": len(tasks), "first_id": tasks[0].id, "last_id": tasks[-1].id}
+    assert isinstance(result, Task)
+    return kind, result.as_json()
+
+
+class LocalFeed:
+    """
+    L{ITaskStore.feed} for a store no other process writes to (SQLite, the
+    in-memory one): each change, once committed, is published to the hub
+    on the reactor, which numbers it (or has its relay number it: the
+    workers of one host).
+    """
+
+    _hub: Any = None
+
+    def feed(self, hub: Any) -> None:
+        self._hub = hub
+
+    def _announce(self, result: Any, kind: str) -> Any:
+        """A callback: C{result} (what the write returns) announced as C{kind}, then passed on."""
+        event = change_event(kind, result) if self._hub is not None else None
+        if event is not None:
+            self._hub.publish(*event)
+        return result
 
 
 def at_once(function: Callable[..., Any], *args: Any) -> Deferred:

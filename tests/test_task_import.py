@@ -277,6 +277,27 @@ def test_store_failure_stops_the_import_with_500() -> None:
     assert request.failed.code == 500 and "0 were created" in request.failed.message
 
 
+def test_a_database_gone_mid_import_is_a_503_saying_what_was_stored() -> None:
+    from twisted.internet.defer import fail
+
+    from streamsvc.tasks.store import StoreUnavailable
+
+    class GoesAway(MemoryTaskStore):
+        calls = 0
+
+        def create_many(self, tasks):  # type: ignore[override]
+            self.calls += 1
+            if self.calls == 1:
+                return MemoryTaskStore.create_many(self, tasks)
+            return fail(StoreUnavailable("the task database at db:5432/t failed: server closed the connection"))
+
+    request = FakeRequest()
+    importer = Importer(request, GoesAway(), "ndjson", batch_rows=2)
+    importer.write(lines({"title": "a"}, {"title": "b"}, {"title": "c"}, {"title": "d"}))
+    assert request.failed.code == 503 and request.failed.headers == {b"retry-after": b"5"}
+    assert "2 tasks were created before" in request.failed.message and "db:5432" not in request.failed.message
+
+
 def test_import_events_one_per_batch(h: Harness) -> None:
     events: list = []
     h.site.events.publish = lambda kind, data: events.append((kind, data))  # type: ignore[method-assign]

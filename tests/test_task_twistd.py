@@ -191,3 +191,32 @@ def test_two_hosts_share_one_postgresql_with_the_same_etags(tmp_path: Path, post
             finally:
                 if proc.poll() is None:
                     proc.kill()
+
+
+def test_a_database_down_while_serving_is_a_quick_503_and_the_host_recovers(
+    tmp_path: Path, postgres_cluster, postgres_dsn: str
+) -> None:
+    proc, port = start_twistd(tmp_path, "--config", postgres_config(tmp_path, "h", postgres_dsn))
+    (tmp_path / "h" / "data" / "files" / "f.txt").write_bytes(b"still here")
+    try:
+        assert split(http(port, request_bytes("POST", "/tasks", b'{"title": "before"}')))[0] == 201
+        postgres_cluster.stop()
+        try:
+            started = time.monotonic()
+            code, headers, body = split(http(port, request_bytes("GET", "/tasks?limit=5")))
+            assert code == 503 and headers["retry-after"] and "error" in json.loads(body)
+            assert time.monotonic() - started < 6  # not a TCP timeout
+            assert split(http(port, request_bytes("POST", "/tasks", b'{"title": "lost?"}')))[0] == 503
+            assert split(http(port, request_bytes("GET", "/healthz")))[0] == 200
+            assert split(http(port, request_bytes("GET", "/files/f.txt")))[2] == b"still here"
+        finally:
+            postgres_cluster.start()
+        code, _, body = split(http(port, request_bytes("GET", "/tasks")))
+        assert code == 200 and [t["title"] for t in json.loads(body)] == ["before"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()

@@ -39,6 +39,7 @@ from streamsvc.lines import Line, LineSplitter
 from streamsvc.tasks.encoders import CSVRecords, unguard_cell
 from streamsvc.tasks.model import COLUMNS, IMPORT_IGNORED, Invalid, NewTask, Task, new_task, parse_json
 from streamsvc.tasks.resource import media_type, respond, respond_error
+from streamsvc.tasks.store import StoreBusy, StoreUnavailable
 
 log = Logger()
 
@@ -256,6 +257,14 @@ class Importer:
 
     def _store_failed(self, failure: Failure) -> None:
         self._storing = False
+        if failure.check(StoreBusy, StoreUnavailable):
+            # The database, not the import: the client may send the rest again soon.
+            log.warn("Storing an import batch failed: {reason}", reason=str(failure.value))
+            self._refuse(HTTPError(
+                503, f"the task database is unavailable; {self.created} tasks were created before",
+                {b"retry-after": b"5"},
+            ))
+            return
         log.failure("Storing an import batch failed", failure)
         self._refuse(HTTPError(500, f"could not store the tasks; {self.created} were created before"))
 

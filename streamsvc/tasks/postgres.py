@@ -38,6 +38,7 @@ C{host:port/dbname}, never a password.
 
 from __future__ import annotations
 
+import select
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -174,6 +175,22 @@ def usable(connection: Any) -> bool:
         and not connection.broken
         and connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     )
+
+
+def alive(connection: Any) -> bool:
+    """
+    Whether an idle connection may still be used, without blocking: an idle
+    connection (no LISTEN, no query) has nothing to read, so a readable
+    socket means the server closed it (a restart, an idle timeout) or sent
+    its last word. One poll of the socket, no round trip.
+    """
+    if connection.closed or connection.broken:
+        return False
+    try:
+        readable, _, _ = select.select([connection.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
 
 
 def migrate(connection: Any) -> int:
@@ -385,7 +402,7 @@ class PostgresTaskStore:
         self._migrated = False
         self._connections: Connections[Any] = Connections(
             self._connect, runner, pool_size, clock=clock if clock is not None else reactor, wait=wait,
-            usable=usable,
+            usable=usable, alive=alive,
         )
         self._statement_timeout = statement_timeout
         self.open_cursors = 0

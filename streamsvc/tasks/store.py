@@ -143,6 +143,10 @@ class Connections(Generic[C]):
     @param usable: whether a connection given back may serve again (one
         the database dropped is closed and forgotten instead, so the next
         query opens a fresh one: the store recovers by itself).
+    @param alive: asked of an idle connection before it is handed out, on
+        the reactor, so must not block: false for one the server closed
+        while it sat idle (a restart), which is then replaced rather than
+        failing the query it was given to.
     """
 
     def __init__(
@@ -154,6 +158,7 @@ class Connections(Generic[C]):
         clock: Any = None,
         wait: float = READER_WAIT,
         usable: Callable[[C], bool] = lambda connection: True,
+        alive: Callable[[C], bool] = lambda connection: True,
     ) -> None:
         if size < 1:
             raise ValueError("a pool needs at least 1 connection")
@@ -163,6 +168,7 @@ class Connections(Generic[C]):
         self._clock = clock
         self._wait = wait
         self._usable = usable
+        self._alive = alive
         self._idle: list[C] = []
         self._count = 0  # opened or being opened, not yet closed
         self._waiting: deque[Deferred[C]] = deque()
@@ -175,8 +181,12 @@ class Connections(Generic[C]):
 
     def checkout(self) -> Deferred[C]:
         """A connection: an idle one, a new one, or the next given back (L{StoreBusy} past the wait)."""
-        if self._idle:
-            return succeed(self._idle.pop())
+        while self._idle:
+            connection = self._idle.pop()
+            if self._alive(connection):
+                return succeed(connection)
+            self._count -= 1
+            _close_quietly(connection)
         if self._count < self._size:
             self._count += 1
             return self._run(self._open_connection).addErrback(self._not_opened)

@@ -203,3 +203,32 @@ def server_lines(servers: Iterable[Any], streamsvc_note: Callable[[dict], str] =
             note = peer_note(i)
             lines.append(line + (f"; {note}" if note else ""))
     return lines
+
+
+def busy_warning(load_before: str) -> str:
+    """The warning a report carries when other processes used the CPU as the runs started (or "")."""
+    if load_before.endswith("CPU: none"):
+        return ""
+    return "WARNING: other processes were using CPU when the runs started; the figures may be noisy"
+
+
+def print_machine(lines: Iterable[str], load_before: str, load_after: str,
+                  servers: Iterable[Any] = (), *, warn: bool = True) -> None:
+    """
+    A report's "Machine:" block: C{lines} (L{machine_lines} and the
+    script's own), the CPU users at start and end, the busy warning, and
+    for each server with a log (C{log_problems}) its error-looking lines.
+    """
+    print("Machine:")
+    for line in lines:
+        print("  " + line)
+    print(f"  at start: {load_before}")
+    print(f"  at end:   {load_after}")
+    warning = busy_warning(load_before) if warn else ""
+    if warning:
+        print("  " + warning)
+    for s in servers:
+        if hasattr(s, "log_problems"):
+            problems = s.log_problems()
+            print(f"  {s.name} log: " + (f"{len(problems)} error-looking lines, e.g. {problems[0][:150]!r}"
+                                          if problems else "no error-looking lines"))

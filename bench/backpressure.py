@@ -96,7 +96,7 @@ import time
 from dataclasses import dataclass, field
 
 from _child import PortFileServer, Run, clean_env, log, publish_and_run, run_script  # bench/ is sys.path[0] when run as a script
-from _machine import machine_lines, other_cpu_users, server_lines, tool_version
+from _machine import busy_warning, print_machine, machine_lines, other_cpu_users, server_lines, tool_version
 from _report import Results, table
 from _proc import fd_count, kib_to_mib, proc_status, reset_hwm
 
@@ -725,11 +725,8 @@ def measure(run: Run, args: argparse.Namespace, runs: int, seconds: float, cap_k
 
     load_before = other_cpu_users(ours={s.pid for s in servers})
     log("before: " + load_before)
-    busy_warning = ("" if load_before.endswith("CPU: none") else
-                    "WARNING: other processes were using CPU when the runs started; "
-                    "the figures may be noisy")
-    if busy_warning:
-        log(busy_warning)
+    if busy_warning(load_before):
+        log(busy_warning(load_before))
 
     res = Results()
     naive_runs = 0
@@ -763,17 +760,7 @@ def measure(run: Run, args: argparse.Namespace, runs: int, seconds: float, cap_k
     conf = servers[0].info.get("conf", "")
     print("streamsvc tap.conf: " + " | ".join(l for l in str(conf).splitlines() if l))
     print()
-    print("Machine:")
-    for line in machine_info(servers):
-        print("  " + line)
-    print(f"  at start: {load_before}")
-    print(f"  at end:   {load_after}")
-    if busy_warning:
-        print("  " + busy_warning)
-    for s in servers:
-        problems = s.log_problems()
-        print(f"  {s.name} log: " + (f"{len(problems)} error-looking lines, e.g. {problems[0][:150]!r}"
-                                      if problems else "no error-looking lines"))
+    print_machine(machine_info(servers), load_before, load_after, servers)
     print()
     report(res, runs, seconds, args.cap_gib)
     print()

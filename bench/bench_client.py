@@ -79,7 +79,7 @@ import time
 from dataclasses import dataclass
 
 from _child import ChildServer, Run, clean_env, log, run_script  # bench/ is sys.path[0] when run as a script
-from _machine import filesystem_of, machine_lines, other_cpu_users, tool_version, tree_check
+from _machine import print_machine, filesystem_of, machine_lines, other_cpu_users, tool_version, tree_check
 from _proc import kib_to_mib, proc_status
 from _report import Results, table
 from _runner import free_ports, http_get, interleaved
@@ -505,14 +505,7 @@ def measure(run: Run, args: argparse.Namespace, runs: int, gets: list[str], puts
     for line in skipped:
         print("  " + line)
     print()
-    print("Machine:")
-    for line in machine_info(server, run.tmp):
-        print("  " + line)
-    print(f"  at start: {load_before}")
-    print(f"  at end:   {load_after}")
-    problems = server.log_problems()
-    print("  server log: " + (f"{len(problems)} error-looking lines, e.g. {problems[0][:150]!r}"
-                              if problems else "no error-looking lines"))
+    print_machine(machine_info(server, run.tmp), load_before, load_after, [server], warn=False)
     print()
     report(bench.results, size, runs, gets, puts)
     print()

@@ -96,7 +96,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from _child import PortFileServer, Run, log, publish_and_run, run_script  # bench/ is sys.path[0] when run as a script
-from _machine import filesystem_of, machine_lines, other_cpu_users, server_lines
+from _machine import print_machine, filesystem_of, machine_lines, other_cpu_users, server_lines
 from _proc import Watch, fd_count, kib_to_mib, proc_status, reset_hwm
 from _report import Results, table
 
@@ -634,11 +634,7 @@ def bench(run: Run, args: argparse.Namespace, runs: int, selected: list[str]) ->
     load_after = other_cpu_users()
 
     print()
-    print("Machine:")
-    for line in machine_info(servers, body):
-        print("  " + line)
-    print(f"  at start: {load_before}")
-    print(f"  at end:   {load_after}")
+    print_machine(machine_info(servers, body), load_before, load_after, warn=False)
     print()
     report([scenarios[k] for k in selected], ("streamsvc", "twisted.web"))
     print()

@@ -101,10 +101,10 @@ import time
 from dataclasses import dataclass, field
 
 from _child import PortFileServer, Run, clean_env, log, run_script  # bench/ is sys.path[0] when run as a script
-from _machine import filesystem_of, machine_lines, other_cpu_users, tool_version, tree_check
+from _machine import print_machine, filesystem_of, machine_lines, other_cpu_users, tool_version, tree_check
 from _report import Results, table
 from _proc import Watch, fd_count, kib_to_mib, proc_status, reset_hwm
-from _runner import free_ports, http_get, interleaved, settle_fds
+from _runner import HERE, free_ports, http_get, interleaved, settle_fds
 from bench_upload import PROBE_INTERVAL, PROBE_TIMEOUT, Probe
 
 HOST = "127.0.0.1"
@@ -198,6 +198,7 @@ class Server(PortFileServer):
     idle_fds: int = 0
     info: dict = field(default_factory=dict)
     proc: subprocess.Popen | None = None
+    dsn: str = ""      # PostgreSQL: the database it serves (the conf's dsn_file holds it)
     kind = "twistd"    # PortFileServer's; the argv below is twistd's, not a --serve child
 
     @property
@@ -242,6 +243,44 @@ class Server(PortFileServer):
             time.sleep(0.1)
         raise RuntimeError(f"{self.name}: /healthz not answering after {timeout:.0f}s ({last})\n"
                            + self.tail())
+
+
+def write_conf(tmp: str, store: str, dsn: str = "", name: str = "") -> tuple[str, str]:
+    """The server's config file for C{store} (and its DSN file); its path and text."""
+    conffile = os.path.join(tmp, f"bench_tasks{('-' + name) if name else ''}.conf")
+    conf = ("# written by bench/bench_tasks.py; every other key keeps its built-in default\n"
+            f"[auth]\ntokens = {TOKEN}\n")
+    if store == "postgresql":
+        dsn_file = conffile + ".dsn"
+        with open(dsn_file, "w") as f:
+            f.write(dsn + "\n")
+        conf += f"[tasks]\nstore = postgresql\ndsn_file = {os.path.basename(dsn_file)}\n"
+    with open(conffile, "w") as f:
+        f.write(conf)
+    return conffile, conf
+
+
+def table_facts(srv: Server) -> tuple[int, int]:
+    """(count, max id) of the server's tasks table, read beside it."""
+    if srv.dsn:
+        import psycopg
+
+        with psycopg.connect(srv.dsn) as c:
+            return tuple(c.execute("SELECT count(*), max(id) FROM tasks").fetchone())  # type: ignore[return-value]
+    c = sqlite3.connect(srv.db)
+    try:
+        return c.execute("SELECT count(*), max(id) FROM tasks").fetchone()
+    finally:
+        c.close()
+
+
+def table_mib(srv: Server) -> float:
+    if srv.dsn:
+        import psycopg
+
+        with psycopg.connect(srv.dsn) as c:
+            return c.execute("SELECT pg_total_relation_size('tasks')").fetchone()[0] / MiB
+    return sum(os.path.getsize(srv.db + x) for x in ("", "-wal") if os.path.exists(srv.db + x)) / MiB
 
 
 def server_runtime(twistd: str, tmp: str) -> dict:
@@ -427,13 +466,26 @@ def m_export(srv: Server, kind: str, rows: int, last_id: int, timeout: float,
     return values, note
 
 
-def m_loop(db: str, kind: str, rows: int) -> tuple[dict, str]:
-    """The peer: a plain Python loop over the same table, writing to /dev/null."""
+def m_loop(srv: Server, kind: str, rows: int) -> tuple[dict, str]:
+    """
+    The peer: a plain Python loop over the same table, writing to /dev/null:
+    stdlib sqlite3 on the SQLite file, or psycopg on PostgreSQL through a
+    named (server-side) cursor fetching 2,000 rows a round trip, so the
+    bare loop streams in constant memory as the server must.
+    """
     os.sync()
     t0 = time.perf_counter()
-    connection = sqlite3.connect(db)
-    try:
+    if srv.dsn:
+        import psycopg
+
+        connection = psycopg.connect(srv.dsn)
+        cursor = connection.cursor(name="bench_loop")
+        cursor.itersize = 2000
+        cursor.execute(SELECT)
+    else:
+        connection = sqlite3.connect(srv.db)
         cursor = connection.execute(SELECT)
+    try:
         with open(os.devnull, "w", newline="", encoding="utf-8") as out:
             if kind == "loop CSV":
                 csv.writer(out).writerows(cursor)
@@ -480,7 +532,7 @@ def fmt(v: float | None, key: str) -> str:
     return f"{v:.1f}"
 
 
-def report(res: Results, rows: int, runs: int) -> None:
+def report(res: Results, rows: int, runs: int, loop_what: str = "sqlite3") -> None:
     names = ["import"] + list(EXPORTS) + list(LOOPS)
     print(f"/tasks with {rows:,} tasks (medians of {runs} run(s); RSS in MiB, of the server process)")
     t = [("measurement",) + tuple(h for _, h in COLS)]
@@ -537,7 +589,7 @@ def report(res: Results, rows: int, runs: int) -> None:
           "the twistd process.  /healthz: one keep-alive connection, a probe every "
           f"{PROBE_INTERVAL * 1e3:g} ms after the last answer ({PROBE_TIMEOUT:g} s timeout); "
           "percentiles by nearest rank over every probe sent, a failed one counted as infinite.  "
-          "The loops run in the driver with the server idle, timed from connect to the last row, "
+          f"The loops ({loop_what}) run in the driver with the server idle, timed from connect to the last row, "
           "and have no RSS or /healthz figures.  Verdicts: ratios and p99 on the medians, RSS "
           "growth on the worst run.")
     print()
@@ -577,65 +629,113 @@ def machine_info(info: dict, tmp: str, twistd: str) -> list[str]:
 # --------------------------------------------------------------------------- main
 
 
-def bench(run: Run, args: argparse.Namespace, runs: int, rows: int) -> None:
+def m_events(a: Server, b: Server, n: int) -> tuple[dict, str]:
     """
-    The imports, then the exports and the loops, then the report; in
-    C{run.tmp}, every server in C{run.servers} (L{run_script} stops them).
+    Cross-host event latency: a subscriber of host B's C{/tasks/events}
+    (SSE, a raw socket read by a thread), and C{n} tasks POSTed one after
+    another to host A over one keep-alive connection; each latency is from
+    just before A's POST is sent to the moment B's stream has that task's
+    C{created} event. The two hosts share one PostgreSQL database.
     """
-    conffile = os.path.join(run.tmp, "bench_tasks.conf")
-    conf = ("# written by bench/bench_tasks.py; every other key keeps its built-in default\n"
-            f"[auth]\ntokens = {TOKEN}\n")
-    with open(conffile, "w") as f:
-        f.write(conf)
-    info = server_runtime(args.twistd, run.tmp)
-    src = os.path.join(run.tmp, "tasks.ndjson")
-    t = time.monotonic()
-    src_bytes, title_len = make_ndjson(src, rows)
-    log(f"import file: {rows:,} rows, {src_bytes / MiB:.1f} MiB, mean title {title_len:.1f} chars "
-        f"({time.monotonic() - t:.1f}s)")
+    import http.client
+    import socket
+    import threading
 
+    seen: dict[str, float] = {}
+    arrived = threading.Condition()
+    sock = socket.create_connection((HOST, b.port), timeout=30)
+    sock.sendall(b"GET /tasks/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+                 + b"\r\n\r\n")
+    stop = threading.Event()
+
+    def read() -> None:
+        buf = b""
+        while not stop.is_set():
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            now = time.perf_counter()
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                if line.startswith(b"data: ") and b'"title":"lat-' in line:
+                    title = json.loads(line[6:])["title"]
+                    with arrived:
+                        seen[title] = now
+                        arrived.notify_all()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    conn = http.client.HTTPConnection(HOST, a.port, timeout=30)
+    latencies = []
+    try:
+        time.sleep(0.5)  # the subscription is open (its opening line sent) before the first POST
+        for i in range(n):
+            title = f"lat-{i}"
+            body = json.dumps({"title": title})
+            t0 = time.perf_counter()
+            conn.request("POST", "/tasks", body, {"Content-Type": "application/json",
+                                                  "Authorization": f"Bearer {TOKEN}"})
+            r = conn.getresponse()
+            r.read()
+            if r.status != 201:
+                raise RuntimeError(f"event latency: POST answered {r.status}")
+            with arrived:
+                if not arrived.wait_for(lambda: title in seen, timeout=10):
+                    raise RuntimeError(f"event latency: {title} never reached host B")
+            latencies.append((seen[title] - t0) * 1e3)
+    finally:
+        stop.set()
+        conn.close()
+        sock.close()
+    return ({"p50_ms": percentile(latencies, 0.5), "p99_ms": percentile(latencies, 0.99),
+             "max_ms": max(latencies)}, f"{n} events, POST on A to the event on B")
+
+
+def measure_store(run: Run, args: argparse.Namespace, store: str, runs: int, rows: int, src: str,
+                  cluster) -> tuple[Results, Server, str, str, float, int]:
+    """
+    One store's imports (a fresh server on a fresh data dir, and on
+    PostgreSQL a fresh database, each run), then its exports and loops on
+    the last import's table. Returns the results, the kept server, its
+    config text, the cross-host event line (PostgreSQL), the table's size
+    and last id.
+    """
     def new_server(label: str) -> Server:
-        s = Server(label, run.tmp, os.path.join(run.tmp, f"data-{label}"), args.twistd, conffile)
+        dsn = cluster.new_database() if store == "postgresql" else ""
+        conffile, conf = write_conf(run.tmp, store, dsn, label)
+        s = Server(label, run.tmp, os.path.join(run.tmp, f"data-{label}"), args.twistd, conffile, dsn=dsn)
+        s.conf_text = conf  # type: ignore[attr-defined]
         run.servers.append(s)
         s.start()
         log(f"{s.name} (pid {s.pid}, port {s.port}) ready; RSS "
             f"{kib_to_mib(proc_status(s.pid)['VmRSS']):.1f} MiB, {s.idle_fds} fds idle")
         return s
 
-    load_before = other_cpu_users()
-    log("before: " + load_before)
-    busy_warning = ("" if load_before.endswith("CPU: none") else
-                    "WARNING: other processes were using CPU when the runs started; "
-                    "the figures may be noisy")
     res = Results()
-
-    # 1. imports: a fresh server on a fresh data dir each run; the last one is kept.
     srv: Server | None = None
     for i in range(1, runs + 1):
         if srv is not None:
             srv.stop()
             shutil.rmtree(srv.data_dir, ignore_errors=True)
-        srv = new_server(f"import{i}")
+        srv = new_server(f"{store}-import{i}")
         t0 = time.monotonic()
         v, note = m_import(srv, src, rows, args.timeout)
         res.add("import", v, note)
-        log(f"  run {i}/{runs} import: {v['rows_s']:,.0f} rows/s, RSS growth {v['growth']:.1f} MiB, "
+        log(f"  {store} run {i}/{runs} import: {v['rows_s']:,.0f} rows/s, RSS growth {v['growth']:.1f} MiB, "
             f"healthz p99 {fmt(v['p99_ms'], 'p99_ms')} ms ({time.monotonic() - t0:.1f}s)")
     assert srv is not None
-
-    # 2./3. exports and the loops, on the last import's table.
-    c = sqlite3.connect(srv.db)
-    try:
-        count, last_id = c.execute("SELECT count(*), max(id) FROM tasks").fetchone()
-    finally:
-        c.close()
+    count, last_id = table_facts(srv)
     if count != rows:
-        raise RuntimeError(f"{srv.db}: {count} tasks, expected {rows}")
-    db_mib = sum(os.path.getsize(srv.db + x) for x in ("", "-wal") if os.path.exists(srv.db + x)) / MiB
+        raise RuntimeError(f"{srv.name}: {count} tasks, expected {rows}")
+    size = table_mib(srv)
     for kind in EXPORTS:   # unmeasured warm-up
         m_export(srv, kind, rows, last_id, args.timeout, limit=WARM_LIMIT)
-    # Now with the writer's and a reader's SQLite files: the count once unchanged
-    # for 0.5 s. The server is one process (no --workers), so the count of its
+    # Now with the store's connections open: the count once unchanged for
+    # 0.5 s. The server is one process (no --workers), so the count of its
     # tree is that of its pid, which settle() compares it with.
     srv.idle_fds = settle_fds(srv.pid, max_wait=5.0, stable_for=0.5)[0]
     for i, order in interleaved(list(ORDER), runs):
@@ -643,24 +743,77 @@ def bench(run: Run, args: argparse.Namespace, runs: int, rows: int) -> None:
         for kind in order:
             t0 = time.monotonic()
             if kind in LOOPS:
-                v, note = m_loop(srv.db, kind, rows)
+                v, note = m_loop(srv, kind, rows)
             else:
                 v, note = m_export(srv, kind, rows, last_id, args.timeout)
             res.add(kind, v, note)
             extra = ("" if kind in LOOPS else f", RSS growth {v['growth']:.1f} MiB, healthz p99 "
                      f"{fmt(v['p99_ms'], 'p99_ms')} ms")
-            log(f"  run {i + 1}/{runs} {kind}: {v['rows_s']:,.0f} rows/s{extra} "
+            log(f"  {store} run {i + 1}/{runs} {kind}: {v['rows_s']:,.0f} rows/s{extra} "
                 f"({time.monotonic() - t0:.1f}s)")
+    events = ""
+    if store == "postgresql":
+        # A second host on the same database, for the cross-host event latency.
+        conffile, _ = write_conf(run.tmp, store, srv.dsn, "host-b")
+        b = Server("postgresql-host-b", run.tmp, os.path.join(run.tmp, "data-host-b"), args.twistd,
+                   conffile, dsn=srv.dsn)
+        run.servers.append(b)
+        b.start()
+        for i in range(runs):
+            v, note = m_events(srv, b, args.events)
+            res.add("events", v, note)
+            log(f"  events run {i + 1}/{runs}: p50 {v['p50_ms']:.2f} ms, p99 {v['p99_ms']:.2f} ms")
+        events = (f"{args.events} events a run: POST on host A to the event on host B's /tasks/events, "
+                  f"p50 {res.median('events', 'p50_ms'):.2f} ms, p99 {res.median('events', 'p99_ms'):.2f} ms, "
+                  f"max {max(res.all('events', 'max_ms')):.2f} ms (medians of {runs})")
+        b.stop()
     srv.settle()
-    load_after = other_cpu_users(ours={srv.pid})
+    return res, srv, srv.conf_text, events, size, last_id  # type: ignore[attr-defined]
 
+
+def bench(run: Run, args: argparse.Namespace, runs: int, rows: int) -> None:
+    """
+    Per store (SQLite; with --store postgresql, PostgreSQL too, on a
+    throw-away cluster of this script's): the imports, then the exports and
+    the loops; then the reports side by side. In C{run.tmp}, every server in
+    C{run.servers} (L{run_script} stops them).
+    """
+    info = server_runtime(args.twistd, run.tmp)
+    src = os.path.join(run.tmp, "tasks.ndjson")
+    t = time.monotonic()
+    src_bytes, title_len = make_ndjson(src, rows)
+    log(f"import file: {rows:,} rows, {src_bytes / MiB:.1f} MiB, mean title {title_len:.1f} chars "
+        f"({time.monotonic() - t:.1f}s)")
+    stores = ["sqlite"] + (["postgresql"] if args.store == "postgresql" else [])
+    cluster = None
+    if "postgresql" in stores:
+        sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+        from pg_cluster import PostgresCluster, server_binaries
+
+        binaries = server_binaries()
+        if binaries is None:
+            raise RuntimeError("--store postgresql: PostgreSQL's server is not installed "
+                               "(Debian: apt-get install postgresql)")
+        cluster = PostgresCluster(binaries, durable=True)
+        cluster.start()
+        run.servers.append(ClusterStopper(cluster))
+        log(f"PostgreSQL cluster on port {cluster.port} ({binaries}; fsync on, as SQLite's synchronous = FULL)")
+
+    load_before = other_cpu_users()
+    log("before: " + load_before)
+    measured = {store: measure_store(run, args, store, runs, rows, src, cluster) for store in stores}
+    load_after = other_cpu_users(ours={s.pid for s in run.servers if getattr(s, "proc", None)})
+
+    peers = "a plain Python loop over the same SQLite file" + (
+        "; and on PostgreSQL, a bare psycopg loop over the same table" if cluster else "")
     print(f"/tasks: import {rows:,} NDJSON rows, then export them as CSV, NDJSON and gzipped CSV, "
-          f"against a plain Python loop over the same SQLite file; {runs} run(s); quick={args.quick}")
+          f"against {peers}; stores: {', '.join(stores)}; {runs} run(s); quick={args.quick}")
     print(f"import file: {src_bytes:,} bytes ({src_bytes / rows:.0f} bytes a row, mean title "
-          f"{title_len:.1f} characters, seed {SEED}); table: {db_mib:.1f} MiB "
-          f"(tasks.sqlite3 + -wal), last id {last_id}")
-    print("server: " + shlex.join(run.servers[-1].argv) + f"   (cwd {run.tmp}; one per import run)")
-    print("  CONF: " + conf.splitlines()[1] + " " + conf.splitlines()[2])
+          f"{title_len:.1f} characters, seed {SEED})")
+    for store, (res, srv, conf, events, size, last_id) in measured.items():
+        print(f"{store}: table {size:.1f} MiB ({'tasks.sqlite3 + -wal' if store == 'sqlite' else 'pg_total_relation_size'}),"
+              f" last id {last_id}; server: " + shlex.join(srv.argv) + f"   (cwd {run.tmp}; one per import run)")
+        print("  CONF: " + " ".join(line for line in conf.splitlines()[1:]))
     print("import: " + shlex.join([CURL, "-s", "-S", "-T", "FILE", "-X", "POST", "-H",
                                    "Content-Type: application/x-ndjson", "-H",
                                    "Authorization: Bearer benchtoken", "URL/tasks/import"]))
@@ -668,20 +821,52 @@ def bench(run: Run, args: argparse.Namespace, runs: int, rows: int) -> None:
                                     "URL/tasks/{export.csv,stream.ndjson}"])
           + " | (this script counts the lines); gzip: + -H 'Accept-Encoding: gzip' --compressed")
     print()
-    print("Machine:")
-    for line in machine_info(info, run.tmp, args.twistd):
-        print("  " + line)
-    print(f"  at start: {load_before}")
-    print(f"  at end:   {load_after}")
-    if busy_warning:
-        print("  " + busy_warning)
-    for s in run.servers:
-        problems = s.log_problems()
-        print(f"  {s.name} log: " + (f"{len(problems)} error-looking lines, e.g. {problems[0][:150]!r}"
-                                      if problems else "no error-looking lines"))
+    lines = machine_info(info, run.tmp, args.twistd)
+    if cluster is not None:
+        lines.append(f"PostgreSQL: {tool_version([os.path.join(cluster.binaries, 'postgres'), '--version'])}; "
+                     "a cluster of this run, on 127.0.0.1, default settings (fsync on)")
+    print_machine(lines, load_before, load_after, run.servers)
     print()
-    report(res, rows, runs)
-    print()
+    for store, (res, srv, conf, events, size, last_id) in measured.items():
+        print(f"== {store} ==")
+        report(res, rows, runs, loop_what="psycopg" if store == "postgresql" else "sqlite3")
+        print()
+    if cluster is not None:
+        pg, lite = measured["postgresql"][0], measured["sqlite"][0]
+        checks = [("check", "value", "target", "verdict")]
+        a, b = pg.median("import", "rows_s"), lite.median("import", "rows_s")
+        checks.append(("PostgreSQL import rows/s / SQLite store's", f"{a / b:.2f} ({a:,.0f} / {b:,.0f})",
+                       ">= 0.5", "PASS" if a / b >= 0.5 else "MISS"))
+        for kind in ("CSV", "NDJSON"):
+            a, b = pg.median(kind, "rows_s"), pg.median("loop CSV", "rows_s")
+            checks.append((f"PostgreSQL {kind} export rows/s / bare psycopg CSV loop", f"{a / b:.2f} "
+                           f"({a:,.0f} / {b:,.0f})", ">= 0.5", "PASS" if a / b >= 0.5 else "MISS"))
+        g = max(pg.all("CSV", "growth") + pg.all("NDJSON", "growth"))
+        checks.append((f"PostgreSQL export: host RSS growth, worst run ({rows:,} rows)", f"{g:.1f} MiB",
+                       "<= 32 MiB", "PASS" if g <= 32 else "MISS"))
+        p99 = pg.median("events", "p99_ms")
+        checks.append(("cross-host event latency p99 (median of runs)", f"{p99:.2f} ms "
+                       f"(p50 {pg.median('events', 'p50_ms'):.2f})", "<= 50 ms", "PASS" if p99 <= 50 else "MISS"))
+        a = pg.median("CSV", "p99_ms")
+        checks.append(("PostgreSQL CSV export: /healthz p99", f"{fmt(a, 'p99_ms')} ms "
+                       f"(SQLite {fmt(lite.median('CSV', 'p99_ms'), 'p99_ms')} ms)", "-", "-"))
+        print("== PostgreSQL against SQLite and the bare loop ==")
+        table(checks, "  ")
+        print("  " + measured["postgresql"][3])
+        print()
+
+
+class ClusterStopper:
+    """In C{run.servers}, so that L{run_script}'s end stops the PostgreSQL cluster too."""
+
+    name = "postgresql"
+    proc = None
+
+    def __init__(self, cluster) -> None:
+        self.cluster = cluster
+
+    def stop(self) -> None:
+        self.cluster.destroy()
 
 
 def main() -> int:
@@ -696,7 +881,13 @@ def main() -> int:
     ap.add_argument("--twistd", default=default_twistd, help=f"twistd to run the server with [{default_twistd}]")
     ap.add_argument("--tmpdir", default=None, help="where to create the temporary dir [system default]")
     ap.add_argument("--keep", action="store_true", help="keep the temporary dir (logs, data) at the end")
+    ap.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite",
+                    help="sqlite, or postgresql: PostgreSQL too, side by side with SQLite, on a "
+                         "throw-away cluster, with the cross-host event latency [sqlite]")
+    ap.add_argument("--events", type=int, default=None, help="events per latency run [500; --quick: 100]")
     args = ap.parse_args()
+    if args.events is None:
+        args.events = 100 if args.quick else 500
 
     runs = args.runs if args.runs is not None else (1 if args.quick else 3)
     rows = args.rows if args.rows is not None else (100_000 if args.quick else 1_000_000)

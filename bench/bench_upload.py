@@ -94,7 +94,7 @@ import time
 from dataclasses import dataclass, field
 
 from _child import PortFileServer, Run, clean_env, log, publish_and_run, run_script  # bench/ is sys.path[0] when run as a script
-from _machine import filesystem_of, machine_lines, other_cpu_users, server_lines, tool_version
+from _machine import busy_warning, print_machine, filesystem_of, machine_lines, other_cpu_users, server_lines, tool_version
 from _report import Results, table
 from _proc import Watch, fd_count, kib_to_mib, proc_status, reset_hwm
 from _runner import interleaved
@@ -672,11 +672,8 @@ def bench(run: Run, args: argparse.Namespace, runs: int, sizes: list[int]) -> No
 
     load_before = other_cpu_users(ours={s.pid for s in servers})
     log("before: " + load_before)
-    busy_warning = ("" if load_before.endswith("CPU: none") else
-                    "WARNING: other processes were using CPU when the runs started; "
-                    "the figures may be noisy")
-    if busy_warning:
-        log(busy_warning)
+    if busy_warning(load_before):
+        log(busy_warning(load_before))
 
     blocks: list[Block] = []
     hash_mib_s = 0.0
@@ -723,17 +720,7 @@ def bench(run: Run, args: argparse.Namespace, runs: int, sizes: list[int]) -> No
     for s in servers:
         print(f"server {s.name}: {shlex.join(s.argv)}   (cwd {tmp})")
     print()
-    print("Machine:")
-    for line in machine_info(servers, tmp, hash_mib_s):
-        print("  " + line)
-    print(f"  at start: {load_before}")
-    print(f"  at end:   {load_after}")
-    if busy_warning:
-        print("  " + busy_warning)
-    for s in servers:
-        problems = s.log_problems()
-        print(f"  {s.name} log: " + (f"{len(problems)} error-looking lines, e.g. {problems[0][:150]!r}"
-                                      if problems else "no error-looking lines"))
+    print_machine(machine_info(servers, tmp, hash_mib_s), load_before, load_after, servers)
     print()
     report(blocks)
     print()

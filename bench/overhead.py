@@ -88,7 +88,7 @@ import time
 from dataclasses import dataclass, field
 
 from _child import ChildServer, Run, clean_env, log, run_script  # bench/ is sys.path[0] when run as a script
-from _machine import machine_lines, other_cpu_users, tool_version, tree_check
+from _machine import busy_warning, print_machine, machine_lines, other_cpu_users, tool_version, tree_check
 from _report import table
 from _runner import children, free_ports, interleaved, kill_children, wait_ready, wrk_argv
 
@@ -709,11 +709,8 @@ def _measure(run: Run, args: argparse.Namespace, tool: str, runs: int, seconds: 
 
     load_before = other_cpu_users(ours={v.pid for v in variants})
     log("before: " + load_before)
-    busy_warning = ("" if load_before.endswith("CPU: none") else
-                    "WARNING: other processes were using CPU when the runs started; "
-                    "the figures may be noisy")
-    if busy_warning:
-        log(busy_warning)
+    if busy_warning(load_before):
+        log(busy_warning(load_before))
 
     names = [v.name for v in variants]
     by = {v.name: v for v in variants}
@@ -759,13 +756,7 @@ def _measure(run: Run, args: argparse.Namespace, tool: str, runs: int, seconds: 
     for v in variants:
         print(f"  {v.name}: {checks[v.name]}")
     print()
-    print("Machine:")
-    for line in machine_info(args.twistd, run.tmp, variants, tool):
-        print("  " + line)
-    print(f"  at start: {load_before}")
-    print(f"  at end:   {load_after}")
-    if busy_warning:
-        print("  " + busy_warning)
+    print_machine(machine_info(args.twistd, run.tmp, variants, tool), load_before, load_after)
     print("Server logs:")
     for v in variants:
         problems = v.log_problems()

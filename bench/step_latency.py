@@ -100,7 +100,7 @@ import zlib
 from dataclasses import dataclass, field
 
 from _child import PortFileServer, Run, log, publish_and_run, run_script  # bench/ is sys.path[0] when run as a script
-from _machine import machine_lines, other_cpu_users, server_lines
+from _machine import print_machine, machine_lines, other_cpu_users, server_lines
 from _report import table
 
 HOST = "127.0.0.1"
@@ -880,13 +880,10 @@ def measure(run: Run, args: argparse.Namespace, selected: list[str], runs: int, 
     load_after = other_cpu_users(ours=set(_forked))
 
     print()
-    print("Machine:")
-    for line in machine_info(servers):
-        print("  " + line)
+    lines = machine_info(servers)
     if calibration:
-        print(f"  text file {text_name}, zlib in the driver: {calibration}")
-    print(f"  at start: {load_before}")
-    print(f"  at end:   {load_after}")
+        lines.append(f"text file {text_name}, zlib in the driver: {calibration}")
+    print_machine(lines, load_before, load_after, warn=False)
     print()
     report([scenarios[k] for k in selected], ("streamsvc", "static.File"))
     print()

@@ -1,7 +1,7 @@
 """
-A throw-away PostgreSQL cluster for the tests: Debian's (or any) server
-binaries, a data directory in a temporary folder, a free loopback port,
-C{fsync=off}. Run as the C{postgres} user when the tests run as root (the
+A throw-away PostgreSQL cluster for the tests (and bench/bench_tasks.py):
+Debian's (or any) server binaries, a data directory in a temporary folder,
+a free loopback port, C{fsync=off} unless durable. Run as the C{postgres} user when the tests run as root (the
 server refuses to run as root). Nothing is mocked: the store under test
 talks to a real server over TCP.
 """
@@ -39,12 +39,13 @@ def free_port() -> int:
 class PostgresCluster:
     """One server: L{start}, L{stop}, L{restart}; a fresh database per test (L{new_database})."""
 
-    def __init__(self, binaries: str) -> None:
+    def __init__(self, binaries: str, *, durable: bool = False) -> None:
         self.binaries = binaries
         self.root = tempfile.mkdtemp(prefix="streamsvc-pg-")
         self.data = os.path.join(self.root, "data")
         self.port = free_port()
         self.log = os.path.join(self.root, "server.log")
+        self.durable = durable  # fsync on (a benchmark against SQLite's synchronous = FULL)
         self._names = count(1)
         self._as_postgres = os.geteuid() == 0
         if self._as_postgres:
@@ -63,8 +64,9 @@ class PostgresCluster:
         return result
 
     def start(self) -> None:
-        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run("pg_ctl", "-D", self.data, "-l", self.log, "-o", options, "-w", "-t", "60", "start")
 
     def stop(self, mode: str = "fast") -> None:

@@ -18,7 +18,7 @@ from twisted.internet.task import Clock
 
 from streamsvc.app import build_site
 from streamsvc.config import AuthConfig, Config, ServerConfig
-from streamsvc.tasks.model import NewTask
+from streamsvc.tasks.model import NewTask, Task
 from streamsvc.tasks.sqlite import SQLiteTaskStore
 from streamsvc.tasks.store import _at_once
 from streamsvc.testing import MemoryTaskStore, RawResponse, SiteConnection
@@ -539,7 +539,8 @@ def test_store_failure_mid_export_aborts(h: Harness) -> None:
     class Failing:
         def fetch(self, n):
             calls.append(n)
-            return succeed([h.store.tasks[1]]) if len(calls) == 1 else fail(RuntimeError("disk I/O error"))
+            # A full first batch (a short one would be the last), then a failure.
+            return succeed([h.store.tasks[1]] * n) if len(calls) == 1 else fail(RuntimeError("disk I/O error"))
 
         def close(self):
             calls.append("closed")
@@ -613,3 +614,47 @@ def test_cursor_producer_stopped_closes_the_cursor() -> None:
     producer.stopProducing()
     assert store.open_cursors == 0
     done.addErrback(lambda f: None)
+
+
+def test_cursor_producer_reads_one_batch_ahead_and_no_further() -> None:
+    """While a batch is written the next is read; a paused client stops the reading there."""
+    from twisted.internet.defer import Deferred
+
+    from streamsvc.tasks.encoders import NDJSONEncoder
+    from streamsvc.tasks.resource import CursorProducer
+    from streamsvc.testing import RecordingConsumer
+
+    task = Task(1, "t", 0, "pending", "x", "x", 1)
+    pending: list[Deferred] = []
+    closed: list[bool] = []
+
+    class Slow:
+        def fetch(self, n):
+            pending.append(Deferred())
+            return pending[-1]
+
+        def close(self):
+            closed.append(True)
+
+    clock = Clock()
+    producer = CursorProducer(Slow(), NDJSONEncoder(), clock=clock, batch=2)
+    consumer = RecordingConsumer()
+    consumer.registerProducer(producer, True)
+    done = producer.startProducing(consumer)
+    clock.advance(0)
+    assert len(pending) == 1
+    producer.pauseProducing()
+    pending[0].callback([task, task])  # the first batch arrives: the next is asked for at once
+    clock.advance(0)
+    assert len(pending) == 2 and len(consumer.chunks) == 1
+    pending[1].callback([task, task])  # read ahead, and held: we are paused
+    clock.advance(1)
+    assert len(pending) == 2 and len(consumer.chunks) == 1
+    producer.resumeProducing()
+    clock.advance(0)
+    assert len(pending) == 3 and len(consumer.chunks) == 2
+    pending[2].errback(Exception("a failure nobody reads"))  # ahead for a client that then leaves
+    producer.stopProducing()
+    assert closed == [True]
+    done.addErrback(lambda f: None)
+

@@ -220,3 +220,29 @@ def test_a_database_down_while_serving_is_a_quick_503_and_the_host_recovers(
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+def test_with_workers_each_listens_and_every_stream_sees_every_change(tmp_path: Path, postgres_dsn: str) -> None:
+    proc, port = start_twistd(tmp_path, "--config", postgres_config(tmp_path, "w", postgres_dsn), "--workers", "2")
+    streams = []
+    try:
+        for _ in range(6):  # the kernel spreads them over the workers
+            s = socket.create_connection(("127.0.0.1", port), timeout=30)
+            s.sendall(b"GET /tasks/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+                      + b"\r\n\r\n")
+            assert read_until(s, b": streamsvc task events").startswith(b"HTTP/1.1 200")
+            streams.append(s)
+        for i in range(3):
+            assert split(http(port, request_bytes("POST", "/tasks", b'{"title": "w%d"}' % i)))[0] == 201
+        for s in streams:
+            got = read_until(s, b'"title":"w2"')
+            assert [line for line in got.split(b"\n") if line.startswith(b"id: ")] == [b"id: 1", b"id: 2", b"id: 3"]
+    finally:
+        for s in streams:
+            s.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()

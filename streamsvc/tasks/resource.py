@@ -208,10 +208,13 @@ def _empty_body(request: IRequest) -> None:
 class CursorProducer(StreamProducer):
     """
     Rows of an L{ITaskCursor}, encoded a batch at a time: the encoder's
-    head, then one chunk per batch as the consumer takes them (a batch is
-    fetched only when the previous one has been written and we are not
-    paused), then its end. The cursor is closed whatever the ending: the
-    last batch, an error, or the client leaving mid-export.
+    head, then one chunk per batch as the consumer takes them, then its end.
+    One batch is read ahead: as a batch arrives the next is asked for, so
+    the database reads it (in a thread, or on its server) while this one is
+    encoded and written, rather than each waiting for the other. A client
+    that stops reading stops it there: at most that one batch waits in
+    memory, holding no connection. The cursor is closed whatever the
+    ending: the last batch, an error, or the client leaving mid-export.
     """
 
     def __init__(self, cursor: ITaskCursor, encoder: Any, *, batch: int = BATCH_ROWS, **pacing: Any) -> None:
@@ -220,6 +223,7 @@ class CursorProducer(StreamProducer):
         self._encoder = encoder
         self._batch = batch
         self._stage = "head"  # head, rows, end, done
+        self._ahead: Deferred[list[Task]] | None = None
 
     def _next_chunk(self) -> Any:
         if self._stage == "head":
@@ -238,15 +242,24 @@ class CursorProducer(StreamProducer):
         return None
 
     def _fetch(self) -> Deferred[bytes]:
-        return self._cursor.fetch(self._batch).addCallbacks(self._encode, _busy_as_503)
+        ahead, self._ahead = self._ahead, None
+        rows = ahead if ahead is not None else self._cursor.fetch(self._batch)
+        return rows.addCallbacks(self._encode, _busy_as_503)
 
     def _encode(self, tasks: list[Task]) -> bytes:
         if not tasks:
             self._stage = "end"
             return b""
+        if len(tasks) < self._batch:
+            self._stage = "end"  # a short batch is the last: no query to learn it
+        else:
+            self._ahead = self._cursor.fetch(self._batch)
         return bytes(self._encoder.encode(tasks))
 
     def _release(self) -> None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead.addErrback(lambda failure: None)  # read ahead for a client that left: nobody wants it
         self._cursor.close()
 
 

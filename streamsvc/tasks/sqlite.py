@@ -49,6 +49,7 @@ from streamsvc.tasks.store import (
     Runner,
     SchemaTooNew,
     changed,
+    listing_sql,
     writable,
 )
 
@@ -125,28 +126,10 @@ def migrate(connection: sqlite3.Connection) -> int:
 
 
 def select_for(query: TaskQuery) -> tuple[str, list[Any]]:
-    """The SQL (and its parameters) of a listing: id order, the filters of L{TaskQuery}."""
-    where, params = ["id > ?"], [query.after_id]
-    if query.status is not None:
-        where.append("status = ?")
-        params.append(query.status)
-    if query.min_priority is not None:
-        where.append("priority >= ?")
-        params.append(query.min_priority)
-    if query.q is not None and "\x00" in query.q:
-        # SQLite's LIKE ends its pattern at a NUL (so "%\0zzz%" matches every
-        # title); no title holds one, so nothing matches, as in model.matches.
-        where.append("0")
-    elif query.q is not None:
-        # LIKE folds ASCII case only, as model.matches does.
-        escaped = query.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        where.append("title LIKE ? ESCAPE '\\'")
-        params.append(f"%{escaped}%")
-    sql = f"SELECT {_COLUMNS} FROM tasks WHERE {' AND '.join(where)} ORDER BY id"
-    if query.limit is not None:
-        sql += " LIMIT ?"
-        params.append(query.limit)
-    return sql, params
+    """The SQL (and its parameters) of a listing batch: SQLite's LIKE folds ASCII case only, as the rule says."""
+    return listing_sql(
+        query, columns=_COLUMNS, mark="?", title_like="title LIKE ? ESCAPE '\\'", fold=lambda q: q, nothing="0"
+    )
 
 
 class _Transaction:

@@ -117,6 +117,45 @@ class LocalFeed:
         return result
 
 
+def like_pattern(q: str) -> str:
+    """C{%q%} for C{LIKE ... ESCAPE '\\'}: the wildcards and the escape in C{q} taken literally."""
+    return "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def listing_sql(
+    query: TaskQuery, *, columns: str, mark: str, title_like: str, fold: Callable[[str], str], nothing: str
+) -> tuple[str, list[Any]]:
+    """
+    The SQL (and its parameters) of one keyset batch of a listing, in any
+    dialect: id order after C{after_id}, the filters of L{TaskQuery}.
+
+    @param mark: the dialect's placeholder (C{?}, C{%s}).
+    @param title_like: the clause matching the title against a C{LIKE}
+        pattern with ASCII-only case folding (the rule of
+        L{streamsvc.tasks.model.matches}), with one placeholder.
+    @param fold: what the pattern goes through to match C{title_like}'s folding.
+    @param nothing: an always-false clause: no title holds a NUL, so a C{q}
+        with one matches nothing (SQLite's LIKE would stop at it, #28 item 5).
+    """
+    where, params = [f"id > {mark}"], [query.after_id]
+    if query.status is not None:
+        where.append(f"status = {mark}")
+        params.append(query.status)
+    if query.min_priority is not None:
+        where.append(f"priority >= {mark}")
+        params.append(query.min_priority)
+    if query.q is not None and "\x00" in query.q:
+        where.append(nothing)
+    elif query.q is not None:
+        where.append(title_like)
+        params.append(like_pattern(fold(query.q)))
+    sql = f"SELECT {columns} FROM tasks WHERE {' AND '.join(where)} ORDER BY id"
+    if query.limit is not None:
+        sql += f" LIMIT {mark}"
+        params.append(query.limit)
+    return sql, params
+
+
 def at_once(function: Callable[..., Any], *args: Any) -> Deferred:
     """A L{Runner} for tests: runs the job right here."""
     return maybeDeferred(function, *args)

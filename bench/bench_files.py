@@ -78,7 +78,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -92,7 +91,7 @@ import tempfile
 import time
 
 from _child import clean_env, interrupt_on_signals, log, run_failed  # bench/ is sys.path[0] when run as a script
-from _machine import other_cpu_users, tool_version, tree_check
+from _machine import machine_lines, other_cpu_users, tool_version, tree_check
 from _report import table
 from _runner import (
     HOST, SLOW_CLIENTS, Server, aiohttp_python, children as _children, cpu_seconds, descendants,
@@ -282,15 +281,7 @@ def fmt(v: float, metric: str) -> str:
 
 
 def machine_info(twistd: str, tmp: str, servers: list[Server], peers: dict[str, str]) -> list[str]:
-    lines = [f"nproc: {os.cpu_count()} (affinity {len(os.sched_getaffinity(0))})",
-             f"kernel: {platform.release()}",
-             f"bench Python: {platform.python_version()} ({sys.executable})"]
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
-        lines.append(f"cpu: {model}")
-    except OSError:
-        pass
+    lines = machine_lines()
     py = os.path.join(os.path.dirname(twistd), "python")
     if os.path.exists(py):
         # Asked from the temp dir, so a ./streamsvc of the working directory cannot stand in.

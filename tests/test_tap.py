@@ -293,14 +293,20 @@ def start_twistd(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], 
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 30
+    wait_listening(proc, port)
+    return proc, port
+
+
+def wait_listening(proc: subprocess.Popen[bytes], port: int, timeout: float = 30.0) -> None:
+    """Until C{proc} accepts connections on C{port}; its output in the error if it exits first."""
+    deadline = time.monotonic() + timeout
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, port
+            return
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(proc.communicate()[0].decode())
+                raise AssertionError(proc.communicate()[0].decode()) from None
             time.sleep(0.1)  # waiting for a child process to bind, not for logic
 
 

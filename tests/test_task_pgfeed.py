@@ -140,19 +140,25 @@ async def test_events_cross_hosts_with_the_same_ids_and_resume_anywhere(postgres
         await b.close()
 
 
+async def writer_and_listener(dsn: str, first: str):
+    """Host a writes, host b listens with a stream open that has had a's first event: (a, b, hub_b, stream)."""
+    a = PostgresTaskStore(dsn, runner=at_once, reactor=reactor)
+    b = PostgresTaskStore(dsn, runner=at_once, reactor=reactor)
+    hub_b = EventHub(reactor, heartbeat=0)
+    b.feed(hub_b)
+    await until(lambda: b._feed.connected.is_set(), what="the listener")
+    stream = Stream(hub_b)
+    await a.create(NewTask(first))
+    await until(lambda: hub_b.last_id == 1, what="the first event")
+    return a, b, hub_b, stream
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_dropped_listener_reconnects_and_loses_nothing(postgres_dsn):
     import psycopg
 
-    a = PostgresTaskStore(postgres_dsn, runner=at_once, reactor=reactor)
-    b = PostgresTaskStore(postgres_dsn, runner=at_once, reactor=reactor)
-    hub_b = EventHub(reactor, heartbeat=0)
-    b.feed(hub_b)
+    a, b, hub_b, stream = await writer_and_listener(postgres_dsn, "before")
     try:
-        await until(lambda: b._feed.connected.is_set(), what="the listener")
-        stream = Stream(hub_b)
-        await a.create(NewTask("before"))
-        await until(lambda: hub_b.last_id == 1, what="the first event")
         with psycopg.connect(postgres_dsn, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                           " WHERE datname = current_database() AND pid <> pg_backend_pid()"
@@ -170,18 +176,12 @@ async def test_a_dropped_listener_reconnects_and_loses_nothing(postgres_dsn):
 
 @pytest_twisted.ensureDeferred
 async def test_a_database_restart_mid_stream_is_survived_by_both_sides(postgres_cluster, postgres_dsn):
-    a = PostgresTaskStore(postgres_dsn, runner=at_once, reactor=reactor)
-    b = PostgresTaskStore(postgres_dsn, runner=at_once, reactor=reactor)
-    hub_b = EventHub(reactor, heartbeat=0)
-    b.feed(hub_b)
+    a, b, hub_b, stream = await writer_and_listener(postgres_dsn, "before the restart")
     try:
-        await until(lambda: b._feed.connected.is_set(), what="the listener")
-        stream = Stream(hub_b)
-        await a.create(NewTask("before the restart"))
-        await until(lambda: hub_b.last_id == 1, what="the first event")
         postgres_cluster.restart()
-        # The writer's idle connection died with the server: that write is a
-        # 503 (nothing written); the next one, on a new connection, works.
+        # The writer's idle connection died with the server: it is replaced
+        # before use; should the server's close not have reached us yet, that
+        # one write is a 503 (nothing written) and the next works.
         try:
             await a.create(NewTask("after the restart"))
         except StoreUnavailable:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pg_cluster import free_port
-from test_tap import TWISTD, read_all, start_twistd
+from test_tap import TWISTD, read_all, start_twistd, wait_listening
 
 TOKEN = "tw1std-token"
 
@@ -94,6 +94,24 @@ def test_an_unusable_database_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in out.stdout + out.stderr
     assert out.stderr.startswith("streamsvc: error: data_dir") and "tasks.sqlite3" in out.stderr
     assert out.stderr.strip().count("\n") == 0
+
+
+def stop_hosts(*procs: subprocess.Popen[bytes]) -> list[str]:
+    """SIGTERM to every host at once, then each must exit 0 (killed if not); their output."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    outputs = []
+    for proc in procs:
+        try:
+            out, _ = proc.communicate(timeout=30)
+            outputs.append(out.decode() if out else "")
+            assert proc.returncode == 0, outputs[-1][-2000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return outputs
 
 
 def postgres_config(tmp_path: Path, name: str, dsn: str) -> str:
@@ -182,15 +200,7 @@ def test_two_hosts_share_one_postgresql_with_the_same_etags(tmp_path: Path, post
         assert b'{"id":2,"event":"updated"' in resumed and b"reset" not in resumed
     finally:
         events_b.close()
-        for proc in (a, b):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in (a, b):
-            try:
-                assert proc.wait(timeout=30) == 0
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
+        stop_hosts(a, b)
 
 
 def test_a_database_down_while_serving_is_a_quick_503_and_the_host_recovers(
@@ -214,12 +224,7 @@ def test_a_database_down_while_serving_is_a_quick_503_and_the_host_recovers(
         code, _, body = split(http(port, request_bytes("GET", "/tasks")))
         assert code == 200 and [t["title"] for t in json.loads(body)] == ["before"]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            assert proc.wait(timeout=30) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        stop_hosts(proc)
 
 
 def test_with_workers_each_listens_and_every_stream_sees_every_change(tmp_path: Path, postgres_dsn: str) -> None:
@@ -240,12 +245,7 @@ def test_with_workers_each_listens_and_every_stream_sees_every_change(tmp_path: 
     finally:
         for s in streams:
             s.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            assert proc.wait(timeout=30) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        stop_hosts(proc)
 
 
 def test_two_hosts_starting_together_on_an_empty_database_both_come_up(tmp_path: Path, postgres_dsn: str) -> None:
@@ -259,29 +259,11 @@ def test_two_hosts_starting_together_on_an_empty_database_both_come_up(tmp_path:
         ))
     try:
         for proc, port in zip(procs, ports):
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise AssertionError(proc.communicate()[0].decode()) from None
-                    time.sleep(0.1)  # waiting for a child process to bind, not for logic
+            wait_listening(proc, port)
         for port in ports:
             assert split(http(port, request_bytes("GET", "/tasks")))[:1] == (200,)
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        logs = []
-        for proc in procs:
-            try:
-                out, _ = proc.communicate(timeout=30)
-                logs.append(out.decode())
-                assert proc.returncode == 0
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
+        logs = stop_hosts(*procs)
     # One of them made the tables, the other found them made.
     assert sum("created the task tables" in text for text in logs) == 1
     assert not any("Traceback" in text for text in logs)

@@ -21,13 +21,14 @@ answer within C{timeout}. Neither ever shows the secret key.
 
 from __future__ import annotations
 
+import datetime
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError, TimeoutError
 from twisted.web.client import ResponseFailed
 from twisted.web.iweb import IResponse
@@ -132,8 +133,6 @@ def parse_list(body: bytes) -> ListPage:
 
 
 def _iso_time(text: str) -> float:
-    import datetime
-
     if not text:
         return 0.0
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
@@ -245,16 +244,16 @@ class S3Client:
         return d.addErrback(self._unreachable)
 
     def _unreachable(self, failure: Any) -> Any:
-        if failure.check(ConnectError, DNSLookupError, TimeoutError, ConnectingCancelledError, ResponseFailed):
-            reason = failure.getErrorMessage() if not failure.check(ResponseFailed) else "the connection was lost"
-            if failure.check(TimeoutError) or "CancelledError" in repr(failure.value):
-                reason = f"no answer within {self._timeout:g} s"
-            raise S3Unavailable(f"the object store at {self.endpoint} is unreachable: {reason}")
-        from twisted.internet.defer import CancelledError
-
-        if failure.check(CancelledError):
-            raise S3Unavailable(f"the object store at {self.endpoint} gave no answer within {self._timeout:g} s")
-        return failure
+        """The client's failures to reach the store as L{S3Unavailable}; anything else passes on."""
+        if failure.check(CancelledError, TimeoutError, ConnectingCancelledError):
+            reason = f"no answer within {self._timeout:g} s"  # treq's timeout cancels the request
+        elif failure.check(ResponseFailed):
+            reason = "the connection was lost"
+        elif failure.check(ConnectError, DNSLookupError):
+            reason = failure.getErrorMessage()
+        else:
+            return failure
+        raise S3Unavailable(f"the object store at {self.endpoint} is unreachable: {reason}")
 
     async def _call(self, method: str, key: str = "", ok: Sequence[int] = (200,), **kw: Any) -> tuple[IResponse, bytes]:
         """A request whose (small) answer is read whole; L{S3Error} unless its status is in C{ok}."""

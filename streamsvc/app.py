@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import sqlite3
+from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -22,7 +23,7 @@ from twisted.web.server import Site
 from streamsvc.accesslog import AccessLog, AppendLines
 from streamsvc.auth import BearerGuard, TokenSet
 from streamsvc.metrics import Metrics, MetricsResource
-from streamsvc.config import TWISTD_LOG, Config, ConfigError
+from streamsvc.config import TWISTD_LOG, Config, ConfigError, check_file_store
 from streamsvc.cors import CORSPolicy, CORSResource
 from streamsvc.pages import UIResource
 from streamsvc.producers import default_clock
@@ -35,8 +36,10 @@ from streamsvc.errors import ErrorPage, HTTPError, JSONResource, not_found
 from streamsvc.files import FilesResource
 from streamsvc.generate import GenerateResource
 from streamsvc.stages import ClientBuckets
-from streamsvc.files.upload import RunBlocking, Uploads, remove_stale_uploads
-from streamsvc.interfaces import ITaskStore
+from streamsvc.files.disk_upload import RunBlocking, remove_stale_uploads
+from streamsvc.files.local import LocalFileStore
+from streamsvc.files.upload import Uploads
+from streamsvc.interfaces import IFileStore, ITaskStore
 from streamsvc.tasks.events import EventHub
 from streamsvc.tasks.importer import ImportResource
 from streamsvc.tasks.resource import EventsResource, TasksResource
@@ -79,6 +82,69 @@ def open_task_store(config: Config, reactor: IReactorTime | None = None) -> ITas
             events_kept=config.events.history,
         )
     return SQLiteTaskStore(tasks_path(config), reactor=reactor, readers=config.tasks.readers)
+
+
+def open_file_store(
+    config: Config, *, clock: IReactorTime | None = None, run_blocking: RunBlocking | None = None
+) -> IFileStore:
+    """
+    The file store C{[files] store} names: C{DATA_DIR/files}, or the bucket
+    of C{[s3]} (requests made over a pool of persistent connections). The
+    one place a file store is chosen; nothing else knows which it is.
+    """
+    if config.files.store == "s3":
+        from streamsvc.files.s3 import S3FileStore
+
+        return S3FileStore(
+            _s3_client(config, clock), prefix=config.s3.prefix, part_size=config.s3.part_size,
+            timeout=config.s3.timeout, clock=clock,
+        )
+    return LocalFileStore(files_dir(config), largest=config.stream.chunk_size, clock=clock, run_blocking=run_blocking)
+
+
+#: Connections kept open to the object store, per process.
+S3_CONNECTIONS = 64
+
+
+def _s3_client(config: Config, reactor: Any = None) -> Any:
+    import treq
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    from streamsvc.files.s3client import S3Client
+
+    if reactor is None:
+        from twisted.internet import reactor
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = S3_CONNECTIONS
+    s3 = config.s3
+    assert s3.bucket is not None and s3.access_key is not None and s3.secret_key is not None  # check_file_store
+    return S3Client(
+        treq.client.HTTPClient(Agent(reactor, pool=pool)), endpoint=s3.endpoint, bucket=s3.bucket,
+        access_key=s3.access_key, secret_key=s3.secret_key, region=s3.region, addressing=s3.addressing,
+        timeout=s3.timeout,
+    )
+
+
+def prepare_file_store(config: Config) -> None:
+    """
+    At start-up, before anything listens: the bucket of C{[files] store =
+    s3} is there and ours to use; a ConfigError (one line: the endpoint,
+    the bucket, why; never the secret) if not, or if the extra is missing.
+    """
+    if config.files.store != "s3":
+        return
+    from streamsvc.files import s3client
+
+    check_file_store(config)
+    try:
+        client = _s3_client(config)
+        s3client.check_bucket_blocking(client)
+    except s3client.SignerMissing as e:
+        raise ConfigError(str(e)) from None
+    except s3client.S3Unavailable as e:
+        raise ConfigError(str(e)) from None
+    except s3client.S3Error as e:
+        raise ConfigError(f"[s3] {e.message}") from None
 
 
 def prepare_task_store(config: Config) -> None:
@@ -148,6 +214,7 @@ def prepare_data_dir(config: Config) -> None:
             raise ConfigError(f"access_log_file {access!r}: cannot open it: {e.strerror}") from None
     if config.tasks.enabled:
         prepare_task_store(config)
+    prepare_file_store(config)
     removed = remove_stale_uploads(path)
     if removed:
         log.info("removed {count} unfinished upload(s) left by a stopped process", count=removed)
@@ -218,15 +285,16 @@ def build_resource(
     # Links and the status feed read the time themselves: they need a clock now.
     now = clock if clock is not None else default_clock()
     links = LinkSigner(link_secret(config), now)
+    store = open_file_store(config, clock=clock, run_blocking=run_blocking)
     files: IResource = FilesResource(
-        files_dir(config),
+        store,
         chunk_size=config.stream.chunk_size,
         max_ranges=config.stream.max_ranges,
         gzip=config.stream.gzip,
         gzip_level=config.stream.gzip_level,
         sendfile=config.stream.sendfile,
         clock=clock,
-        uploads=Uploads(files_dir(config), tokens, reactor=clock, run_blocking=run_blocking),
+        uploads=Uploads(store, tokens),
         max_upload_bytes=config.limits.max_upload_bytes,
         sandbox_html=config.files.sandbox_html,
         links=links,

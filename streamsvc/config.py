@@ -24,6 +24,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
+from urllib.parse import urlsplit
 from typing import Any, Final
 
 import attrs
@@ -159,9 +160,32 @@ class EventsConfig:
 
 @attrs.frozen
 class FilesConfig:
-    """C{[files]}: how C{/files} serves what is below the data dir."""
+    """
+    C{[files]}: how C{/files} serves its files, and from where: C{local}
+    (C{DATA_DIR/files}) or C{s3} (the bucket of C{[s3]}).
+    """
 
     sandbox_html: bool = True
+    store: str = "local"
+
+
+@attrs.frozen
+class S3Config:
+    """
+    C{[s3]}: the bucket of C{[files] store = s3}. The secret key (given,
+    or read from C{secret_key_file}) is never shown, in no message or repr.
+    """
+
+    endpoint: str = ""
+    bucket: str | None = None
+    region: str = "us-east-1"
+    access_key: str | None = None
+    secret_key: str | None = attrs.field(default=None, repr=False)
+    secret_key_file: str | None = None
+    prefix: str = ""
+    addressing: str = "path"
+    part_size: int = 8 * 1024 * 1024
+    timeout: int = 30
 
 
 @attrs.frozen
@@ -175,6 +199,7 @@ class Config:
     tasks: TasksConfig = TasksConfig()
     events: EventsConfig = EventsConfig()
     files: FilesConfig = FilesConfig()
+    s3: S3Config = S3Config()
 
 
 # --- values -----------------------------------------------------------------
@@ -479,6 +504,75 @@ def _parse_store(value: str) -> str:
     return store
 
 
+#: What C{[files] store} may name.
+FILE_STORES: Final = ("local", "s3")
+
+
+def _parse_file_store(value: str) -> str:
+    store = value.strip().lower()
+    if store not in FILE_STORES:
+        raise ValueError(f"expected {' or '.join(FILE_STORES)}")
+    return store
+
+
+def _parse_endpoint_url(value: str) -> str:
+    """An C{http://} or C{https://} URL with a host and no path; empty for AWS."""
+    url = value.strip().rstrip("/")
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query:
+        raise ValueError("expected a URL such as http://127.0.0.1:8333 or https://s3.example.com (or empty for AWS)")
+    return url
+
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]", re.ASCII)
+
+
+def _parse_bucket(value: str) -> str | None:
+    bucket = value.strip()
+    if not bucket:
+        return None
+    if _BUCKET.fullmatch(bucket) is None:
+        raise ValueError("expected an S3 bucket name: 3-63 lower-case letters, digits, dots and hyphens")
+    return bucket
+
+
+def _parse_text(value: str) -> str | None:
+    return value.strip() or None
+
+
+def _parse_region(value: str) -> str:
+    region = value.strip()
+    if not re.fullmatch(r"[a-z0-9-]{1,64}", region, re.ASCII):
+        raise ValueError("expected a region name such as us-east-1")
+    return region
+
+
+def _parse_key_prefix(value: str) -> str:
+    prefix = value.strip().strip("/")
+    if prefix and any(not part or part.startswith(".") for part in prefix.split("/")):
+        raise ValueError("expected key segments joined by / (none empty, none starting with a dot)")
+    return prefix + "/" if prefix else ""
+
+
+def _parse_addressing(value: str) -> str:
+    style = value.strip().lower()
+    if style not in ("path", "virtual"):
+        raise ValueError("expected path or virtual")
+    return style
+
+
+def _parse_part_size(value: str) -> int:
+    try:
+        size = parse_size(value)
+    except ValueError:
+        raise ValueError("expected a size such as 8MiB") from None
+    if not 5 * 1024**2 <= size <= 5 * 1024**3:
+        raise ValueError("must be from 5MiB to 5GiB (what S3 allows for a part)")
+    return size
+
+
 def _parse_dsn(value: str) -> str | None:
     """A libpq URI or key=value string; checked by the driver at start-up (never shown)."""
     return value.strip() or None
@@ -589,6 +683,22 @@ _SCHEMA: Final[Mapping[str, tuple[type, Mapping[str, _Key]]]] = MappingProxyType
             FilesConfig,
             {
                 "sandbox_html": _Key(_parse_boolean),
+                "store": _Key(_parse_file_store),
+            },
+        ),
+        "s3": (
+            S3Config,
+            {
+                "endpoint": _Key(_parse_endpoint_url),
+                "bucket": _Key(_parse_bucket),
+                "region": _Key(_parse_region),
+                "access_key": _Key(_parse_text),
+                "secret_key": _Key(_parse_text, secret=True),
+                "secret_key_file": _Key(_parse_path),
+                "prefix": _Key(_parse_key_prefix),
+                "addressing": _Key(_parse_addressing),
+                "part_size": _Key(_parse_part_size),
+                "timeout": _Key(_integer(1, 3600)),
             },
         ),
     }
@@ -733,6 +843,8 @@ def load_config(path: str | None, *, required: bool) -> Config:
             raise ConfigError(f"{source}: [auth] tokens_file = {auth.tokens_file!r}: {e}") from None
 
     tasks = _with_dsn(config.tasks, source)
+    s3 = _with_s3_secret(config.s3, source)
+    check_file_store(attrs.evolve(config, s3=s3), source)
 
     for key in ("protect_downloads", "protect_metrics"):
         if getattr(auth, key) and not (auth.tokens or file_tokens):
@@ -746,7 +858,41 @@ def load_config(path: str | None, *, required: bool) -> Config:
             auth, tokens=_unique([*auth.tokens, *file_tokens]), tokens_file=tokens_file
         ),
         tasks=tasks,
+        s3=s3,
     )
+
+
+def _with_s3_secret(s3: S3Config, source: str) -> S3Config:
+    """C{[s3]} with C{secret_key_file} read (relative to the config file, its first line) into C{secret_key}."""
+    if s3.secret_key is not None and s3.secret_key_file is not None:
+        raise ConfigError(f"{source}: [s3] give secret_key or secret_key_file, not both")
+    if s3.secret_key_file is None:
+        return s3
+    path = os.path.join(os.path.dirname(source), s3.secret_key_file)
+    try:
+        text = _read_text(path, what="secret_key_file")
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: [s3] secret_key_file = {s3.secret_key_file!r}: no such file") from None
+    except ConfigError as e:
+        raise ConfigError(f"{source}: [s3] secret_key_file: {e}") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise ConfigError(f"{source}: [s3] secret_key_file = {s3.secret_key_file!r} holds no key")
+    return attrs.evolve(s3, secret_key=lines[0], secret_key_file=path)
+
+
+def check_file_store(config: Config, source: str = "configuration") -> None:
+    """
+    C{[files] store = s3} needs its bucket and credentials in C{[s3]}.
+
+    @raise ConfigError: naming what is missing (never the secret).
+    """
+    if config.files.store != "s3":
+        return
+    missing = [name for name in ("bucket", "access_key", "secret_key") if getattr(config.s3, name) is None]
+    if missing:
+        shown = " or ".join(["secret_key", "secret_key_file"]) if missing == ["secret_key"] else ", ".join(missing)
+        raise ConfigError(f"{source}: [files] store = s3 needs [s3] {shown}")
 
 
 def _with_dsn(tasks: TasksConfig, source: str) -> TasksConfig:

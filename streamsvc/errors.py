@@ -79,6 +79,66 @@ def render_error(request: IRequest, error: HTTPError) -> bytes:
     return b"" if request.method == b"HEAD" else body
 
 
+class StoreUnavailable(Exception):
+    """
+    A store (the task database, the object store behind C{/files}) cannot be
+    reached, timed out or failed what it was asked: the client may retry
+    (L{unavailable_error}). The message names the server, never a secret.
+
+    @ivar status: 503 by default; a store that can tell says 502 (it
+        answered nonsense) or 504 (it did not answer in time).
+    @ivar retry_after: seconds the client is asked to wait.
+    """
+
+    def __init__(self, message: str, *, status: int = 503, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+def unavailable_error(error: StoreUnavailable, what: str) -> HTTPError:
+    """The answer to a store outage: its status, C{Retry-After}, and no more than C{what} failed."""
+    reason = {502: "gave a bad answer", 504: "did not answer in time"}.get(error.status, "is unavailable")
+    return HTTPError(
+        error.status,
+        f"the {what} {reason}, try again soon",
+        {b"retry-after": b"%d" % (error.retry_after,)},
+    )
+
+
+def failure_error(request: IRequest, failure: Failure, what: str) -> HTTPError:
+    """
+    What the client is told of C{failure} (a Deferred's, before the body
+    started): an L{HTTPError} as it is, a store outage from
+    L{unavailable_error} (logged as one line), anything else a logged 500.
+    """
+    if failure.check(HTTPError):
+        return failure.value  # type: ignore[no-any-return]
+    if failure.check(StoreUnavailable):
+        log.warn("{what} unavailable for {method} {uri}: {reason}", what=what,
+                 method=request.method, uri=request.uri, reason=str(failure.value))
+        return unavailable_error(failure.value, what)
+    log.failure("{what} failed for {method} {uri}", failure, what=what, method=request.method, uri=request.uri)
+    return HTTPError(500, "internal server error")
+
+
+def answer_error(request: IRequest, error: HTTPError) -> None:
+    """
+    Answer C{error} now, outside C{render}: nothing if the request is over
+    (its client left, or it was answered), an aborted connection if its
+    body began (a clean short body would lie), else the JSON error.
+    """
+    if request.finished or getattr(request, "_disconnected", False):
+        return
+    if request.startedWriting:
+        request.channel.transport.abortConnection()
+        return
+    body = render_error(request, error)
+    if body:
+        request.write(body)
+    request.finish()
+
+
 class ErrorPage(resource.Resource):
     """
     A leaf that answers every method with one JSON error.

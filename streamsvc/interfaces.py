@@ -245,3 +245,145 @@ class ITaskStore(Interface):
 
     def close():
         """Release every resource (at shutdown); a Deferred that fires once done."""
+
+
+class IStoredFile(Interface):
+    """
+    One version of a file, opened by L{IFileStore.open}: what the response
+    says of it (L{facts}) and a way to read byte ranges of that version.
+
+    Who closes what: the caller owns it until it asks for a L{producer},
+    which then owns whatever the file holds (a descriptor, a connection to
+    the store) and releases it however the stream ends. L{close} releases
+    it when no producer was made (a 304, a HEAD, an error) and is a no-op
+    after one was: callers call it in a C{finally}.
+    """
+
+    facts = Attribute(
+        "The L{streamsvc.files.facts.FileFacts} of this version: size, "
+        "modification time, strong ETag, media type."
+    )
+
+    name = Attribute("The file's own name (the last path segment), for Content-Disposition.")
+
+    def producer(spans, *, chunk_size, streaming, clock, sendfile):
+        """
+        An L{IStreamProducer} of C{spans} (a list of
+        L{streamsvc.ranges.ByteRange}s of this version and literal bytes,
+        as L{streamsvc.producers.FileProducer} takes them), reading at most
+        C{chunk_size} bytes at a time. It fails (L{SourceTruncated}, or the
+        store's error) rather than send bytes of another version.
+        C{sendfile}: the bytes go to the transport as they are (no stage
+        after), so a store on a local disk may send them with
+        C{os.sendfile}.
+        """
+
+    def close():
+        """Release the file if no producer took it. Idempotent."""
+
+
+class IReadAtOnce(Interface):
+    """
+    Optional, on an L{IStoredFile} whose bytes are at hand (a local disk):
+    a body of one chunk is read at once and sent with the headers, in one
+    write, rather than through a producer.
+    """
+
+    def read(spans):
+        """The bytes of C{spans}, now; C{OSError} or L{SourceTruncated} if they cannot be read."""
+
+
+class IStoredFolder(Interface):
+    """
+    A folder, found by L{IFileStore.open}. Its listing is an iterator of
+    batches, each a L{streamsvc.files.listing.Batch} or a L{Deferred} of one
+    (a store that lists over the network), never more than a bounded number
+    of entries at a time; the batch that says C{last} ends it.
+    """
+
+    slash = Attribute("Whether the request path ended with C{/} (without it the resource redirects).")
+
+    def entries():
+        """The iterator of batches described above, which the caller closes (C{close()})."""
+
+    def close():
+        """Release what finding the folder took (a descriptor). Idempotent."""
+
+
+class IUploadSink(Interface):
+    """
+    A new version of a file on its way into an L{IFileStore}
+    (L{IFileStore.begin_upload}): installed whole, or not at all.
+
+    Who calls what: the uploads' request side calls L{write} with each chunk
+    of the body in order, then exactly one of L{finish} (the body is
+    complete) or L{abort} (it will not be). The sink paces the body with
+    the C{flow} it was given (C{pause_body()} / C{resume_body()}), so a
+    client faster than the store costs a bounded buffer.
+
+    L{done} fires with a L{streamsvc.files.store.Installed} once the new
+    version is in place, durably (its digests and preconditions checked
+    just before, with L{streamsvc.files.store.WriteChecks}); it fails with
+    an L{HTTPError} or L{StoreUnavailable} as soon as the sink fails, even
+    while the body is still arriving, and with L{UploadAborted} after
+    L{abort}. Whichever way it ends, nothing half-written is ever served and
+    the previous version stays until the install.
+    """
+
+    done = Attribute("A Deferred, as above.")
+
+    def write(data):
+        """The next bytes of the body."""
+
+    def finish():
+        """The body is complete: check it and install it."""
+
+    def abort():
+        """The body will not be complete: discard what was received (and the store's upload)."""
+
+
+class IFileStore(Interface):
+    """
+    Where C{/files} keeps its files: a local folder (L{streamsvc.files.local})
+    or an object store (L{streamsvc.files.s3}). The resource, the listing
+    page, signed links and the download plan (ranges, conditionals, gzip)
+    use only this contract.
+
+    Paths: L{open} takes the request's raw path segments (C{postpath}) and
+    checks them itself (each store knows what it can name: a local folder
+    any bytes below its root, an object store UTF-8 keys); the write
+    methods take the segments L{streamsvc.files.paths.write_segments}
+    checked. Nothing outside the store's root is ever reached, in any
+    spelling; names starting with a dot are never served nor written.
+
+    Every method answers with a L{Deferred} (a local store's may have fired
+    already) and never makes the reactor wait: slow disk work runs in
+    threads, network work is asynchronous. Failures: L{HTTPError} 404 for
+    what is not there (or not servable), 409 for a file where a folder must
+    be or the reverse, 412 for a precondition that fails; L{StoreUnavailable}
+    when the store cannot be reached or answer (503/502/504 with
+    C{Retry-After}).
+    """
+
+    def open(postpath):
+        """A Deferred of the L{IStoredFile} or L{IStoredFolder} at C{postpath}."""
+
+    def begin_upload(segments, checks, flow):
+        """
+        An L{IUploadSink} for a new version of the file at C{segments}.
+        What can be decided at once (a path that leads nowhere, a folder in
+        the way, a precondition already failing) is raised here as an
+        L{HTTPError}, before the body is read; C{checks}
+        (L{streamsvc.files.store.WriteChecks}) holds the preconditions and
+        digests to check again at the install.
+        """
+
+    def delete(segments, preconditions):
+        """
+        Remove the file at C{segments} once C{preconditions} (a
+        L{streamsvc.files.store.WritePreconditions}) accept it; a Deferred
+        of None once it is gone. A folder there is a 409.
+        """
+
+    def make_folder(segments):
+        """Make the folder (and those on the way); a Deferred of whether it was new. A file in the way: 409."""

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from streamsvc.config import (
     DEFAULT_CONFIG_NAME,
     KNOWN_KEYS,
+    S3Config,
     EventsConfig,
     FilesConfig,
     TasksConfig,
@@ -141,8 +142,9 @@ def test_known_keys_match_the_config_classes() -> None:
         "tasks": TasksConfig,
         "events": EventsConfig,
         "files": FilesConfig,
+        "s3": S3Config,
     }
-    assert list(KNOWN_KEYS) == ["server", "stream", "auth", "limits", "tasks", "events", "files"]
+    assert list(KNOWN_KEYS) == ["server", "stream", "auth", "limits", "tasks", "events", "files", "s3"]
     for section, cls in classes.items():
         assert KNOWN_KEYS[section] == tuple(f.name for f in attrs.fields(cls))
 
@@ -274,7 +276,7 @@ def test_bad_booleans(section: str, key: str, value: str) -> None:
 def test_unknown_section(section: str) -> None:
     """A section the parser does not know stops parsing and lists the known ones."""
     assert error_of(f"[server]\n[{section}]\nx = 1\n") == (
-        f"tap.conf: unknown section [{section}] (known: server, stream, auth, limits, tasks, events, files)"
+        f"tap.conf: unknown section [{section}] (known: server, stream, auth, limits, tasks, events, files, s3)"
     )
 
 
@@ -724,10 +726,13 @@ def test_shipped_tap_conf_documents_every_key() -> None:
     for section, keys in KNOWN_KEYS.items():
         assert set(keys) <= documented[section], section
     lines = text.splitlines()
+    starts = {m: i for i, l in enumerate(lines) if (m := (re.fullmatch(r"\[([^\]]+)\]\s*", l) or [None, None])[1])}
     for section, keys in KNOWN_KEYS.items():
+        after = [i for i in starts.values() if i > starts[section]]
+        end = min(after, default=len(lines))
         for key in keys:
-            [index] = [i for i, l in enumerate(lines) if re.match(rf"#?{key}\s*=", l)]
-            assert lines[index - 1].startswith("# Default:"), key
+            [index] = [i for i in range(starts[section], end) if re.match(rf"#?{key}\s*=", lines[i])]
+            assert lines[index - 1].startswith("# Default:") or lines[index - 2].startswith("# Default:"), key
     # The secrets are left commented out.
     assert re.search(r"^#tokens\s*=", text, re.M) and re.search(r"^#tokens_file\s*=", text, re.M)
 

@@ -26,7 +26,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from streamsvc.errors import Request
-from streamsvc.files import paths as files_paths, resource as files_module
+from streamsvc.files import local as local_module, paths as files_paths, resource as files_module
 from streamsvc.files import (
     DirectoryListing,
     FilesResource,
@@ -170,7 +170,7 @@ def test_head_mirrors_get_without_body(files: Files) -> None:
 
 def test_head_does_not_read_the_file(files: Files, monkeypatch: Any) -> None:
     """HEAD never builds a producer (twisted.web runs GET and throws it away, E7)."""
-    import streamsvc.files.resource as module
+    import streamsvc.files.local as module
 
     def boom(*a: Any, **k: Any) -> None:
         raise AssertionError("HEAD created a producer")
@@ -650,7 +650,7 @@ def swap_sub_after_resolve(files: Files, monkeypatch: Any, *names: str) -> None:
     outside.mkdir()
     for name in names:
         (outside / name).write_bytes(b"outside the root")
-    real_resolve = files_module.resolve
+    real_resolve = local_module.resolve
 
     def racing_resolve(root: str, postpath: list[bytes]) -> Any:
         target = real_resolve(root, postpath)
@@ -658,7 +658,7 @@ def swap_sub_after_resolve(files: Files, monkeypatch: Any, *names: str) -> None:
         os.symlink(outside, files.root / "sub")
         return target
 
-    monkeypatch.setattr(files_module, "resolve", racing_resolve)
+    monkeypatch.setattr(local_module, "resolve", racing_resolve)
 
 
 def test_folder_swapped_for_symlink_after_resolve_is_refused(files: Files, monkeypatch: Any) -> None:

@@ -158,7 +158,7 @@ def test_reader_that_stops_is_aborted_after_send_timeout_and_its_file_closed(
     site = Site(tmp_path, send_timeout=60)
     (site.files / "big").write_bytes(os.urandom(2 * 1024 * 1024))
     closed: list[bool] = []
-    import streamsvc.files.resource as resource
+    import streamsvc.files.local as resource
 
     real = resource.SendfileProducer  # (a FileProducer on this fake transport)
 

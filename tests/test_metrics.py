@@ -139,7 +139,7 @@ def test_a_body_of_one_chunk_is_written_at_once_and_counted_as_a_stream(tmp_path
 
 
 def test_a_small_file_cut_after_its_stat_is_a_500_not_a_short_body(tmp_path: Any, monkeypatch: Any) -> None:
-    from streamsvc.files import resource
+    from streamsvc.files import local as resource
     from streamsvc.producers import read_spans
     from streamsvc.ranges import ByteRange
 

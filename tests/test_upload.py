@@ -24,7 +24,7 @@ from twisted.internet.task import Clock
 
 from streamsvc.app import build_site, prepare_data_dir
 from streamsvc.config import AuthConfig, Config, LimitsConfig, ServerConfig
-from streamsvc.files.upload import TEMP_PREFIX, TEMP_SUFFIX, remove_stale_uploads
+from streamsvc.files.disk_upload import TEMP_PREFIX, TEMP_SUFFIX, remove_stale_uploads
 from streamsvc.ranges import make_etag
 from streamsvc.testing import RawResponse, SiteConnection
 
@@ -676,7 +676,7 @@ def test_name_too_long_is_a_400(server: Server) -> None:
 
 def test_create_only_losing_a_race_is_a_412(server: Server, monkeypatch: Any) -> None:
     """A file created by another process between the last check and link(): 412, theirs kept."""
-    import streamsvc.files.upload as upload
+    import streamsvc.files.disk_upload as upload
 
     real_current = upload._current
 

@@ -21,7 +21,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.utils import getProcessOutputAndValue
 
 from streamsvc.config import AuthConfig, LimitsConfig
-from streamsvc.files.upload import TEMP_PREFIX
+from streamsvc.files.disk_upload import TEMP_PREFIX
 from streamsvc.testing import BodySender, parse_response
 
 from test_integration import RawClient, Server, wait_for

@@ -47,10 +47,8 @@ def identity_of(st: os.stat_result) -> Identity:
 
 @attrs.frozen
 class FileFacts:
-    """The headers one version of a regular file gets, in wire form."""
+    """The headers one version of a file gets, in wire form (the same for every store)."""
 
-    real: str
-    identity: Identity
     size: int
     mtime: int
     strong_etag: str
@@ -58,29 +56,40 @@ class FileFacts:
     compressible: bool
     active: bool  # a type a browser would run (HTML, SVG...): sandboxed
     last_modified: bytes
-    checked: float  # when the full walk last found it, on the cache's clock
 
     @classmethod
-    def of(cls, real: str, name: str, st: os.stat_result, checked: float = 0.0) -> FileFacts:
+    def of(cls, name: str, size: int, mtime: int, strong_etag: str) -> FileFacts:
+        """The facts of a version of the file C{name}: its type from the name, the rest given."""
         content_type, compressible = type_of_suffixes(last_suffixes(name))
-        mtime = int(st.st_mtime)
         return cls(
-            real=real,
-            identity=identity_of(st),
-            size=st.st_size,
+            size=size,
             mtime=mtime,
-            strong_etag=make_etag(st.st_size, st.st_mtime_ns),
+            strong_etag=strong_etag,
             content_type=content_type.encode("ascii"),
             compressible=compressible,
             active=is_active(content_type),
             last_modified=http_date(mtime).encode("ascii"),
-            checked=checked,
         )
+
+    @classmethod
+    def of_stat(cls, name: str, st: os.stat_result) -> FileFacts:
+        """The facts of a file on disk, from its C{stat}."""
+        return cls.of(name, st.st_size, int(st.st_mtime), make_etag(st.st_size, st.st_mtime_ns))
+
+
+@attrs.frozen
+class Known:
+    """A small file the full walk found: its facts, where it is, which version, and when."""
+
+    facts: FileFacts
+    real: str
+    identity: Identity
+    checked: float  # when the full walk last found it, on the cache's clock
 
 
 class FactsCache:
     """
-    L{FileFacts} by request path (the URL's decoded segments), each fresh
+    L{Known} files by request path (the URL's raw segments), each fresh
     for L{FACTS_TTL} seconds from the walk that found it; only for files of
     at most C{largest} bytes (those answered in one write), so that large
     downloads never push small files out.
@@ -100,46 +109,46 @@ class FactsCache:
         self._largest = largest
         self._ttl = ttl
         self._size = size
-        self._entries: dict[tuple[bytes, ...], FileFacts] = {}
+        self._entries: dict[tuple[bytes, ...], Known] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def learn(self, key: tuple[bytes, ...], real: str, name: str, st: os.stat_result) -> FileFacts:
         """The facts of the file just opened at C{key} by the full walk, remembered if it is small."""
-        facts = FileFacts.of(real, name, st, self._now())
+        facts = FileFacts.of_stat(name, st)
         entries = self._entries
         entries.pop(key, None)
         if facts.size > self._largest:
             return facts
         if len(entries) >= self._size:
             del entries[next(iter(entries))]  # the oldest: dicts keep insertion order
-        entries[key] = facts
+        entries[key] = Known(facts, real, identity_of(st), self._now())
         return facts
 
-    def fresh(self, key: tuple[bytes, ...]) -> FileFacts | None:
-        """The facts for C{key} if the walk found them less than the TTL ago."""
-        facts = self._entries.get(key)
-        if facts is None:
+    def fresh(self, key: tuple[bytes, ...]) -> Known | None:
+        """What is known of C{key} if the walk found it less than the TTL ago."""
+        known = self._entries.get(key)
+        if known is None:
             return None
-        if self._now() - facts.checked >= self._ttl:
+        if self._now() - known.checked >= self._ttl:
             del self._entries[key]
             return None
-        return facts
+        return known
 
-    def open(self, key: tuple[bytes, ...], facts: FileFacts) -> int | None:
+    def open(self, key: tuple[bytes, ...], known: Known) -> int | None:
         """
-        A descriptor of the file C{facts} describe, if it is still that
+        A descriptor of the file C{known} describes, if it is still that
         version; else None, and the entry is forgotten (the caller walks the
         path again, which also says why, if anything is wrong).
         """
         try:
-            fd = os.open(facts.real, FILE_FLAGS)
+            fd = os.open(known.real, FILE_FLAGS)
         except OSError:
             self._entries.pop(key, None)
             return None
         try:
-            same = identity_of(os.fstat(fd)) == facts.identity
+            same = identity_of(os.fstat(fd)) == known.identity
         except OSError:
             same = False
         if not same:

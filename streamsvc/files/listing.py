@@ -19,6 +19,9 @@ import time
 from typing import Any
 from urllib.parse import quote
 
+import attrs
+from twisted.internet.defer import Deferred
+
 from streamsvc.files.paths import inside, is_safe_segment
 
 #: Entries per listing chunk: enough to keep writes large, few enough that one
@@ -112,26 +115,124 @@ def _display(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
 
 
-class DirectoryListing:
+@attrs.frozen
+class Batch:
+    """Some entries of a listing (dicts as L{entry_item} makes them); C{last} for the final batch."""
+
+    items: list[dict[str, Any]]
+    last: bool
+
+
+def entry_item(raw: bytes, kind: str, size: int | None, mtime: float) -> dict[str, Any]:
     """
-    A directory in C{form} (L{JSONArray} by default, or L{HTMLPage}), a
-    batch of entries per item, in directory order (sorting would mean
-    holding every name in memory first).
+    One listing entry: C{raw}, the name as the store has it (bytes), for
+    the C{href}; C{kind} C{"dir"} or C{"file"}; C{size} None for a folder.
+    """
+    href = quote(raw, safe="") + ("/" if kind == "dir" else "")
+    return {"name": _display(raw), "href": href, "size": size, "mtime": mtime, "type": kind}
+
+
+class Listing:
+    """
+    A folder's entries (an iterator of L{Batch}es or of Deferreds of them,
+    as L{streamsvc.interfaces.IStoredFolder.entries} gives) in C{form}
+    (L{JSONArray} by default, or L{HTMLPage}): one chunk of bytes, or a
+    Deferred of one, per batch, for L{IterableProducer}, which calls
+    L{close} at once when the client goes away.
+    """
+
+    def __init__(self, entries: Any, form: JSONArray | HTMLPage | None = None) -> None:
+        self._entries = entries
+        self._form = form if form is not None else JSONArray()
+        self._started = False
+        self._count = 0
+        self._ended = False
+
+    @property
+    def content_type(self) -> bytes:
+        return self._form.content_type
+
+    def __iter__(self) -> Listing:
+        return self
+
+    def __next__(self) -> bytes | Deferred[bytes]:
+        if self._ended:
+            raise StopIteration
+        batch = next(self._entries, None)
+        if isinstance(batch, Deferred):
+            return batch.addCallback(self._chunk)
+        return self._chunk(batch)
+
+    def _chunk(self, batch: Batch | None) -> bytes:
+        parts = [] if self._started else [self._form.head()]
+        self._started = True
+        for item in batch.items if batch is not None else ():
+            parts.append(self._form.entry(item, self._count == 0))
+            self._count += 1
+        if batch is None or batch.last:
+            parts.append(self._form.end(self._count))
+            self._ended = True
+            self.close()
+        return b"".join(parts)
+
+    def close(self) -> None:
+        self._entries.close()
+
+
+class DiskEntries:
+    """
+    A folder on disk as L{Batch}es, in directory order (sorting would mean
+    holding every name in memory first; the page sorts what it shows).
 
     C{path} names the directory; C{fd}, when given, is the directory already
     opened safely (see L{open_inside}), is what is actually read, and
-    belongs to the listing once the constructor returns.
+    belongs to the entries once the constructor returns.
 
     The directory is opened by the constructor, so one that cannot be read
     is an C{OSError} the resource answers (404) before any byte is sent,
     rather than a body that breaks off after its start. L{close} releases
-    the handle whether or not iteration ever began; L{IterableProducer}
-    calls it at once when the client goes away.
+    the handle whether or not iteration ever began.
 
-    Each item looks at no more than C{batch} entries, however many of them
+    Each batch looks at no more than C{batch} entries, however many of them
     are left out (dotfiles, special files, symlinks that resolve outside
     C{root}), so one step never walks a huge directory in a single go.
     """
+
+    def __init__(self, path: str, root: str, *, fd: int | None = None, batch: int = LISTING_BATCH) -> None:
+        self._entries = os.scandir(path if fd is None else fd)
+        self._fd = fd  # owned from here on: the entries stat() through it
+        self._path = path
+        self._root = root
+        self._batch = batch
+        self._ended = False
+
+    def __iter__(self) -> DiskEntries:
+        return self
+
+    def __next__(self) -> Batch:
+        if self._ended:
+            raise StopIteration
+        items = []
+        for _ in range(self._batch):
+            entry = next(self._entries, None)
+            if entry is None:
+                self._ended = True
+                self.close()
+                return Batch(items, last=True)
+            item = _entry(entry, self._path, self._root)
+            if item is not None:
+                items.append(item)
+        return Batch(items, last=False)
+
+    def close(self) -> None:
+        self._entries.close()
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+class DirectoryListing(Listing):
+    """A folder on disk (L{DiskEntries}) listed in C{form}."""
 
     def __init__(
         self,
@@ -142,49 +243,10 @@ class DirectoryListing:
         batch: int = LISTING_BATCH,
         form: JSONArray | HTMLPage | None = None,
     ) -> None:
-        self._entries = os.scandir(path if fd is None else fd)
-        self._fd = fd  # owned from here on: the entries stat() through it
-        self._path = path
-        self._root = root
-        self._batch = batch
-        self._form = form if form is not None else JSONArray()
-        self._started = False
-        self._count = 0
-        self._ended = False
-
-    @property
-    def content_type(self) -> bytes:
-        return self._form.content_type
-
-    def __iter__(self) -> DirectoryListing:
-        return self
-
-    def __next__(self) -> bytes:
-        if self._ended:
-            raise StopIteration
-        parts = [] if self._started else [self._form.head()]
-        self._started = True
-        for _ in range(self._batch):
-            entry = next(self._entries, None)
-            if entry is None:
-                parts.append(self._form.end(self._count))
-                self._ended = True
-                self.close()
-                break
-            item = _entry(entry, self._path, self._root)
-            if item is not None:
-                parts.append(self._form.entry(item, self._count == 0))
-                self._count += 1
-        return b"".join(parts)
-
-    def close(self) -> None:
-        self._entries.close()
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
+        super().__init__(DiskEntries(path, root, fd=fd, batch=batch), form)
 
 
-def _entry(entry: os.DirEntry[str], folder: str, root: str) -> dict[str, object] | None:
+def _entry(entry: os.DirEntry[str], folder: str, root: str) -> dict[str, Any] | None:
     if not is_safe_segment(entry.name):
         return None
     try:
@@ -195,11 +257,7 @@ def _entry(entry: os.DirEntry[str], folder: str, root: str) -> dict[str, object]
     except OSError:
         return None
     if stat.S_ISDIR(st.st_mode):
-        kind, size = "dir", None
-    elif stat.S_ISREG(st.st_mode):
-        kind, size = "file", st.st_size
-    else:
-        return None
-    raw = os.fsencode(entry.name)
-    href = quote(raw, safe="") + ("/" if kind == "dir" else "")
-    return {"name": _display(raw), "href": href, "size": size, "mtime": st.st_mtime, "type": kind}
+        return entry_item(os.fsencode(entry.name), "dir", None, st.st_mtime)
+    if stat.S_ISREG(st.st_mode):
+        return entry_item(os.fsencode(entry.name), "file", st.st_size, st.st_mtime)
+    return None

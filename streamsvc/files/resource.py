@@ -10,10 +10,8 @@ spelling. Uploads (PUT/DELETE) are L{streamsvc.files.upload}'s.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import time
-from typing import BinaryIO
+from typing import Any
 from urllib.parse import quote
 
 import attrs
@@ -23,7 +21,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from streamsvc.errors import HTTPError, JSONResource, render_error
+from streamsvc.errors import HTTPError, JSONResource, answer_error, failure_error
 from streamsvc.files.fields import (
     add_vary,
     escape_query,
@@ -32,20 +30,25 @@ from streamsvc.files.fields import (
     singleton_header,
     wants_html,
 )
-from streamsvc.files.facts import FactsCache, FileFacts
-from streamsvc.files.listing import DirectoryListing, HTMLPage, JSONArray
+from streamsvc.files.facts import FileFacts
+from streamsvc.files.listing import HTMLPage, JSONArray, Listing
+from streamsvc.files.local import LocalFileStore
 from streamsvc.files.media import content_disposition
-from streamsvc.files.paths import LIST_FLAGS, Target, open_failed, open_inside, open_regular, resolve
 from streamsvc.files.upload import DEFAULT_MAX_UPLOAD_BYTES, Uploads
-from streamsvc.interfaces import IBodyConsumer, IStreamingBodyResource, IStreamProducer
-from streamsvc._sendfile import SendfileProducer
+from streamsvc.interfaces import (
+    IBodyConsumer,
+    IFileStore,
+    IReadAtOnce,
+    IStoredFile,
+    IStoredFolder,
+    IStreamingBodyResource,
+    IStreamProducer,
+)
 from streamsvc.signing import LinkSigner, check_duration
 from streamsvc.producers import (
     DEFAULT_CHUNK_SIZE,
-    FileProducer,
     IterableProducer,
     SourceTruncated,
-    read_spans,
     send_at_once,
     send_body,
     throttled,
@@ -77,6 +80,9 @@ _DECIDING = frozenset(
     {b"Range", b"If-Match", b"If-None-Match", b"If-Modified-Since", b"If-Unmodified-Since", b"If-Range"}
 )
 
+#: What the log calls the store when it fails a read.
+_WHAT = "file store"
+
 #: The policy of the pages streamsvc makes (listings, /ui): its own scripts,
 #: styles and media only, never inline, no frames, no plug-ins.
 PAGE_CSP = (
@@ -97,10 +103,12 @@ class _Body:
 @implementer(IStreamingBodyResource)
 class FilesResource(JSONResource):
     """
-    Serves the files below C{root}: GET and HEAD; PUT and DELETE through
-    C{uploads}.
+    Serves the files of C{store}: GET and HEAD; PUT and DELETE through
+    C{uploads}. Only the store contract (L{IFileStore}) is used: the same
+    plan (ranges, conditionals, gzip, download names) for every store.
 
-    @param root: the directory to serve; it must exist.
+    @param store: where the files are (L{IFileStore}); a path is shorthand
+        for a L{LocalFileStore} of that folder, which must exist.
     @param chunk_size: bytes per read.
     @param max_ranges: more ranges than this in one request get the full 200.
     @param gzip: compress compressible types for clients that accept gzip.
@@ -118,7 +126,7 @@ class FilesResource(JSONResource):
 
     def __init__(
         self,
-        root: str,
+        store: IFileStore | str,
         *,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         max_ranges: int = 16,
@@ -139,7 +147,9 @@ class FilesResource(JSONResource):
             raise ValueError(f"gzip_level must be 1-9, not {gzip_level}")
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, not {chunk_size}")
-        self.root = os.path.realpath(root)
+        if isinstance(store, str):
+            store = LocalFileStore(store, largest=chunk_size, clock=clock)
+        self.store = store
         self.chunk_size = chunk_size
         self.max_ranges = max_ranges
         self.gzip = gzip
@@ -149,7 +159,6 @@ class FilesResource(JSONResource):
         self.uploads = uploads
         self.max_body_bytes = max_upload_bytes
         self.sendfile = sendfile
-        self.facts = FactsCache(clock.seconds if clock is not None else time.monotonic, largest=chunk_size)
 
     # IStreamingBodyResource: the body of a PUT goes to disk as it arrives.
 
@@ -182,7 +191,7 @@ class FilesResource(JSONResource):
     def render_HEAD(self, request: IRequest) -> bytes | int:
         return self._respond(request, head=True)
 
-    def render_POST(self, request: IRequest) -> bytes:
+    def render_POST(self, request: IRequest) -> int:
         """
         C{POST /files/<path>?sign=SECONDS} (a Bearer token, as for uploads):
         a signed link to GET that path for C{SECONDS} (L{streamsvc.signing}).
@@ -196,91 +205,97 @@ class FilesResource(JSONResource):
         # Not plain digits: 0, refused with the signer's one message.
         seconds = int(raw[0]) if raw[0].isdigit() and len(raw[0]) <= 9 else 0
         check_duration(seconds)  # before the path: a 400 whatever the path
-        target = resolve(self.root, request.postpath)  # a 404 for what is not there
-        segments = request.prepath + request.postpath
-        if target.is_dir and not target.slash:
-            segments = segments + [b""]  # the folder's own URL, which a link to it must name
-        url, expires = self.links.link(segments, seconds)
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"cache-control", b"no-store")
-        return json.dumps({"url": url, "expires": expires}).encode("ascii") + b"\n"
+        links = self.links
 
-    def _respond(self, request: IRequest, *, head: bool) -> bytes | int:
+        def found(stored: Any) -> None:
+            stored.close()
+            segments = request.prepath + request.postpath
+            if IStoredFolder.providedBy(stored) and not stored.slash:
+                segments = segments + [b""]  # the folder's own URL, which a link to it must name
+            url, expires = links.link(segments, seconds)
+            request.setHeader(b"content-type", b"application/json")
+            request.setHeader(b"cache-control", b"no-store")
+            respond_whole(request, json.dumps({"url": url, "expires": expires}).encode("ascii") + b"\n")
+
+        self.store.open(request.postpath).addCallback(found).addErrback(self._failed, request)  # 404: not there
+        return NOT_DONE_YET  # type: ignore[no-any-return]
+
+    def _respond(self, request: IRequest, *, head: bool) -> int:
         if self.links is not None:
             self.links.verify(request)  # a bad or expired link is a 403, even on a public file
-        if not head:
-            small = self._small_and_unchanged(request)
-            if small is not None:
-                return small
-        target = resolve(self.root, request.postpath)
-        if target.is_dir:
-            if not target.slash:
-                return self._redirect_to_slash(request)
-            return self._listing(request, target, head=head)
-        if target.slash:
-            raise HTTPError(404, "not found")
-        file: BinaryIO | None
-        file, st = open_regular(target, self.root)
+        self.store.open(request.postpath).addCallback(self._opened, request, head).addErrback(
+            self._failed, request
+        )
+        return NOT_DONE_YET  # type: ignore[no-any-return]
+
+    def _failed(self, failure: Any, request: IRequest) -> None:
+        answer_error(request, failure_error(request, failure, _WHAT))
+
+    def _opened(self, stored: Any, request: IRequest, head: bool) -> None:
+        if IStoredFolder.providedBy(stored):
+            if not stored.slash:
+                stored.close()
+                self._redirect_to_slash(request)
+                return
+            self._listing(request, stored, head=head)
+            return
         try:
-            facts = self.facts.learn(tuple(request.postpath), target.real, target.segments[-1], st)
-            decided = self._file(request, target, facts, head=head)
-            if not isinstance(decided, _Body):
-                return decided
-            if not decided.gzip and body_length(decided.spans) <= self.chunk_size and not throttled(request):
-                try:
-                    data = read_spans(file.fileno(), decided.spans)
-                except (OSError, SourceTruncated) as error:
-                    log.error("Reading {path} failed: {error}", path=target.real, error=error)
-                    raise HTTPError(500, "the file could not be read") from None
-                return send_at_once(request, data, kind="file")
-            kind = SendfileProducer if self.sendfile and not decided.gzip else FileProducer
-            producer = kind(
-                file,
+            if not head and self._plain_whole(request, stored):
+                self._file_headers(request, stored.facts, stored.facts.strong_etag)
+                self._send_small(request, stored, [ByteRange(0, stored.facts.size)] if stored.facts.size else [])
+                return
+            decided = self._file(request, stored, head=head)
+            if decided is None:
+                return
+            if self._small(request, stored, decided):
+                self._send_small(request, stored, decided.spans)
+                return
+            producer = stored.producer(
                 decided.spans,
                 chunk_size=min(self.chunk_size, GZIP_CHUNK_SIZE) if decided.gzip else self.chunk_size,
                 streaming=self.streaming,
                 clock=self.clock,
+                sendfile=self.sendfile and not decided.gzip,
             )
-            body = self._wrap(producer, decided.gzip)
-            file = None  # the producer owns it now, and closes it however the stream ends
-            send_body(request, body, clock=self.clock, kind="file")
-            return NOT_DONE_YET  # type: ignore[no-any-return]
+            send_body(request, self._wrap(producer, decided.gzip), clock=self.clock, kind="file")
         finally:
-            if file is not None:
-                file.close()
+            stored.close()  # nothing if the producer took it
 
-    def _small_and_unchanged(self, request: IRequest) -> bytes | None:
+    def _plain_whole(self, request: IRequest, stored: IStoredFile) -> bool:
         """
-        The whole of a file of one chunk (the only ones L{FactsCache} keeps)
-        that an earlier request walked to and that has not changed since
-        (L{streamsvc.files.facts}), answered
-        from what was learnt then: one open, fstat, read and write. None
-        when anything about the request or the file needs the full path
-        (a Range or condition, gzip, a download name, a throttle, a file
-        that is new, large, stale or changed).
+        Whether C{request} asks for no more than the whole of a file of one
+        chunk, as it is, from a store that reads at once: the headers are then
+        the file's own and the plan is skipped (no Range or condition, no gzip,
+        no download name, no throttle).
         """
-        key = tuple(request.postpath)
-        facts = self.facts.fresh(key)
-        if facts is None:
-            return None
+        facts = stored.facts
+        if facts.size > self.chunk_size or not IReadAtOnce.providedBy(stored):
+            return False
         names = [name for name, _ in request.requestHeaders.getAllRawHeaders()]
         if not _DECIDING.isdisjoint(names):
-            return None
+            return False
         if self.gzip and facts.compressible and b"Accept-Encoding" in names:
-            return None
-        if b"download" in request.args or throttled(request):
-            return None
-        fd = self.facts.open(key, facts)
-        if fd is None:
-            return None
+            return False
+        return b"download" not in request.args and not throttled(request)
+
+    def _small(self, request: IRequest, stored: IStoredFile, decided: _Body) -> bool:
+        """Whether the planned body is one chunk, unencoded and unthrottled, from a store that reads at once."""
+        return (
+            not decided.gzip
+            and body_length(decided.spans) <= self.chunk_size
+            and IReadAtOnce.providedBy(stored)
+            and not throttled(request)
+        )
+
+    def _send_small(self, request: IRequest, stored: Any, spans: list[bytes | ByteRange]) -> None:
+        """A body of one chunk, read at once and sent with the headers."""
         try:
-            data = read_spans(fd, [ByteRange(0, facts.size)] if facts.size else [])
-        except (OSError, SourceTruncated):
-            return None  # the full path finds out what is wrong, and says so
-        finally:
-            os.close(fd)
-        self._file_headers(request, facts, facts.strong_etag)
-        return send_at_once(request, data, kind="file")
+            data = stored.read(spans)
+        except (OSError, SourceTruncated) as error:
+            log.error("Reading {path} failed: {error}", path=getattr(stored, "real", stored.name), error=error)
+            answer_error(request, HTTPError(500, "the file could not be read"))
+            return
+        respond_whole(request, send_at_once(request, data, kind="file"))
 
     def _file_headers(self, request: IRequest, facts: FileFacts, etag: str) -> None:
         """The headers of every response with (a part of) the file's bytes."""
@@ -305,21 +320,15 @@ class FilesResource(JSONResource):
     def _wrap(self, producer: IStreamProducer, gzip: bool) -> IStreamProducer:
         return GzipStage(producer, level=self.gzip_level) if gzip else producer
 
-    def _file(
-        self,
-        request: IRequest,
-        target: Target,
-        facts: FileFacts,
-        *,
-        head: bool,
-    ) -> _Body | bytes | int:
+    def _file(self, request: IRequest, stored: IStoredFile, *, head: bool) -> _Body | None:
         """
-        Set status and headers for a file; return the finished response, or
-        what the body must be when there is one to send.
+        Set status and headers for a file; answer it (None) when there is no
+        body to send, or return what the body must be.
         """
+        facts = stored.facts
         size = facts.size
         mtime = facts.mtime
-        name = target.segments[-1]
+        name = stored.name
         content_type = facts.content_type.decode("ascii")
         strong_etag = facts.strong_etag
         range_header = singleton_header(request, b"range")
@@ -344,9 +353,11 @@ class FilesResource(JSONResource):
             request.setResponseCode(304)
             for name_ in (b"content-disposition", b"accept-ranges", b"content-type"):
                 request.responseHeaders.removeHeader(name_)
-            return finish_without_body(request)
+            finish_without_body(request)
+            return None
         if verdict == 412:
-            return render_error(request, HTTPError(412, "precondition failed"))
+            answer_error(request, HTTPError(412, "precondition failed"))
+            return None
 
         spans: list[bytes | ByteRange] = [ByteRange(0, size)] if size else []
         if range_header is not None and if_range_allows_partial(
@@ -355,7 +366,7 @@ class FilesResource(JSONResource):
             try:
                 ranges = plan_ranges(range_header, size, self.max_ranges)
             except RangeNotSatisfiable:
-                return render_error(
+                answer_error(
                     request,
                     HTTPError(
                         416,
@@ -363,6 +374,7 @@ class FilesResource(JSONResource):
                         {b"content-range": unsatisfiable_content_range(size).encode("ascii")},
                     ),
                 )
+                return None
             if ranges is not None:
                 request.setResponseCode(206)
                 if len(ranges) == 1:
@@ -383,7 +395,8 @@ class FilesResource(JSONResource):
                 request.setHeader(b"content-encoding", b"gzip")
             else:
                 request.setHeader(b"content-length", b"%d" % (body_length(spans),))
-            return finish_without_body(request)
+            finish_without_body(request)
+            return None
         if gzip:
             request.setHeader(b"content-encoding", b"gzip")
         return _Body(spans, gzip)
@@ -398,21 +411,15 @@ class FilesResource(JSONResource):
         request.setHeader(b"content-length", b"0")
         return finish_without_body(request)
 
-    def _listing(self, request: IRequest, target: Target, *, head: bool) -> int:
+    def _listing(self, request: IRequest, folder: IStoredFolder, *, head: bool) -> None:
         page = wants_html(request)
-        try:
-            fd = open_inside(target, self.root, LIST_FLAGS)
-        except OSError as error:
-            raise open_failed(error, target.real) from None
+        entries = folder.entries()  # for HEAD too: a folder that cannot be listed is a 404 (or 503) either way
+        if head:
+            entries.close()
         form = HTMLPage(tuple(request.postpath[:-1])) if page else JSONArray()
-        try:
-            listing = DirectoryListing(target.real, self.root, fd=fd, form=form)
-        except OSError as error:
-            os.close(fd)
-            raise open_failed(error, target.real) from None
         content_type = "text/html" if page else "application/json"
         gzip = self._gzip_wanted(request, is_compressible(content_type))
-        request.setHeader(b"content-type", listing.content_type)
+        request.setHeader(b"content-type", form.content_type)
         request.setHeader(b"x-content-type-options", b"nosniff")
         add_vary(request, b"Accept")
         if page:
@@ -426,10 +433,19 @@ class FilesResource(JSONResource):
         if gzip:
             request.setHeader(b"content-encoding", b"gzip")
         if head:
-            listing.close()
-            return finish_without_body(request)
-        producer = IterableProducer(listing, streaming=self.streaming, clock=self.clock)
+            finish_without_body(request)
+            return
+        producer = IterableProducer(Listing(entries, form), streaming=self.streaming, clock=self.clock)
         send_body(request, self._wrap(producer, gzip), clock=self.clock, kind="listing")
-        return NOT_DONE_YET  # type: ignore[no-any-return]
 
 
+def respond_whole(request: IRequest, body: bytes) -> None:
+    """
+    Answer with C{body} in one write, as twisted.web does with what
+    C{render} returns (for answers decided after C{render}, once a store
+    has answered): its Content-Length, and no body for HEAD.
+    """
+    request.setHeader(b"content-length", b"%d" % (len(body),))
+    if request.method != b"HEAD":
+        request.write(body)
+    request.finish()

@@ -35,6 +35,8 @@ from twisted.web.iweb import IResponse
 
 import treq
 
+from streamsvc.errors import StoreUnavailable
+
 try:
     from botocore.auth import S3SigV4Auth
     from botocore.awsrequest import AWSRequest
@@ -60,8 +62,8 @@ class S3Error(Exception):
         self.message = message
 
 
-class S3Unavailable(Exception):
-    """The store could not be reached, or did not answer in time (the message names the endpoint)."""
+class S3Unavailable(StoreUnavailable):
+    """The store could not be reached (503), or did not answer in time (504); the message names the endpoint."""
 
 
 class ObjectInfo(NamedTuple):
@@ -245,15 +247,17 @@ class S3Client:
 
     def _unreachable(self, failure: Any) -> Any:
         """The client's failures to reach the store as L{S3Unavailable}; anything else passes on."""
+        status = 503
         if failure.check(CancelledError, TimeoutError, ConnectingCancelledError):
             reason = f"no answer within {self._timeout:g} s"  # treq's timeout cancels the request
+            status = 504
         elif failure.check(ResponseFailed):
             reason = "the connection was lost"
         elif failure.check(ConnectError, DNSLookupError):
             reason = failure.getErrorMessage()
         else:
             return failure
-        raise S3Unavailable(f"the object store at {self.endpoint} is unreachable: {reason}")
+        raise S3Unavailable(f"the object store at {self.endpoint} is unreachable: {reason}", status=status)
 
     async def _call(self, method: str, key: str = "", ok: Sequence[int] = (200,), **kw: Any) -> tuple[IResponse, bytes]:
         """A request whose (small) answer is read whole; L{S3Error} unless its status is in C{ok}."""
@@ -387,3 +391,36 @@ class S3Client:
 
 def _xml_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+
+
+def check_bucket_blocking(client: S3Client) -> None:
+    """
+    HeadBucket, synchronously: for start-up only, before the reactor runs
+    (the one place a blocking call is right: nothing is served yet, and an
+    unusable bucket must stop the start with one line).
+
+    @raise S3Unavailable: the store cannot be reached in C{client}'s timeout.
+    @raise S3Error: it answered no (404: no such bucket; 403: the
+        credentials or the bucket's policy refuse us).
+    """
+    import http.client
+
+    url = client.url()
+    parts = urlsplit(url)
+    signed = client._signed("HEAD", url, {})
+    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    connection = kind(parts.hostname, parts.port, timeout=client._timeout)
+    try:
+        connection.request("HEAD", parts.path or "/", headers={k.decode(): v[0].decode() for k, v in signed.items()})
+        status = connection.getresponse().status
+    except OSError as e:
+        reason = f"no answer within {client._timeout:g} s" if isinstance(e, TimeoutError) else str(e.strerror or e)
+        raise S3Unavailable(f"the object store at {client.endpoint} is unreachable: {reason}") from None
+    finally:
+        connection.close()
+    if status == 404:
+        raise S3Error(404, "NoSuchBucket", f"there is no bucket {client.bucket!r} at {client.endpoint}")
+    if status in (401, 403):
+        raise S3Error(status, "AccessDenied", f"the credentials are refused for bucket {client.bucket!r} at {client.endpoint}")
+    if status >= 300:
+        raise S3Error(status, "Unexpected", f"HeadBucket of {client.bucket!r} at {client.endpoint} answered {status}")

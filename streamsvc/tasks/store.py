@@ -31,6 +31,7 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from streamsvc.errors import StoreUnavailable as _StoreUnavailable
 from streamsvc.interfaces import ITaskCursor
 from streamsvc.tasks.model import Task, TaskQuery
 
@@ -55,11 +56,9 @@ class StoreBusy(Exception):
     """No connection freed within the store's wait (answered 503, Retry-After)."""
 
 
-class StoreUnavailable(Exception):
-    """
-    The database cannot be reached or failed the query (answered 503,
-    Retry-After). The message names the server, never a password.
-    """
+# The database cannot be reached or failed the query (answered 503,
+# Retry-After): the one outage type every store raises.
+StoreUnavailable = _StoreUnavailable
 
 
 class SchemaTooNew(RuntimeError):

@@ -32,7 +32,7 @@ from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from streamsvc.accesslog import redact_query
-from streamsvc.errors import HTTPError, render_error
+from streamsvc.errors import HTTPError, StoreUnavailable, render_error, unavailable_error
 from streamsvc.interfaces import IStreamProducer
 from streamsvc.pull import DEFAULT_BURST, DEFAULT_TURN_BUDGET, PullDriver
 from streamsvc.ranges import ByteRange
@@ -860,6 +860,18 @@ class BodyStream:
             )
             sent = self._decided(Outcome.ERROR)
             self._end_broken(error)
+            return sent
+        if reason.check(StoreUnavailable):
+            # A store that cannot be reached or stopped answering: one line,
+            # no traceback; a 503/504 if nothing was sent yet, else a cut body.
+            log.warn(
+                "Response body for {uri} failed after {sent} bytes: {reason}",
+                uri=redact_query(request.uri or b""),
+                sent=self.bytes_sent,
+                reason=str(reason.value),
+            )
+            sent = self._decided(Outcome.ERROR)
+            self._end_broken(unavailable_error(reason.value, "store"))
             return sent
         log.failure(
             "Response body for {uri} failed after {sent} bytes",

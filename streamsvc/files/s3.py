@@ -54,7 +54,7 @@ from streamsvc.errors import HTTPError, StoreUnavailable
 from streamsvc.files.facts import FileFacts
 from streamsvc.files.listing import Batch, entry_item
 from streamsvc.files.paths import is_safe_segment
-from streamsvc.files.s3client import ObjectInfo, S3Client, S3Error
+from streamsvc.files.s3client import ListPage, ObjectInfo, S3Client, S3Error
 from streamsvc.files.store import Installed, UploadAborted, WriteChecks, WritePreconditions
 from streamsvc.interfaces import IFileStore, IStoredFile, IStoredFolder, IUploadSink
 from streamsvc.producers import SourceTruncated, StreamProducer, default_clock
@@ -141,13 +141,15 @@ class ObjectFile:
 class ObjectFolder:
     """A key prefix, listed page by page (folders, then files, within each page)."""
 
-    def __init__(self, store: S3FileStore, prefix: str, slash: bool) -> None:
+    def __init__(self, store: S3FileStore, prefix: str, slash: bool, first: ListPage | None = None) -> None:
         self.slash = slash
         self._store = store
         self._prefix = prefix
+        self._first = first
 
     def entries(self) -> ObjectEntries:
-        return ObjectEntries(self._store.client, self._prefix)
+        first, self._first = self._first, None
+        return ObjectEntries(self._store.client, self._prefix, first)
 
     def close(self) -> None:
         pass
@@ -163,9 +165,10 @@ class ObjectEntries:
     marker object is left out, and so are names L{is_safe_segment} refuses.
     """
 
-    def __init__(self, client: S3Client, prefix: str) -> None:
+    def __init__(self, client: S3Client, prefix: str, first: ListPage | None = None) -> None:
         self._client = client
         self._prefix = prefix
+        self._first = first  # read before the answer began (see S3FileStore.open)
         self._token: str | None = None
         self._ended = False
         self._pending: Deferred[Any] | None = None
@@ -173,9 +176,12 @@ class ObjectEntries:
     def __iter__(self) -> ObjectEntries:
         return self
 
-    def __next__(self) -> Deferred[Batch]:
+    def __next__(self) -> Batch | Deferred[Batch]:
         if self._ended:
             raise StopIteration
+        first, self._first = self._first, None
+        if first is not None:
+            return self._page(first)
         self._pending = d = self._client.list_page(self._prefix, self._token, max_keys=LIST_PAGE)
         return d.addCallback(self._page).addErrback(store_failed)
 
@@ -465,15 +471,23 @@ class S3FileStore:
     async def _open(self, postpath: list[bytes]) -> ObjectFile | ObjectFolder:
         segments, slash = object_segments(postpath)
         if not segments:
-            return ObjectFolder(self, self.prefix, slash)
+            first = await self.client.list_page(self.prefix, max_keys=LIST_PAGE) if slash else None
+            return ObjectFolder(self, self.prefix, slash, first)
         key = self.key(segments)
         if not slash:
             info = await self.client.head_object(key)
             if info is not None:
                 return ObjectFile(self, key, segments[-1], _facts(segments[-1], info))
-        if await self._is_folder(key):
-            return ObjectFolder(self, key + "/", slash)
-        raise HTTPError(404, "not found")
+            if await self._is_folder(key):
+                return ObjectFolder(self, key + "/", slash)
+            raise HTTPError(404, "not found")
+        # The first page now, before the answer's status is decided: a store
+        # that cannot list is a 503 (not a body that breaks off), an empty
+        # prefix a 404.
+        first = await self.client.list_page(key + "/", max_keys=LIST_PAGE)
+        if not (first.prefixes or first.objects):
+            raise HTTPError(404, "not found")
+        return ObjectFolder(self, key + "/", slash, first)
 
     async def _is_folder(self, key: str) -> bool:
         page = await self.client.list_page(key + "/", max_keys=1)

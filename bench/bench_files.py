@@ -72,6 +72,7 @@ package registries, by pip and apt-get, when a peer has to be installed).
     python bench/bench_files.py --peers --runs 3 --only single,concurrent,rps,slow_rss
     python bench/bench_files.py --servers streamsvc,sendfile --only single
     python bench/bench_files.py --quick --only tls
+    python bench/bench_files.py --store s3           # /files on S3 against the store itself (bench_s3.py)
 """
 
 from __future__ import annotations
@@ -426,6 +427,10 @@ def make_file(path: str, size: int, block: bytes) -> None:
 
 
 def main() -> int:
+    if "--store" in sys.argv[1:]:  # --store s3: the object-store benchmark (bench/bench_s3.py)
+        import bench_s3
+
+        return bench_s3.main(sys.argv[1:])
     default_twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     ap = argparse.ArgumentParser(description="streamsvc /files vs static.File, a bare sendfile server, "
                                              "aiohttp and nginx")

@@ -140,7 +140,7 @@ async def test_a_big_upload_holds_about_two_parts(site: StoreSite) -> None:
 
     def watching(self: Any, data: bytes) -> None:
         real_write(self, data)
-        seen.append(len(self._buffer))
+        seen.append(self._filled)
 
     s3_module.ObjectUpload.write = watching  # type: ignore[method-assign]
     try:
@@ -217,3 +217,21 @@ def test_start_up_errors_are_one_line_and_never_show_the_secret(tmp_path: Any, s
         message = str(raised.value)
         assert expected in message and "\n" not in message, message
         assert bad.s3.secret_key not in message and bad.s3.secret_key not in repr(bad)
+
+
+@pytest_twisted.ensureDeferred
+async def test_objects_stream_as_pull_producers_too(site: StoreSite) -> None:
+    """registerProducer(p, False): the same bodies, one chunk per resumeProducing (the PullDriver's)."""
+    files = site.site.resource.children[b"files"]
+    files.streaming = False
+    body = os.urandom(3 * MiB + 5)
+    assert (await site.put("/files/pull.bin", body))[0].code == 201
+    await site.put("/files/pull/a.txt", b"a")
+    whole, got = await site.request("GET", "/files/pull.bin")
+    assert whole.code == 200 and got == body
+    multi, got = await site.request("GET", "/files/pull.bin", range="bytes=0-9,-10")
+    assert multi.code == 206 and body[:10] in got and body[-10:] in got
+    listing, got = await site.request("GET", "/files/pull/")
+    assert [e["name"] for e in json.loads(got)] == ["a.txt"]
+    zipped, got = await site.request("GET", "/files/pull/a.txt", accept_encoding="gzip")
+    assert zipped.code == 200 and got == b"a"

@@ -17,7 +17,7 @@ C{If-Match} on that ETag, streamed by L{ObjectProducer}: what arrives from
 the store is written to the client as it comes, and when the client's
 transport pauses the producer the store's socket is no longer read (its
 transport paused) until the client drains: a slow client holds one socket
-read (at most 64 KiB) here, and the rest waits in the kernel and at the
+read (128 KiB) here, and the rest waits in the kernel and at the
 store. A client that leaves closes the store connection at once. A store
 connection lost mid-range is asked again for the rest (with C{If-Match}, so
 never another version's bytes), a few times; a store that stops sending
@@ -46,10 +46,12 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
+from twisted.web.iweb import IBodyProducer
 from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 
 from streamsvc._threads import PoolRunner
+from streamsvc._transport import set_read_size
 from streamsvc.errors import HTTPError, StoreUnavailable
 from streamsvc.files.facts import FileFacts
 from streamsvc.files.listing import Batch, entry_item
@@ -78,6 +80,13 @@ RANGE_RETRIES = 3
 
 #: Threads hashing upload parts (hashlib lets go of the GIL for big buffers).
 HASH_THREADS = 2
+
+#: Bytes per read of the store's socket: what one paused download holds here
+#: is about one read (and the client transport's one write). Twice Twisted's
+#: default: a quarter less CPU per GiB than 64 KiB reads, and a slow client
+#: still holds less than 64 KiB on average (BENCHMARKS.md: 256 KiB reads cost
+#: three times that).
+STORE_READ = 128 * 1024
 
 
 def object_segments(postpath: list[bytes]) -> tuple[tuple[str, ...], bool]:
@@ -227,7 +236,11 @@ class _RangeBody(Protocol):
         self._timeout = timeout
         self._clock = clock
         self._timer: IDelayedCall | None = None
+        self._waiting_since = 0.0
         self._what = what
+
+    def connectionMade(self) -> None:
+        set_read_size(self.transport, STORE_READ)
 
     def dataReceived(self, data: bytes) -> None:
         self.received += len(data)
@@ -237,7 +250,6 @@ class _RangeBody(Protocol):
             return
         waiter, self._waiter = self._waiter, None
         if waiter is not None:
-            self._stop_timer()
             waiter.callback(data)
             return
         self._queue.append(data)
@@ -281,7 +293,9 @@ class _RangeBody(Protocol):
             return b""
         self._resume()
         self._waiter = Deferred()
-        self._timer = self._clock.callLater(self._timeout, self._stalled)
+        self._waiting_since = self._clock.seconds()
+        if self._timer is None:  # one watchdog per wait, not a timer per chunk
+            self._timer = self._clock.callLater(self._timeout, self._watch)
         return self._waiter
 
     def _drain(self) -> bytes:
@@ -294,8 +308,15 @@ class _RangeBody(Protocol):
             self._paused = False
             self.transport.resumeProducing()
 
-    def _stalled(self) -> None:
+    def _watch(self) -> None:
+        """The watchdog: a wait for bytes longer than C{timeout} fails the range; a shorter one is watched on."""
         self._timer = None
+        if self._waiter is None or self.ended:
+            return  # not waiting: the next wait starts the watchdog again
+        left = self._waiting_since + self._timeout - self._clock.seconds()
+        if left > 0:
+            self._timer = self._clock.callLater(left, self._watch)
+            return
         self._end(Failure(StoreUnavailable(
             f"{self._what}: no bytes from the store for {self._timeout:g} s", status=504)))
         self.abort()
@@ -574,7 +595,8 @@ class ObjectUpload:
         self._checks = checks
         self._flow = flow
         self._part_size = store.part_size
-        self._buffer = bytearray()
+        self._filling: list[bytes] = []  # the next part's chunks, as they came (no copy)
+        self._filled = 0
         self._parts: list[str] = []  # the ETags of the parts sent
         self._upload_id: str | None = None
         self._busy = False  # a part (or the decision, or the install) is in flight
@@ -582,7 +604,6 @@ class ObjectUpload:
         self._ended = False
         self._paused = True
         self.size = 0
-        self._created = True
         flow.pause_body()  # until decided: nothing of the body is read before the HEAD says yes
         self._job(self._decide())
 
@@ -591,14 +612,15 @@ class ObjectUpload:
     def write(self, data: bytes) -> None:
         if self._ended:
             return
-        self._buffer += data
+        self._filling.append(data)
+        self._filled += len(data)
         self.size += len(data)
-        if len(self._parts) >= MAX_PARTS - 1 and len(self._buffer) > self._part_size:
+        if len(self._parts) >= MAX_PARTS - 1 and self._filled > self._part_size:
             self._fail(Failure(HTTPError(413, "too large for the object store's part count")))
             return
-        if not self._busy and len(self._buffer) >= self._part_size:
+        if not self._busy and self._filled >= self._part_size:
             self._send_part()
-        elif len(self._buffer) >= self._part_size and not self._paused:
+        elif self._filled >= self._part_size and not self._paused:
             self._paused = True
             self._flow.pause_body()  # a part in flight and the next one full: the store is behind
 
@@ -637,10 +659,10 @@ class ObjectUpload:
         self._fail(failure)
 
     def _next(self) -> None:
-        if self._paused and len(self._buffer) < self._part_size:
+        if self._paused and self._filled < self._part_size:
             self._paused = False
             self._flow.resume_body()
-        if len(self._buffer) >= self._part_size:
+        if self._filled >= self._part_size:
             self._send_part()
         elif self._body_done:
             self._job(self._install())
@@ -648,26 +670,37 @@ class ObjectUpload:
     async def _decide(self) -> None:
         current = await self._store._current(self._segments, ancestors=True)
         self._checks.preconditions.check(current)
-        self._created = current is None
+
+    def _take(self) -> list[bytes]:
+        """The chunks of the next part (all that came, or a part's worth, the rest kept for the next)."""
+        chunks, self._filling, self._filled = self._filling, [], 0
+        total = sum(len(c) for c in chunks)
+        if total > self._part_size:
+            last = chunks[-1]
+            keep = total - self._part_size
+            chunks[-1] = last[: len(last) - keep]
+            self._filling, self._filled = [last[len(last) - keep :]], keep
+        return chunks
 
     def _send_part(self) -> None:
-        part = bytes(self._buffer[: self._part_size])
-        del self._buffer[: self._part_size]
-        self._job(self._upload_part(part))
+        self._job(self._upload_part(self._take()))
 
-    async def _upload_part(self, part: bytes) -> None:
-        await self._store.run_blocking(self._checks.hashes.update, part)
+    async def _upload_part(self, chunks: list[bytes]) -> None:
         if self._upload_id is None:
             self._upload_id = await self._client.create_multipart(self._key)
         if self._ended:
             return
-        self._parts.append(await self._client.upload_part(self._key, self._upload_id, len(self._parts) + 1, part))
+        # Hashed in a thread while the same chunks go to the store.
+        hashed = self._store.run_blocking(_hash_chunks, self._checks.hashes, chunks)
+        sent = self._client.upload_part(self._key, self._upload_id, len(self._parts) + 1, ChunksBody(chunks))
+        results = await DeferredList([hashed, sent], fireOnOneErrback=True, consumeErrors=True)
+        self._parts.append(results[1][1])
 
     async def _install(self) -> None:
-        last = bytes(self._buffer)
-        self._buffer = bytearray()
+        chunks = self._take()
+        last = b"".join(chunks)
         if last:
-            await self._store.run_blocking(self._checks.hashes.update, last)
+            await self._store.run_blocking(_hash_chunks, self._checks.hashes, chunks)
         self._checks.check_digests()
         current = await self._store._current(self._segments, ancestors=False)
         self._checks.preconditions.check(current)
@@ -689,7 +722,7 @@ class ObjectUpload:
     def _fail(self, failure: Failure) -> None:
         if not self._ended:
             self._ended = True
-            self._buffer = bytearray()
+            self._filling, self._filled = [], 0
             if not self.done.called:
                 self.done.errback(failure)
         if not self._busy:
@@ -707,3 +740,53 @@ class ObjectUpload:
                      reason=reason.getErrorMessage())
 
         self._client.abort_multipart(self._key, upload_id).addErrback(failed)
+
+
+def _hash_chunks(hashes: Any, chunks: list[bytes]) -> None:
+    """In a thread: C{chunks} into the running hashes, in order."""
+    for chunk in chunks:
+        hashes.update(chunk)
+
+
+@implementer(IBodyProducer)
+class ChunksBody:
+    """
+    A part's chunks as a request body, written as the store's socket takes
+    them (a push producer the HTTP client registers with its transport),
+    never joined into one copy.
+    """
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._chunks = chunks
+        self.length = sum(len(c) for c in chunks)
+        self._index = 0
+        self._paused = False
+        self._consumer: Any = None
+        self._done: Deferred[None] | None = None
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        self._consumer = consumer
+        self._done = done = Deferred()  # never fires once stopped (IBodyProducer)
+        self._write()
+        return done
+
+    def _write(self) -> None:
+        while not self._paused and self._done is not None and self._index < len(self._chunks):
+            chunk = self._chunks[self._index]
+            self._index += 1
+            self._consumer.write(chunk)  # may pause us, re-entrantly
+        if self._index >= len(self._chunks) and self._done is not None:
+            done, self._done = self._done, None
+            self._chunks = []  # the HTTP client keeps its last request (and us) while the connection is pooled
+            done.callback(None)
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._write()
+
+    def stopProducing(self) -> None:
+        self._done = None
+        self._chunks = []

@@ -225,7 +225,7 @@ class S3Client:
         *,
         query: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
-        body: bytes | None = None,
+        body: Any = None,  # bytes, or an IBodyProducer with a length
         timeout: float | None = None,
     ) -> Deferred[IResponse]:
         """
@@ -236,7 +236,7 @@ class S3Client:
         url = self.url(key, query)
         all_headers = dict(headers or {})
         if body is not None:
-            all_headers["Content-Length"] = str(len(body))
+            all_headers["Content-Length"] = str(len(body) if isinstance(body, bytes) else body.length)
         signed = self._signed(method, url, all_headers)
         signed.pop(b"Content-Length", None)  # treq sets it from the body
         d = self._http.request(
@@ -344,7 +344,7 @@ class S3Client:
 
         return ensureDeferred(run())
 
-    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> Deferred[str]:
+    def upload_part(self, key: str, upload_id: str, number: int, data: Any) -> Deferred[str]:
         """UploadPart number C{number} (from 1); its ETag."""
 
         async def run() -> str:

@@ -9,9 +9,11 @@ the same client talking to the store straight, no streamsvc in between.
     python bench/bench_files.py --store s3 --quick      # 256 MiB, 2 runs
     python bench/bench_s3.py --runs 5                   # the same, directly
 
-Measurements, each run interleaved (straight, then streamsvc):
-  download   curl GET of the object: from the store with curl --aws-sigv4
-             (straight), from streamsvc (MiB/s); streamsvc's CPU seconds per GiB
+Measurements, each run on a streamsvc started afresh (and again before the
+slow clients), so that no figure inherits another's memory:
+  download   curl GET of the one object streamsvc stored: from the store with
+             curl --aws-sigv4 (straight), from streamsvc (MiB/s), in turns first;
+             streamsvc's CPU seconds per GiB
   upload     curl -T of the object file: a PutObject to the store with curl
              --aws-sigv4 (straight: one request, the store's fastest path;
              curl has no multipart), a PUT to streamsvc, which sends it as
@@ -83,7 +85,7 @@ def body(args: argparse.Namespace, run) -> None:
     size = (256 if args.quick else 1024) * MiB
     runs = args.runs or (2 if args.quick else 3)
     load_before = other_cpu_users()
-    store = S3Server(weed)
+    store = S3Server(weed, volumes=200)  # 50 GB: every run writes the object twice
     store.start()
     try:
         tmp = run.tmp
@@ -104,23 +106,30 @@ def body(args: argparse.Namespace, run) -> None:
                                    "--config", conf, "--listen", "tcp:{port}:interface=127.0.0.1"],
                      "/files/", f"{tmp}/streamsvc.log", f"{tmp}/streamsvc.out")
         run.servers.append(srv)
-        srv.start(tmp, free_ports(1)[0])
-        for _ in range(300):
-            srv.check_alive()
-            try:
-                if http_get(srv.port, "/healthz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.1)  # a child process coming up
+
+        def fresh() -> None:
+            """A server of its own for each memory figure: what came before does not blur it."""
+            srv.stop()
+            srv.start(tmp, free_ports(1)[0])
+            for _ in range(300):
+                srv.check_alive()
+                try:
+                    if http_get(srv.port, "/healthz")[0] == 200:
+                        return
+                except OSError:
+                    pass
+                time.sleep(0.1)  # a child process coming up
+            raise RuntimeError("streamsvc did not come up\n" + srv.tail())
+
         sign = ["--aws-sigv4", f"aws:amz:{REGION}:s3", "--user", f"{ACCESS_KEY}:{SECRET_KEY}",
                 "-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"]
-        straight_url = f"{store.endpoint}/{store.bucket}/straight/object.bin"
-        ours_url = f"http://127.0.0.1:{srv.port}/files/object.bin"
+        store_url = f"{store.endpoint}/{store.bucket}/"
         results = Results()
         for n in range(runs):
             log(f"run {n + 1}/{runs}")
-            up = curl(sign + ["-T", obj, straight_url], "straight upload")
+            fresh()
+            ours_url = f"http://127.0.0.1:{srv.port}/files/object.bin"
+            up = curl(sign + ["-T", obj, store_url + "straight/object.bin"], "straight upload")
             results.add("straight", {"upload": up["speed_up"] / MiB}, "")
             sampler = Sampler(srv.pid)
             before, c0 = rss_kib(srv.pid), cpu_seconds(srv.pid)
@@ -129,18 +138,24 @@ def body(args: argparse.Namespace, run) -> None:
             sampler.done.set()
             sampler.join()
             cpu_up = cpu_seconds(srv.pid) - c0
-            down = curl(sign + [straight_url], "straight download")
-            assert down["down"] == size, down
-            results.add("straight", {"download": down["speed_down"] / MiB}, "")
-            c0 = cpu_seconds(srv.pid)
-            ours = curl([ours_url], "streamsvc download")
-            assert ours["down"] == size, ours
-            cpu_down = cpu_seconds(srv.pid) - c0
+            # Both downloads read the one object streamsvc stored, in turns first.
+            figures: dict[str, float] = {}
+            for who in (("straight", "streamsvc") if n % 2 == 0 else ("streamsvc", "straight")):
+                c0 = cpu_seconds(srv.pid)
+                got = curl(sign + [store_url + prefix + "object.bin"] if who == "straight" else [ours_url],
+                           f"{who} download")
+                if got["down"] != size:
+                    raise RuntimeError(f"{who} download: {got['down']:.0f} bytes, not {size}")
+                figures[who] = got["speed_down"] / MiB
+                if who == "streamsvc":
+                    figures["cpu"] = cpu_seconds(srv.pid) - c0
+            results.add("straight", {"download": figures["straight"]}, "")
+            fresh()
             per_client, note = slow_rss(srv, "/files/object.bin", args.clients, 20_000, args.steady, 2.0)
             results.add("streamsvc", {
                 "upload": up["speed_up"] / MiB, "upload_rss": (sampler.peak - before) / 1024,
-                "upload_cpu": cpu_up / (size / GiB), "download": ours["speed_down"] / MiB,
-                "download_cpu": cpu_down / (size / GiB), "slow_rss": per_client,
+                "upload_cpu": cpu_up / (size / GiB), "download": figures["streamsvc"],
+                "download_cpu": figures["cpu"] / (size / GiB), "slow_rss": per_client,
             }, note)
         load_after = other_cpu_users()
 

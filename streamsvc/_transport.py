@@ -50,3 +50,17 @@ def set_read_size(transport: Any, size: int) -> bool:
         tcp.bufferSize = size
         return True
     return False
+
+
+def set_send_buffer(transport: Any, size: int) -> bool:
+    """
+    Make a TCP transport pause its (streaming) producer once more than
+    C{size} bytes wait in its own buffer (Twisted's default is 64 KiB). For
+    a client that has shown it is slow: what its connection holds in user
+    space is then about C{size} twice, not 64 KiB and a write. Returns
+    whether it could (a plain TCP transport); anything else is left as it was.
+    """
+    if isinstance(getattr(transport, "bufferSize", None), int) and hasattr(transport, "doWrite"):
+        transport.bufferSize = size
+        return True
+    return False

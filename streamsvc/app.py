@@ -116,6 +116,7 @@ def _s3_client(config: Config, reactor: Any = None) -> Any:
         from twisted.internet import reactor
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = S3_CONNECTIONS
+    pool._factory = _quiet_client_factory()  # no "Starting factory" log line per store connection
     s3 = config.s3
     assert s3.bucket is not None and s3.access_key is not None and s3.secret_key is not None  # check_file_store
     return S3Client(
@@ -123,6 +124,15 @@ def _s3_client(config: Config, reactor: Any = None) -> Any:
         access_key=s3.access_key, secret_key=s3.secret_key, region=s3.region, addressing=s3.addressing,
         timeout=s3.timeout,
     )
+
+
+def _quiet_client_factory() -> Any:
+    from twisted.web.client import _HTTP11ClientFactory
+
+    class QuietClientFactory(_HTTP11ClientFactory):  # type: ignore[misc]
+        noisy = False
+
+    return QuietClientFactory
 
 
 def prepare_file_store(config: Config) -> None:

@@ -379,14 +379,24 @@ def _parse_path(value: str) -> str:
     return value
 
 
-def _parse_chunk_size(value: str) -> int:
-    try:
-        size = parse_size(value)
-    except ValueError:
-        raise ValueError("expected a size such as 65536 or 64KiB") from None
-    if not MIN_CHUNK_SIZE <= size <= MAX_CHUNK_SIZE:
-        raise ValueError(f"must be between 4KiB ({MIN_CHUNK_SIZE}) and 16MiB ({MAX_CHUNK_SIZE})")
-    return size
+def _size_between(low: int, high: int, example: str, bounds: str) -> Callable[[str], int]:
+    """A parser of sizes from C{low} to C{high} (C{bounds} says so in errors)."""
+
+    def parse(value: str) -> int:
+        try:
+            size = parse_size(value)
+        except ValueError:
+            raise ValueError(f"expected a size such as {example}") from None
+        if not low <= size <= high:
+            raise ValueError(f"must be {bounds}")
+        return size
+
+    return parse
+
+
+_parse_chunk_size = _size_between(
+    MIN_CHUNK_SIZE, MAX_CHUNK_SIZE, "65536 or 64KiB", f"between 4KiB ({MIN_CHUNK_SIZE}) and 16MiB ({MAX_CHUNK_SIZE})"
+)
 
 
 #: The largest body a resource that takes none may be sent (read and dropped).
@@ -416,6 +426,19 @@ _parse_body_limit = _size_at_most(MAX_BODY_BYTES_CAP, "64MiB", "1048576 or 1MiB"
 _parse_upload_limit = _size_at_most(MAX_UPLOAD_BYTES_CAP, "1PiB", "1073741824 or 1GiB")
 #: Bytes per second (0 = no limit).
 _parse_rate = _size_at_most(MAX_UPLOAD_BYTES_CAP, "1PiB", "1048576 or 1MiB (bytes per second)")
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    """A parser of one of C{options} (any case), e.g. C{expected path or virtual}."""
+    listed = options[0] if len(options) == 1 else ", ".join(options[:-1]) + " or " + options[-1]
+
+    def parse(value: str) -> str:
+        chosen = value.strip().lower()
+        if chosen not in options:
+            raise ValueError(f"expected {listed}")
+        return chosen
+
+    return parse
 
 
 def _integer(low: int, high: int) -> Callable[[str], int]:
@@ -490,29 +513,20 @@ def access_log_default(config: Config) -> Config:
     return attrs.evolve(config, server=attrs.evolve(config.server, access_log_file=chosen))
 
 
-def _parse_access_log(value: str) -> str:
-    style = value.strip().lower()
-    if style not in ("combined", "json", "off"):
-        raise ValueError("expected combined, json or off")
-    return style
+_parse_access_log = _choice("combined", "json", "off")
 
 
-def _parse_store(value: str) -> str:
-    store = value.strip().lower()
-    if store not in TASK_STORES:
-        raise ValueError(f"expected {' or '.join(TASK_STORES)}")
-    return store
+#: What C{[tasks] store} may name.
+TASK_STORES: Final = ("sqlite", "postgresql")
+
+_parse_store = _choice(*TASK_STORES)
 
 
 #: What C{[files] store} may name.
 FILE_STORES: Final = ("local", "s3")
 
 
-def _parse_file_store(value: str) -> str:
-    store = value.strip().lower()
-    if store not in FILE_STORES:
-        raise ValueError(f"expected {' or '.join(FILE_STORES)}")
-    return store
+_parse_file_store = _choice(*FILE_STORES)
 
 
 def _parse_endpoint_url(value: str) -> str:
@@ -556,21 +570,12 @@ def _parse_key_prefix(value: str) -> str:
     return prefix + "/" if prefix else ""
 
 
-def _parse_addressing(value: str) -> str:
-    style = value.strip().lower()
-    if style not in ("path", "virtual"):
-        raise ValueError("expected path or virtual")
-    return style
+_parse_addressing = _choice("path", "virtual")
 
 
-def _parse_part_size(value: str) -> int:
-    try:
-        size = parse_size(value)
-    except ValueError:
-        raise ValueError("expected a size such as 8MiB") from None
-    if not 5 * 1024**2 <= size <= 5 * 1024**3:
-        raise ValueError("must be from 5MiB to 5GiB (what S3 allows for a part)")
-    return size
+_parse_part_size = _size_between(
+    5 * 1024**2, 5 * 1024**3, "8MiB", "from 5MiB to 5GiB (what S3 allows for a part)"
+)
 
 
 def _parse_dsn(value: str) -> str | None:
@@ -578,11 +583,7 @@ def _parse_dsn(value: str) -> str | None:
     return value.strip() or None
 
 
-def _parse_overflow(value: str) -> str:
-    policy = value.strip().lower()
-    if policy not in ("drop-oldest", "disconnect"):
-        raise ValueError("expected drop-oldest or disconnect")
-    return policy
+_parse_overflow = _choice("drop-oldest", "disconnect")
 
 
 def _parse_token_list(value: str) -> tuple[str, ...]:
@@ -600,8 +601,6 @@ class _Key:
     secret: bool = False
 
 
-#: What C{[tasks] store} may name.
-TASK_STORES: Final = ("sqlite", "postgresql")
 
 #: Every section and key the file may contain, in the order of C{tap.conf}.
 #: Key names are the attribute names of the section's class.

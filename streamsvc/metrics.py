@@ -29,7 +29,7 @@ KINDS = ("file", "listing", "generate", "echo", "tasks", "export", "events", "st
 #: How a stream can end: the values of L{streamsvc.producers.Outcome}
 #: (named here because producers import this module, not the other way;
 #: a test keeps the two the same).
-OUTCOMES = ("complete", "client_gone", "error", "cancelled", "shutdown", "timeout")
+OUTCOMES = ("complete", "client_gone", "error", "store_failed", "cancelled", "shutdown", "timeout")
 #: The deadlines that can expire (L{streamsvc.limits}, L{streamsvc.body},
 #: L{streamsvc.producers.BodyStream}).
 TIMEOUT_KINDS = ("header", "idle", "send", "body")

@@ -37,13 +37,18 @@ from streamsvc.interfaces import IStreamProducer
 from streamsvc.pull import DEFAULT_BURST, DEFAULT_TURN_BUDGET, PullDriver
 from streamsvc.ranges import ByteRange
 from streamsvc.stages import ClientBuckets, ThrottleStage, TokenBucket
-from streamsvc._transport import host_of, unsent_bytes
+from streamsvc._transport import host_of, set_send_buffer, unsent_bytes
 
 log = Logger()
 
 #: Chunk size used when none is configured: the same as Twisted's transport
 #: buffer, so one chunk fills the buffer once and the transport pauses us.
 DEFAULT_CHUNK_SIZE = 64 * 1024
+
+#: A pause of a response this long shows a slow client (a fast one's last
+#: milliseconds): its transport then holds at most about SLOW_SEND_BUFFER.
+SLOW_PAUSE = 0.5
+SLOW_SEND_BUFFER = 16 * 1024
 
 #: Exceptions that must reach the top once the stream they interrupted has
 #: been ended; every other exception a source raises just fails its stream.
@@ -586,6 +591,10 @@ class Outcome(enum.Enum):
     CLIENT_GONE = "client_gone"
     #: The source failed: a JSON 500 before the first byte, an abort after.
     ERROR = "error"
+    #: The store the source reads from could not be reached, stalled or
+    #: failed (L{streamsvc.errors.StoreUnavailable}): a 502/503/504 before the
+    #: first byte, an abort after.
+    STORE_FAILED = "store_failed"
     #: Server-side code cancelled the Deferred L{send_body} returned.
     CANCELLED = "cancelled"
     #: The server is shutting down (L{BodyStream.stop} with this outcome).
@@ -642,7 +651,7 @@ class BodyStream:
     __slots__ = (
         "request", "producer", "kind", "_pauses", "_metrics", "done", "driver", "_clock",
         "_stopped_by", "_client_gone", "_result", "_send_timeout", "_paused_at", "_paused_for",
-        "_send_timer", "_unsent_mark", "__weakref__",
+        "_send_timer", "_unsent_mark", "_slow", "__weakref__",
     )
 
     def __init__(
@@ -668,6 +677,7 @@ class BodyStream:
         self._paused_for = 0.0
         self._send_timer: IDelayedCall | None = None
         self._unsent_mark: int | None = None
+        self._slow = False  # a pause of SLOW_PAUSE seen: the client's send buffer made small
 
     def __repr__(self) -> str:
         return f"<BodyStream {redact_query(self.request.uri or b'')!r} {self.producer!r}>"
@@ -731,8 +741,16 @@ class BodyStream:
 
     def _resumed(self) -> None:
         if self._paused_at is not None:
-            self._paused_for += self._get_clock().seconds() - self._paused_at
+            pause = self._get_clock().seconds() - self._paused_at
+            self._paused_for += pause
             self._paused_at = None
+            if pause >= SLOW_PAUSE and not self._slow:
+                # A slow client: its connection holds less from now on (the
+                # transport pauses us sooner). A fast one's pauses last
+                # milliseconds and it keeps Twisted's 64 KiB.
+                self._slow = True
+                channel = getattr(self.request, "channel", None)
+                set_send_buffer(getattr(channel, "transport", None), SLOW_SEND_BUFFER)
         # The send timer is left running: firing while the body flows, it
         # does nothing (_send_stalled), and the next pause moves it rather
         # than making another. A slow client pauses and resumes its stream
@@ -870,7 +888,7 @@ class BodyStream:
                 sent=self.bytes_sent,
                 reason=str(reason.value),
             )
-            sent = self._decided(Outcome.ERROR)
+            sent = self._decided(Outcome.STORE_FAILED)
             self._end_broken(unavailable_error(reason.value, "store"))
             return sent
         log.failure(

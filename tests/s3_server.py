@@ -53,9 +53,10 @@ def free_ports(n: int) -> list[int]:
 class S3Server:
     """One SeaweedFS with its S3 gateway: L{start}, L{stop}, L{restart}; C{endpoint}, C{bucket}."""
 
-    def __init__(self, weed: str, bucket: str = "streamsvc-test") -> None:
+    def __init__(self, weed: str, bucket: str = "streamsvc-test", volumes: int = 20) -> None:
         self.weed = weed
         self.bucket = bucket
+        self.volumes = volumes  # of 256 MB each: what the store can hold (a benchmark writes GiBs)
         self.root = tempfile.mkdtemp(prefix="streamsvc-s3-")
         self.log = os.path.join(self.root, "weed.log")
         (self.master, self.volume, self.filer, self.s3, self.metrics, self.iceberg, self.lance) = free_ports(7)
@@ -76,7 +77,7 @@ class S3Server:
         argv = [
             self.weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-master.port={self.master}", f"-volume.port={self.volume}", f"-filer.port={self.filer}",
-            f"-metricsPort={self.metrics}", "-master.volumeSizeLimitMB=256", "-volume.max=20",
+            f"-metricsPort={self.metrics}", "-master.volumeSizeLimitMB=256", f"-volume.max={self.volumes}",
             "-s3", f"-s3.port={self.s3}", f"-s3.config={self.config}",
             f"-s3.port.iceberg={self.iceberg}", f"-s3.port.lance={self.lance}",
         ]

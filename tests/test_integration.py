@@ -495,3 +495,28 @@ async def test_pull_async_source_is_idle_while_waiting(tmp_path: Any) -> None:
         assert 0 < len(calls[0]) < 20
     finally:
         await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_client_is_given_a_small_send_buffer(tmp_path: Any) -> None:
+    """A pause of half a second shows a slow client: its transport then pauses the stream at 16 KiB, not 64."""
+    from streamsvc.producers import SLOW_SEND_BUFFER
+
+    server = Server(tmp_path / "data", stream=StreamConfig(sendfile=False, gzip=False))
+    server.files.mkdir(parents=True, exist_ok=True)
+    (server.files / "big.bin").write_bytes(os.urandom(16 * MiB))
+    await server.start()
+    try:
+        client = await raw(server, get_request("/files/big.bin"), pause_after=MiB)
+        await wait_for(lambda: client.paused and bool(server.site.open_streams))
+        stream = next(iter(server.site.open_streams))
+        transport = stream.request.channel.transport
+        await wait_for(lambda: stream._pauses > 0)
+        assert transport.bufferSize == 64 * 1024  # a fast client's, so far
+        await deferLater(reactor, 0.6, lambda: None)  # the client's own pace, not a wait for the server
+        client.resume()
+        await wait_for(lambda: transport.bufferSize == SLOW_SEND_BUFFER)
+        await client.closed
+        assert len(client.body) == 16 * MiB
+    finally:
+        await server.stop()

@@ -196,6 +196,9 @@ async def test_a_store_that_stalls_mid_body_cuts_the_download(tmp_path: Any, s3_
             os.killpg(s3_server.proc.pid, signal.SIGCONT)
         assert len(client.body) < size
         assert not client.body.endswith(b"0\r\n\r\n")
+        await wait_for(lambda: not site.site.open_streams)
+        registry = site.site.metrics.registry  # the metrics say why
+        assert registry.get_sample_value("streamsvc_streams_total", {"kind": "file", "outcome": "store_failed"}) == 1
     finally:
         await site.stop()
 
@@ -235,3 +238,18 @@ async def test_objects_stream_as_pull_producers_too(site: StoreSite) -> None:
     assert [e["name"] for e in json.loads(got)] == ["a.txt"]
     zipped, got = await site.request("GET", "/files/pull/a.txt", accept_encoding="gzip")
     assert zipped.code == 200 and got == b"a"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_object_download_pauses_at_a_small_send_buffer(site: StoreSite) -> None:
+    """Every byte of an object passes through user space: its client's transport pauses it at 16 KiB."""
+    from streamsvc.files.s3 import SLOW_READ
+
+    assert (await site.put("/files/sb.bin", os.urandom(8 * MiB)))[0].code == 201
+    client = RawClient(get_head("/files/sb.bin"), pause_after=MiB)
+    await connect(site, client)
+    await wait_for(lambda: client.paused and bool(site.site.open_streams))
+    assert the_stream(site).request.channel.transport.bufferSize == SLOW_READ
+    client.resume()
+    await client.closed
+    assert len(client.body) == 8 * MiB

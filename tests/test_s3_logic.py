@@ -173,3 +173,28 @@ def test_the_stores_errors_as_the_contract_says(status: int, code: str, expected
     assert (error.code if isinstance(error, HTTPError) else error.status) == expected[1]
     other = Failure(ValueError("not the store's"))
     assert store_failed(other) is other
+
+
+def test_a_download_goes_fast_only_after_it_kept_up_and_slow_for_good_after_a_long_pause() -> None:
+    from streamsvc.files.s3 import FAST_AFTER, SLOW_PAUSE, SLOW_READ, STORE_READ, ObjectProducer
+
+    clock = Clock()
+    producer = ObjectProducer(None, "key", '"e"', [b"x"], clock=clock)  # type: ignore[arg-type]
+    body, transport, _ = range_body(expected=FAST_AFTER * 2)
+    producer._body = body
+    body.dataReceived(b"a" * (2 * SLOW_READ + 5))  # one read that came before
+    assert producer._taken(body.take()) == b"a" * SLOW_READ  # handed on in small pieces from the first
+    assert transport.producerState == "paused"  # the store waits while pieces remain
+    assert body.take() == b"a" * SLOW_READ and body.take() == b"a" * 5
+    assert transport.producerState == "producing"
+    producer.pauseProducing()
+    clock.advance(SLOW_PAUSE / 10)
+    producer.resumeProducing()  # a fast client's pause: milliseconds
+    producer._count(b"b" * FAST_AFTER)
+    assert body._piece == STORE_READ  # it kept up for FAST_AFTER bytes
+    producer.pauseProducing()
+    clock.advance(SLOW_PAUSE)
+    producer.resumeProducing()
+    assert producer._slow and body._piece == SLOW_READ
+    producer._count(b"c" * FAST_AFTER)
+    assert body._piece == SLOW_READ  # slow for good

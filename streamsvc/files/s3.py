@@ -16,9 +16,9 @@ ETag, strong), and each byte range of the body is a ranged GET with
 C{If-Match} on that ETag, streamed by L{ObjectProducer}: what arrives from
 the store is written to the client as it comes, and when the client's
 transport pauses the producer the store's socket is no longer read (its
-transport paused) until the client drains: a slow client holds one socket
-read (128 KiB) here, and the rest waits in the kernel and at the
-store. A client that leaves closes the store connection at once. A store
+transport paused) until the client drains: a slow client holds a few
+pieces of 16 KiB here (L{SLOW_READ}), and the rest waits in the kernel and
+at the store. A client that leaves closes the store connection at once. A store
 connection lost mid-range is asked again for the rest (with C{If-Match}, so
 never another version's bytes), a few times; a store that stops sending
 for C{timeout} seconds fails the stream (the client's connection is
@@ -51,7 +51,7 @@ from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 
 from streamsvc._threads import PoolRunner
-from streamsvc._transport import set_read_size
+from streamsvc._transport import set_read_size, set_send_buffer
 from streamsvc.errors import HTTPError, StoreUnavailable
 from streamsvc.files.facts import FileFacts
 from streamsvc.files.listing import Batch, entry_item
@@ -78,15 +78,30 @@ LIST_PAGE = 1000
 #: Times a range whose store connection was lost mid-way is asked again.
 RANGE_RETRIES = 3
 
+#: Parts of one upload sent and waiting for the store's answer, at most
+#: (they hold no bytes here: a part's chunks go once written).
+PARTS_AWAITED = 2
+
 #: Threads hashing upload parts (hashlib lets go of the GIL for big buffers).
 HASH_THREADS = 2
 
-#: Bytes per read of the store's socket: what one paused download holds here
-#: is about one read (and the client transport's one write). Twice Twisted's
-#: default: a quarter less CPU per GiB than 64 KiB reads, and a slow client
-#: still holds less than 64 KiB on average (BENCHMARKS.md: 256 KiB reads cost
-#: three times that).
+#: Bytes per read of the store's socket, and at most per write to the client,
+#: for a download that has shown its client is fast: twice Twisted's default,
+#: a quarter less CPU per GiB than 64 KiB (BENCHMARKS.md).
 STORE_READ = 128 * 1024
+
+#: ... and until then, or for good once its client has shown it is slow (a
+#: pause that lasted L{SLOW_PAUSE} seconds; a fast client's last
+#: milliseconds). Every download starts here: the kernel's socket buffers make
+#: any client look fast for its first megabytes, and what a slow client holds
+#: is a few pieces (its transport's buffer, one read queued), so they must be
+#: small from the first.
+SLOW_READ = 16 * 1024
+SLOW_PAUSE = 0.5
+
+#: Bytes a download delivers, with no long pause, before it takes
+#: L{STORE_READ}s: more than the socket buffers of a slow client can absorb.
+FAST_AFTER = 16 * 1024 * 1024
 
 
 def object_segments(postpath: list[bytes]) -> tuple[tuple[str, ...], bool]:
@@ -238,9 +253,16 @@ class _RangeBody(Protocol):
         self._timer: IDelayedCall | None = None
         self._waiting_since = 0.0
         self._what = what
+        self._piece = SLOW_READ  # bytes per read of the store, and at most per take
 
     def connectionMade(self) -> None:
-        set_read_size(self.transport, STORE_READ)
+        set_read_size(self.transport, self._piece)
+
+    def set_piece(self, size: int) -> None:
+        """Read the store, and hand the bytes on, C{size} bytes at a time from now on."""
+        self._piece = size
+        if self.transport is not None:
+            set_read_size(self.transport, size)
 
     def dataReceived(self, data: bytes) -> None:
         self.received += len(data)
@@ -287,7 +309,8 @@ class _RangeBody(Protocol):
         """
         if self._queue:
             data = self._drain()
-            self._resume()
+            if not self._queue:
+                self._resume()
             return data
         if self.ended:
             return b""
@@ -300,6 +323,9 @@ class _RangeBody(Protocol):
 
     def _drain(self) -> bytes:
         data = b"".join(self._queue) if len(self._queue) > 1 else self._queue[0] if self._queue else b""
+        if len(data) > self._piece:
+            self._queue = [data[self._piece :]]
+            return data[: self._piece]
         self._queue = []
         return data
 
@@ -360,6 +386,33 @@ class ObjectProducer(StreamProducer):
         self._retries = 0
         self._body: _RangeBody | None = None
         self._asking: Deferred[Any] | None = None
+        self._piece = SLOW_READ  # see SLOW_READ and STORE_READ
+        self._slow = False  # the client has shown it is slow: small pieces for good
+        self._delivered = 0
+        self._paused_at: float | None = None
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        # Every byte passes through user space here (no sendfile): the
+        # client's transport pauses us once 16 KiB wait in it, not 64 KiB.
+        set_send_buffer(getattr(getattr(consumer, "channel", None), "transport", None), SLOW_READ)
+        return super().startProducing(consumer)
+
+    def pauseProducing(self) -> None:
+        super().pauseProducing()
+        if not self._slow and self.streaming and self._paused_at is None:
+            self._paused_at = self._get_clock().seconds()
+
+    def resumeProducing(self) -> None:
+        paused_at, self._paused_at = self._paused_at, None
+        if paused_at is not None and not self._slow and self._get_clock().seconds() - paused_at >= SLOW_PAUSE:
+            self._slow = True
+            self._set_piece(SLOW_READ)
+        super().resumeProducing()
+
+    def _set_piece(self, size: int) -> None:
+        self._piece = size
+        if self._body is not None:
+            self._body.set_piece(size)
 
     def _next_chunk(self) -> bytes | Deferred[bytes] | None:
         body = self._body
@@ -387,6 +440,9 @@ class ObjectProducer(StreamProducer):
 
     def _count(self, data: bytes) -> bytes:
         self._done_in_span += len(data)
+        self._delivered += len(data)
+        if self._piece < STORE_READ and not self._slow and self._delivered >= FAST_AFTER:
+            self._set_piece(STORE_READ)  # a client that keeps up: bigger pieces, less CPU
         return data
 
     def _ask_again(self, body: _RangeBody) -> Deferred[bytes]:
@@ -412,6 +468,7 @@ class ObjectProducer(StreamProducer):
             response.deliverBody(_Discard())
             return b""
         self._body = body = _RangeBody(length, self._timeout, self._get_clock(), self._key)
+        body.set_piece(self._piece)
         response.deliverBody(body)
         return self._taken(body.take())
 
@@ -597,7 +654,7 @@ class ObjectUpload:
         self._part_size = store.part_size
         self._filling: list[bytes] = []  # the next part's chunks, as they came (no copy)
         self._filled = 0
-        self._parts: list[str] = []  # the ETags of the parts sent
+        self._parts: list[Deferred[str]] = []  # each part's ETag, once the store has it
         self._upload_id: str | None = None
         self._busy = False  # a part (or the decision, or the install) is in flight
         self._body_done = False
@@ -686,15 +743,32 @@ class ObjectUpload:
         self._job(self._upload_part(self._take()))
 
     async def _upload_part(self, chunks: list[bytes]) -> None:
+        """
+        Send a part; done (the next may start) once its bytes are written and
+        hashed: its answer is waited for at the install, so the store's time
+        to take a part overlaps the next one's sending. At most
+        L{PARTS_AWAITED} parts wait for their answers.
+        """
         if self._upload_id is None:
             self._upload_id = await self._client.create_multipart(self._key)
         if self._ended:
             return
+        awaited = [d for d in self._parts if not d.called]
+        if len(awaited) >= PARTS_AWAITED:
+            await DeferredList(awaited, fireOnOneErrback=True, consumeErrors=True)
         # Hashed in a thread while the same chunks go to the store.
         hashed = self._store.run_blocking(_hash_chunks, self._checks.hashes, chunks)
-        sent = self._client.upload_part(self._key, self._upload_id, len(self._parts) + 1, ChunksBody(chunks))
-        results = await DeferredList([hashed, sent], fireOnOneErrback=True, consumeErrors=True)
-        self._parts.append(results[1][1])
+        body = ChunksBody(chunks)
+        answer = self._client.upload_part(self._key, self._upload_id, len(self._parts) + 1, body)
+        answer.addErrback(self._part_failed)
+        self._parts.append(answer)
+        await DeferredList([hashed, body.written], fireOnOneErrback=True, consumeErrors=True)
+
+    def _part_failed(self, failure: Failure) -> Failure:
+        """A part the store refused (or lost): the upload fails now, not at the install."""
+        if not self._busy:
+            self._job_failed(failure)
+        return failure
 
     async def _install(self) -> None:
         chunks = self._take()
@@ -708,8 +782,9 @@ class ObjectUpload:
             await self._client.put_object(self._key, last)
         else:
             if last or not self._parts:
-                self._parts.append(await self._client.upload_part(self._key, self._upload_id, len(self._parts) + 1, last))
-            await self._client.complete_multipart(self._key, self._upload_id, self._parts)
+                self._parts.append(self._client.upload_part(self._key, self._upload_id, len(self._parts) + 1, last))
+            answers = await DeferredList(self._parts, fireOnOneErrback=True, consumeErrors=True)
+            await self._client.complete_multipart(self._key, self._upload_id, [etag for _, etag in answers])
             self._upload_id = None  # complete: nothing to abort
         info = await self._client.head_object(self._key)
         if info is None:
@@ -729,9 +804,16 @@ class ObjectUpload:
             self._cleanup()
 
     def _cleanup(self) -> None:
-        """Abort the multipart upload, if one was begun and not completed: no parts left behind."""
+        """
+        Abort the multipart upload, if one was begun and not completed, once
+        the parts still on their way have been answered (a part that lands
+        after the abort would be left behind): no parts left.
+        """
         upload_id, self._upload_id = self._upload_id, None
+        parts, self._parts = self._parts, []
         if upload_id is None:
+            for part in parts:
+                part.addErrback(lambda _: None)
             return
 
         def failed(reason: Failure) -> None:
@@ -739,7 +821,8 @@ class ObjectUpload:
                      "rule for incomplete uploads will remove its parts", key=self._key,
                      reason=reason.getErrorMessage())
 
-        self._client.abort_multipart(self._key, upload_id).addErrback(failed)
+        DeferredList(parts, consumeErrors=True).addCallback(
+            lambda _: self._client.abort_multipart(self._key, upload_id)).addErrback(failed)
 
 
 def _hash_chunks(hashes: Any, chunks: list[bytes]) -> None:
@@ -763,6 +846,8 @@ class ChunksBody:
         self._paused = False
         self._consumer: Any = None
         self._done: Deferred[None] | None = None
+        #: Fires once every chunk has been handed to the transport (before the store's answer).
+        self.written: Deferred[None] = Deferred()
 
     def startProducing(self, consumer: Any) -> Deferred[None]:
         self._consumer = consumer
@@ -779,6 +864,8 @@ class ChunksBody:
             done, self._done = self._done, None
             self._chunks = []  # the HTTP client keeps its last request (and us) while the connection is pooled
             done.callback(None)
+            if not self.written.called:
+                self.written.callback(None)
 
     def pauseProducing(self) -> None:
         self._paused = True
@@ -790,3 +877,5 @@ class ChunksBody:
     def stopProducing(self) -> None:
         self._done = None
         self._chunks = []
+        if not self.written.called:
+            self.written.errback(Failure(StoreUnavailable("the object store's connection was lost mid-part")))

@@ -11,9 +11,9 @@ the same client talking to the store straight, no streamsvc in between.
 
 Measurements, each run on a streamsvc started afresh (and again before the
 slow clients), so that no figure inherits another's memory:
-  download   curl GET of the one object streamsvc stored: from the store with
-             curl --aws-sigv4 (straight), from streamsvc (MiB/s), in turns first;
-             streamsvc's CPU seconds per GiB
+  download   curl GET of the one object streamsvc stored, after one read that
+             warms the store: from the store with curl --aws-sigv4 (straight),
+             from streamsvc (MiB/s), in turns first; streamsvc's CPU s per GiB
   upload     curl -T of the object file: a PutObject to the store with curl
              --aws-sigv4 (straight: one request, the store's fastest path;
              curl has no multipart), a PUT to streamsvc, which sends it as
@@ -138,7 +138,10 @@ def body(args: argparse.Namespace, run) -> None:
             sampler.done.set()
             sampler.join()
             cpu_up = cpu_seconds(srv.pid) - c0
-            # Both downloads read the one object streamsvc stored, in turns first.
+            # Both downloads read the one object streamsvc stored, in turns first,
+            # after a read that warms the store (its page cache), so neither
+            # is the one that pays for the disk.
+            curl(sign + [store_url + prefix + "object.bin"], "warming read")
             figures: dict[str, float] = {}
             for who in (("straight", "streamsvc") if n % 2 == 0 else ("streamsvc", "straight")):
                 c0 = cpu_seconds(srv.pid)

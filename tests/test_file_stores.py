@@ -286,3 +286,19 @@ async def test_a_body_of_several_parts_arrives_whole(site: StoreSite) -> None:
     assert hashlib.sha256(body).digest() == hashlib.sha256(big).digest()
     part, body = await site.request("GET", "/files/big.bin", range=f"bytes={5 * MiB - 10}-{5 * MiB + 9}")
     assert part.code == 206 and body == big[5 * MiB - 10 : 5 * MiB + 10]
+
+
+@pytest_twisted.ensureDeferred
+async def test_signed_links_name_a_path_on_every_store(site: StoreSite) -> None:
+    await site.put("/files/linked/doc.txt", b"signed")
+    made, body = await site.request("POST", "/files/linked/doc.txt?sign=60", **AUTH)
+    assert made.code == 200, body
+    link = json.loads(body)["url"]
+    got, content = await site.request("GET", link)
+    assert got.code == 200 and content == b"signed"
+    tampered, _ = await site.request("GET", link.replace("doc.txt", "doc.txu"))
+    assert tampered.code == 403
+    folder, body = await site.request("POST", "/files/linked?sign=60", **AUTH)
+    assert folder.code == 200 and "/files/linked/?" in json.loads(body)["url"]
+    missing, _ = await site.request("POST", "/files/linked/nope.txt?sign=60", **AUTH)
+    assert missing.code == 404

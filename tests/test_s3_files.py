@@ -253,3 +253,24 @@ async def test_an_object_download_pauses_at_a_small_send_buffer(site: StoreSite)
     client.resume()
     await client.closed
     assert len(client.body) == 8 * MiB
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_store_connection_lost_mid_range_is_asked_again_for_the_rest(site: StoreSite, s3_server: Any) -> None:
+    """The store restarts under a paused download: the rest comes from a new ranged GET, every byte right."""
+    size = 48 * MiB
+    body = os.urandom(size)
+    assert (await site.put("/files/again.bin", body))[0].code == 201
+    client = RawClient(get_head("/files/again.bin"), pause_after=MiB)
+    await connect(site, client)
+    await wait_for(lambda: client.paused and bool(site.site.open_streams))
+    producer = the_stream(site).producer
+    await wait_for(lambda: producer._body is not None and producer._body._paused)
+    first = producer._body
+    s3_server.stop()  # its connections go with it
+    s3_server.start()
+    client.resume()
+    await wait_for(lambda: client.closed.called, timeout=60)
+    assert first.failure is not None and first.received < size
+    assert producer._retries == 1 or producer.finished
+    assert hashlib.sha256(client.body).digest() == hashlib.sha256(body).digest()

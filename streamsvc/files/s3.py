@@ -298,6 +298,11 @@ class _RangeBody(Protocol):
             else:
                 waiter.errback(failure)
 
+    @property
+    def queued(self) -> bool:
+        """Whether bytes that arrived wait to be taken."""
+        return bool(self._queue)
+
     def complete(self) -> bool:
         """Whether every byte of the range has been taken."""
         return self.ended and self.failure is None and not self._queue
@@ -418,7 +423,7 @@ class ObjectProducer(StreamProducer):
         body = self._body
         if body is not None:
             if not body.complete():
-                if body.ended and body.failure is not None:
+                if body.ended and body.failure is not None and not body.queued:
                     return self._ask_again(body)
                 return self._taken(body.take())
             self._body = None
@@ -435,8 +440,15 @@ class ObjectProducer(StreamProducer):
 
     def _taken(self, data: bytes | Deferred[bytes]) -> bytes | Deferred[bytes]:
         if isinstance(data, Deferred):
-            return data.addCallback(self._count)
+            return data.addCallbacks(self._count, self._lost)
         return self._count(data)
+
+    def _lost(self, failure: Failure) -> Deferred[bytes]:
+        """The range's connection failed while we waited for its bytes: the rest asked again, if it may be."""
+        body = self._body
+        if body is None or body.failure is not failure or self.finished:
+            return failure  # type: ignore[return-value]
+        return self._ask_again(body)
 
     def _count(self, data: bytes) -> bytes:
         self._done_in_span += len(data)

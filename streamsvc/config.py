@@ -867,17 +867,28 @@ def _with_s3_secret(s3: S3Config, source: str) -> S3Config:
         raise ConfigError(f"{source}: [s3] give secret_key or secret_key_file, not both")
     if s3.secret_key_file is None:
         return s3
-    path = os.path.join(os.path.dirname(source), s3.secret_key_file)
+    key, path = _secret_file_line(source, "s3", "secret_key_file", s3.secret_key_file, "key")
+    return attrs.evolve(s3, secret_key=key, secret_key_file=path)
+
+
+def _secret_file_line(source: str, section: str, name: str, value: str, what: str) -> tuple[str, str]:
+    """
+    The first line (not blank, not a C{#} comment) of the file C{value} that
+    C{[section] name} names, relative to the config file's folder (so the
+    config itself can stay world-readable), and the file's path; a
+    ConfigError naming the key, never the line.
+    """
+    path = os.path.join(os.path.dirname(source), value)
     try:
-        text = _read_text(path, what="secret_key_file")
+        text = _read_text(path, what=name)
     except FileNotFoundError:
-        raise ConfigError(f"{source}: [s3] secret_key_file = {s3.secret_key_file!r}: no such file") from None
+        raise ConfigError(f"{source}: [{section}] {name} = {value!r}: no such file") from None
     except ConfigError as e:
-        raise ConfigError(f"{source}: [s3] secret_key_file: {e}") from None
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+        raise ConfigError(f"{source}: [{section}] {name}: {e}") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     if not lines:
-        raise ConfigError(f"{source}: [s3] secret_key_file = {s3.secret_key_file!r} holds no key")
-    return attrs.evolve(s3, secret_key=lines[0], secret_key_file=path)
+        raise ConfigError(f"{source}: [{section}] {name} = {value!r} holds no {what}")
+    return lines[0], path
 
 
 def check_file_store(config: Config, source: str = "configuration") -> None:
@@ -903,17 +914,8 @@ def _with_dsn(tasks: TasksConfig, source: str) -> TasksConfig:
     if tasks.dsn is not None and tasks.dsn_file is not None:
         raise ConfigError(f"{source}: [tasks] give dsn or dsn_file, not both")
     if tasks.dsn_file is not None:
-        dsn_file = os.path.join(os.path.dirname(source), tasks.dsn_file)
-        try:
-            text = _read_text(dsn_file, what="dsn_file")
-        except FileNotFoundError:
-            raise ConfigError(f"{source}: [tasks] dsn_file = {tasks.dsn_file!r}: no such file") from None
-        except ConfigError as e:
-            raise ConfigError(f"{source}: [tasks] dsn_file: {e}") from None
-        lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-        if not lines:
-            raise ConfigError(f"{source}: [tasks] dsn_file = {tasks.dsn_file!r} holds no DSN")
-        tasks = attrs.evolve(tasks, dsn=lines[0], dsn_file=dsn_file)
+        dsn, dsn_file = _secret_file_line(source, "tasks", "dsn_file", tasks.dsn_file, "DSN")
+        tasks = attrs.evolve(tasks, dsn=dsn, dsn_file=dsn_file)
     if tasks.store == "postgresql" and tasks.dsn is None:
         raise ConfigError(
             f"{source}: [tasks] store = postgresql needs dsn (or dsn_file), "

@@ -797,3 +797,38 @@ def test_sqlite_stays_the_default_and_ignores_no_dsn() -> None:
     assert parse_config("[tasks]\nstatement_timeout = 5\npool_size = 3\n").tasks == TasksConfig(
         statement_timeout=5, pool_size=3
     )
+
+
+# --- [files] store and [s3] ------------------------------------------------------------
+
+
+def test_s3_secret_key_file_is_read_and_never_shown(tmp_path: Path) -> None:
+    (tmp_path / "s3-secret").write_text("# the key\nvery-secret-key-123\n")
+    conf = tmp_path / "tap.conf"
+    conf.write_text("[files]\nstore = s3\n[s3]\nbucket = my-bucket\naccess_key = AK\nsecret_key_file = s3-secret\n"
+                    "endpoint = http://127.0.0.1:8333\nprefix = /a/b/\n")
+    config = load_config(str(conf), required=True)
+    assert config.s3.secret_key == "very-secret-key-123"
+    assert config.s3.prefix == "a/b/" and config.s3.part_size == 8 * 1024 * 1024
+    assert "very-secret-key-123" not in repr(config)
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("[files]\nstore = s3\n[s3]\naccess_key = AK\nsecret_key = SECRETVALUE\n", "needs [s3] bucket"),
+    ("[files]\nstore = s3\n[s3]\nbucket = b-1\naccess_key = AK\n", "needs [s3] secret_key or secret_key_file"),
+    ("[s3]\nsecret_key = SECRETVALUE\nsecret_key_file = f\n", "give secret_key or secret_key_file, not both"),
+    ("[s3]\nsecret_key_file = nowhere\n", "secret_key_file = 'nowhere': no such file"),
+    ("[s3]\nendpoint = ftp://x\nsecret_key = SECRETVALUE\n", "expected a URL"),
+    ("[s3]\nbucket = Not_A_Bucket\n", "expected an S3 bucket name"),
+    ("[s3]\npart_size = 4MiB\n", "from 5MiB to 5GiB"),
+    ("[s3]\naddressing = sideways\n", "expected path or virtual"),
+    ("[files]\nstore = nfs\n", "expected local or s3"),
+])
+def test_s3_config_errors_are_one_line_without_the_secret(tmp_path: Path, body: str, expected: str) -> None:
+    conf = tmp_path / "tap.conf"
+    conf.write_text(body)
+    with pytest.raises(ConfigError) as raised:
+        load_config(str(conf), required=True)
+    message = str(raised.value)
+    assert expected in message and "\n" not in message, message
+    assert "SECRETVALUE" not in message

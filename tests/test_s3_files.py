@@ -274,3 +274,26 @@ async def test_a_store_connection_lost_mid_range_is_asked_again_for_the_rest(sit
     assert first.failure is not None and first.received < size
     assert producer._retries == 1 or producer.finished
     assert hashlib.sha256(client.body).digest() == hashlib.sha256(body).digest()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_store_that_does_not_answer_is_a_504_within_the_timeout(tmp_path: Any, s3_server: Any) -> None:
+    site = await StoreSite(make_config(tmp_path, s3_server, timeout=2)).start()
+    try:
+        assert (await site.put("/files/slow.txt", b"x"))[0].code == 201
+        os.killpg(s3_server.proc.pid, signal.SIGSTOP)
+        try:
+            started = reactor.seconds()
+            response, body = await site.request("GET", "/files/slow.txt")
+            took = reactor.seconds() - started
+            health, _ = await site.request("GET", "/healthz")
+        finally:
+            os.killpg(s3_server.proc.pid, signal.SIGCONT)
+        assert response.code == 504 and response.headers.getRawHeaders(b"retry-after") == [b"5"]
+        assert json.loads(body) == {"error": "the file store did not answer in time, try again soon"}
+        assert 1.5 < took < 6, took
+        assert health.code == 200
+        again, body = await site.request("GET", "/files/slow.txt")
+        assert again.code == 200 and body == b"x"
+    finally:
+        await site.stop()

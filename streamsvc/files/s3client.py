@@ -248,7 +248,10 @@ class S3Client:
     def _unreachable(self, failure: Any) -> Any:
         """The client's failures to reach the store as L{S3Unavailable}; anything else passes on."""
         status = 503
-        if failure.check(CancelledError, TimeoutError, ConnectingCancelledError):
+        cancelled = failure.check(ResponseFailed) and any(
+            reason.check(CancelledError) for reason in getattr(failure.value, "reasons", ())
+        )  # treq's timeout cancelling a request already sent: ResponseNeverReceived([CancelledError])
+        if cancelled or failure.check(CancelledError, TimeoutError, ConnectingCancelledError):
             reason = f"no answer within {self._timeout:g} s"  # treq's timeout cancels the request
             status = 504
         elif failure.check(ResponseFailed):

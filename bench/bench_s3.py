@@ -144,21 +144,25 @@ def body(args: argparse.Namespace, run) -> None:
             curl(sign + [store_url + prefix + "object.bin"], "warming read")
             figures: dict[str, float] = {}
             for who in (("straight", "streamsvc") if n % 2 == 0 else ("streamsvc", "straight")):
-                c0 = cpu_seconds(srv.pid)
+                c0, s0, t0 = cpu_seconds(srv.pid), cpu_seconds(store.proc.pid), time.monotonic()
                 got = curl(sign + [store_url + prefix + "object.bin"] if who == "straight" else [ours_url],
                            f"{who} download")
                 if got["down"] != size:
                     raise RuntimeError(f"{who} download: {got['down']:.0f} bytes, not {size}")
                 figures[who] = got["speed_down"] / MiB
+                # The machine's CPU, whose is it: the store's per GiB, and all of it per wall second.
+                figures[who + "_store_cpu"] = (cpu_seconds(store.proc.pid) - s0) / (size / GiB)
                 if who == "streamsvc":
                     figures["cpu"] = cpu_seconds(srv.pid) - c0
-            results.add("straight", {"download": figures["straight"]}, "")
+                    figures["busy"] = (figures["cpu"] + (cpu_seconds(store.proc.pid) - s0)) / (time.monotonic() - t0)
+            results.add("straight", {"download": figures["straight"], "store_cpu": figures["straight_store_cpu"]}, "")
             fresh()
             per_client, note = slow_rss(srv, "/files/object.bin", args.clients, 20_000, args.steady, 2.0)
             results.add("streamsvc", {
                 "upload": up["speed_up"] / MiB, "upload_rss": (sampler.peak - before) / 1024,
                 "upload_cpu": cpu_up / (size / GiB), "download": figures["streamsvc"],
                 "download_cpu": figures["cpu"] / (size / GiB), "slow_rss": per_client,
+                "store_cpu": figures["streamsvc_store_cpu"], "cores_busy": figures["busy"],
             }, note)
         load_after = other_cpu_users()
 
@@ -180,6 +184,10 @@ def body(args: argparse.Namespace, run) -> None:
         rows.append(("upload MiB/s", f"{median('straight', 'upload'):.0f}", f"{median('streamsvc', 'upload'):.0f}",
                      ratio("upload"), ">= 0.70"))
         rows.append(("streamsvc CPU s per GiB, download", "-", f"{median('streamsvc', 'download_cpu'):.2f}", "", ""))
+        rows.append(("the store's CPU s per GiB, download", f"{median('straight', 'store_cpu'):.2f}",
+                     f"{median('streamsvc', 'store_cpu'):.2f}", "", ""))
+        rows.append(("cores busy (streamsvc + store), download", "-", f"{median('streamsvc', 'cores_busy'):.2f}",
+                     f"of {os.cpu_count()}", ""))
         rows.append(("streamsvc CPU s per GiB, upload", "-", f"{median('streamsvc', 'upload_cpu'):.2f}", "", ""))
         rows.append(("streamsvc RSS growth during the upload (MiB)", "-",
                      f"{median('streamsvc', 'upload_rss'):.1f}", f"{median('streamsvc', 'upload_rss') / (PART_SIZE / MiB):.2f} x part",

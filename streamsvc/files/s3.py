@@ -40,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList, FirstError, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -579,6 +579,16 @@ class S3FileStore:
             raise HTTPError(404, "not found")
         return ObjectFolder(self, key + "/", slash, first)
 
+    def _folders_on_the_way(self, segments: Sequence[str]) -> list[str]:
+        """The keys of the folders above C{segments} (where no file may be)."""
+        return [self.key(segments[:depth]) for depth in range(1, len(segments))]
+
+    async def _heads(self, keys: list[str]) -> list[ObjectInfo | None]:
+        """HeadObject of every key at once: what each is, None where there is none."""
+        results = await DeferredList([self.client.head_object(key) for key in keys],
+                                     fireOnOneErrback=True, consumeErrors=True)
+        return [info for _, info in results]
+
     async def _is_folder(self, key: str) -> bool:
         page = await self.client.list_page(key + "/", max_keys=1)
         return bool(page.prefixes or page.objects)
@@ -590,11 +600,7 @@ class S3FileStore:
         C{ancestors}) a file where a folder on the way must be.
         """
         key = self.key(segments)
-        heads = [self.client.head_object(key)]
-        if ancestors:
-            heads += [self.client.head_object(self.key(segments[:depth])) for depth in range(1, len(segments))]
-        results = await DeferredList(heads, fireOnOneErrback=True, consumeErrors=True)
-        infos = [info for _, info in results]
+        infos = await self._heads([key] + (self._folders_on_the_way(segments) if ancestors else []))
         if any(info is not None for info in infos[1:]):
             raise HTTPError(409, "a folder or file is in the way of this path")
         info = infos[0]
@@ -622,11 +628,7 @@ class S3FileStore:
     def make_folder(self, segments: tuple[str, ...]) -> Deferred[bool]:
         async def run() -> bool:
             key = self.key(segments)
-            infos = await DeferredList(
-                [self.client.head_object(self.key(segments[:depth])) for depth in range(1, len(segments) + 1)],
-                fireOnOneErrback=True, consumeErrors=True,
-            )
-            if any(info is not None for _, info in infos):
+            if any(info is not None for info in await self._heads(self._folders_on_the_way(segments) + [key])):
                 raise HTTPError(409, "a file is in the way of this folder")
             if await self._is_folder(key):
                 return False
@@ -638,8 +640,6 @@ class S3FileStore:
 
 def _unwrap(failure: Failure) -> Failure:
     """A DeferredList's FirstError as the failure inside it."""
-    from twisted.internet.defer import FirstError
-
     if failure.check(FirstError):
         return failure.value.subFailure  # type: ignore[no-any-return]
     return failure

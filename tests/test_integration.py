@@ -513,7 +513,8 @@ async def test_a_slow_client_is_given_a_small_send_buffer(tmp_path: Any) -> None
         transport = stream.request.channel.transport
         await wait_for(lambda: stream._pauses > 0)
         assert transport.bufferSize == 64 * 1024  # a fast client's, so far
-        await deferLater(reactor, 0.6, lambda: None)  # the client's own pace, not a wait for the server
+        # The client keeps not reading until the stream has been paused for 0.6 s on end.
+        await wait_for(lambda: stream._paused_at is not None and reactor.seconds() - stream._paused_at >= 0.6)
         client.resume()
         await wait_for(lambda: transport.bufferSize == SLOW_SEND_BUFFER)
         await client.closed

@@ -277,69 +277,43 @@ def DiskThreadPool(reactor: Any, *, threads: int = DISK_THREADS) -> PoolRunner:
     return PoolRunner(reactor, threads, "streamsvc-disk", stop_at_shutdown=True)
 
 
-@implementer(IUploadSink)
-class DiskUpload:
+class DiskWriter:
     """
-    One PUT's body on its way to disk: the temporary file, its hashes
-    (C{checks.hashes}, fed in the thread jobs), and the install at the end.
+    Bytes that arrive on the reactor, written to C{fd} where it stands by
+    thread jobs (one at a time, at least L{JOB_SIZE} each but the last) and
+    fed into C{hashes} on the way; the socket is paused (C{flow.pause_body()})
+    while C{high_water} bytes wait, and resumed below half of it. A PUT's
+    body (L{DiskUpload}) and an append to a resumable upload
+    (L{streamsvc.files.pending}) are written by one.
 
-    States: receiving (bytes written by one thread job at a time), then
-    either installing (body done: digests checked, fsync, rename, fsync of
-    the folders, answer) or discarding (any failure: the temporary file, and
-    the folders this upload created, are removed once no job uses them). It
-    owns C{fd} and C{folder_fd} and closes both exactly once, whichever way
-    it ends.
+    A job that fails stops the writer: L{failed} is called with the failure
+    (and a L{flush} waiting fails with it). The writer never closes C{fd}:
+    its owner does, once L{idle} has fired.
     """
 
-    def __init__(
-        self,
-        flow: Any,
-        *,
-        root: str,
-        folder_fd: int,
-        fd: int,
-        temp: str,
-        segments: tuple[str, ...],
-        created: list[int],
-        checks: WriteChecks,
-        run_blocking: RunBlocking,
-        high_water: int,
-    ) -> None:
+    def __init__(self, fd: int, hashes: Any, flow: Any, run_blocking: RunBlocking, high_water: int,
+                 failed: Callable[[Failure], None]) -> None:
+        self._fd = fd
+        self._hashes = hashes
         self._flow = flow  # pause_body() / resume_body(): the request
-        self.done: Deferred[Installed] = Deferred()
-        self._root = root
-        self._folder_fd: int | None = folder_fd
-        self._fd: int | None = fd
-        self._temp = temp
-        self._segments = segments
-        self._created = created  # folders to remove if this upload fails
-        self._created_installed: list[int] = []  # ... or to fsync once it is in place
-        self._old: int | None = None  # the replaced version, open until released
-        self._checks = checks
-        self._preconditions = checks.preconditions
         self._run_blocking = run_blocking
         self._high_water = high_water
+        self._failed = failed
         # A thread job per read of the socket (64 KiB) would cost a thread
         # hop each; a job takes what gathered, at least this much.
         self._job_size = min(JOB_SIZE, high_water)
-        self._hashes = checks.hashes
         self._written_bytes = 0  # (these two: the thread job's own)
         self._flushed_to = 0
         self._buffer = bytearray()
         self._busy = False  # a thread job is using the file
         self._paused = False
-        self._body_done = False
-        self._ended = False  # installed or discarded: nothing more to do
-        self.size = 0
-
-    @property
-    def path(self) -> str:
-        return "/".join(self._segments)
-
-    # IUploadSink
+        self._stopped = False
+        self._flushing: Deferred[None] | None = None
+        self._waiting: list[Deferred[None]] = []
+        self.size = 0  # bytes given to write()
 
     def write(self, data: bytes) -> None:
-        if self._ended:
+        if self._stopped:
             return
         self._buffer += data
         self.size += len(data)
@@ -349,27 +323,34 @@ class DiskUpload:
             self._paused = True
             self._flow.pause_body()  # the disk is behind: our wait, not the client's
 
-    def finish(self) -> None:
-        if self._ended:
-            return
-        self._body_done = True
+    def flush(self) -> Deferred[None]:
+        """A Deferred that fires once every byte given is in the file (not yet synced)."""
+        assert self._flushing is None
+        self._flushing = d = Deferred()
         if not self._busy:
-            self._write_buffer() if self._buffer else self._install()
+            self._write_buffer() if self._buffer else self._flushed()
+        return d
 
-    def abort(self) -> None:
-        """The body will not be complete: nothing is installed."""
-        if not self._ended:
-            self._discard()
-            self._settle(Failure(UploadAborted()))
+    def stop(self) -> Deferred[None]:
+        """Write nothing more (what waits is dropped); a Deferred that fires once no job uses the file."""
+        self._stopped = True
+        self._buffer = bytearray()
+        self._paused = False
+        return self.idle()
 
-    # receiving
+    def idle(self) -> Deferred[None]:
+        """A Deferred that fires once no job uses the file (at once, if none does)."""
+        d: Deferred[None] = Deferred()
+        if self._busy:
+            self._waiting.append(d)
+        else:
+            d.callback(None)
+        return d
 
     def _write_buffer(self) -> None:
         data, self._buffer = self._buffer, bytearray()  # the thread's alone now
         self._busy = True
-        self._run_blocking(self._write_all, self._fd, data).addCallback(self._written).addErrback(
-            self._disk_failed
-        )
+        self._run_blocking(self._write_all, self._fd, data).addCallbacks(self._written, self._job_failed)
 
     def _write_all(self, fd: int, data: bytearray) -> None:
         """
@@ -388,20 +369,114 @@ class DiskUpload:
 
     def _written(self, _: None) -> None:
         self._busy = False
-        if self._ended:  # failed meanwhile: the file can go now
-            self._release()
+        if self._stopped:
+            self._wake()
             return
         if self._paused and len(self._buffer) < self._high_water // 2:
             self._paused = False
             self._flow.resume_body()
-        if len(self._buffer) >= self._job_size or (self._buffer and self._body_done):
+        if len(self._buffer) >= self._job_size or (self._buffer and self._flushing is not None):
             self._write_buffer()
-        elif self._body_done:
-            self._install()
+        elif self._flushing is not None:
+            self._flushed()
+        else:
+            self._wake()
+
+    def _flushed(self) -> None:
+        flushing, self._flushing = self._flushing, None
+        self._wake()
+        if flushing is not None:
+            flushing.callback(None)
+
+    def _job_failed(self, reason: Failure) -> None:
+        self._busy = False
+        self._stopped = True
+        self._buffer = bytearray()
+        self._wake()
+        flushing, self._flushing = self._flushing, None
+        if flushing is not None:
+            flushing.errback(reason)
+        else:
+            self._failed(reason)
+
+    def _wake(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
+
+
+@implementer(IUploadSink)
+class DiskUpload:
+    """
+    One PUT's body on its way to disk: the temporary file, written by a
+    L{DiskWriter} (which feeds C{checks.hashes}), and the install at the end.
+
+    States: receiving (the writer's), then either installing (body done:
+    digests checked, fsync, rename, fsync of the folders, answer) or
+    discarding (any failure: the temporary file, and the folders this
+    upload created, are removed once no job uses them). It owns C{fd} and
+    C{folder_fd} and closes both exactly once, whichever way it ends.
+    """
+
+    def __init__(
+        self,
+        flow: Any,
+        *,
+        root: str,
+        folder_fd: int,
+        fd: int,
+        temp: str,
+        segments: tuple[str, ...],
+        created: list[int],
+        checks: WriteChecks,
+        run_blocking: RunBlocking,
+        high_water: int,
+    ) -> None:
+        self.done: Deferred[Installed] = Deferred()
+        self._root = root
+        self._folder_fd: int | None = folder_fd
+        self._fd: int | None = fd
+        self._temp = temp
+        self._segments = segments
+        self._created = created  # folders to remove if this upload fails
+        self._created_installed: list[int] = []  # ... or to fsync once it is in place
+        self._old: int | None = None  # the replaced version, open until released
+        self._checks = checks
+        self._preconditions = checks.preconditions
+        self._run_blocking = run_blocking
+        self._writer = DiskWriter(fd, checks.hashes, flow, run_blocking, high_water, self._disk_failed)
+        self._busy = False  # an install job (fsync, rename's sync) is using the file
+        self._ended = False  # installed or discarded: nothing more to do
+
+    @property
+    def path(self) -> str:
+        return "/".join(self._segments)
+
+    @property
+    def size(self) -> int:
+        return self._writer.size
+
+    # IUploadSink
+
+    def write(self, data: bytes) -> None:
+        if not self._ended:
+            self._writer.write(data)
+
+    def finish(self) -> None:
+        if not self._ended:
+            self._writer.flush().addCallbacks(lambda _: self._install(), self._disk_failed)
+
+    def abort(self) -> None:
+        """The body will not be complete: nothing is installed."""
+        if not self._ended:
+            self._discard()
+            self._settle(Failure(UploadAborted()))
 
     # installing
 
     def _install(self) -> None:
+        if self._ended:
+            return
         try:
             self._checks.check_digests()
         except HTTPError as error:
@@ -485,6 +560,8 @@ class DiskUpload:
 
     def _disk_failed(self, reason: Failure) -> None:
         self._busy = False
+        if self._ended:
+            return
         error = reason.value
         if isinstance(error, HTTPError):
             self._fail(error)  # a precondition that no longer holds, a folder in the way
@@ -500,10 +577,8 @@ class DiskUpload:
 
     def _discard(self) -> None:
         self._ended = True
-        self._buffer = bytearray()
-        self._paused = False
         if not self._busy:
-            self._release()
+            self._writer.stop().addCallback(lambda _: self._release())
 
     def _release(self) -> None:
         """

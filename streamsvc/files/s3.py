@@ -17,7 +17,7 @@ C{If-Match} on that ETag, streamed by L{ObjectProducer}: what arrives from
 the store is written to the client as it comes, and when the client's
 transport pauses the producer the store's socket is no longer read (its
 transport paused) until the client drains: a slow client holds a few
-pieces of 16 KiB here (L{SLOW_READ}), and the rest waits in the kernel and
+pieces of 8 KiB here (L{SLOW_READ}), and the rest waits in the kernel and
 at the store. A client that leaves closes the store connection at once. A store
 connection lost mid-range is asked again for the rest (with C{If-Match}, so
 never another version's bytes), a few times; a store that stops sending
@@ -86,9 +86,12 @@ PARTS_AWAITED = 2
 HASH_THREADS = 2
 
 #: Bytes per read of the store's socket, and at most per write to the client,
-#: for a download that has shown its client is fast: twice Twisted's default,
-#: a quarter less CPU per GiB than 64 KiB (BENCHMARKS.md).
-STORE_READ = 128 * 1024
+#: for a download that has shown its client is fast. Most of a proxied
+#: byte's CPU is the kernel's (send and recv on two sockets), the rest is
+#: paid per read: 512 KiB takes a fifth less CPU per GiB than 128 KiB and a
+#: third less than Twisted's 64 KiB (BENCHMARKS.md). A fast client holds
+#: about one such read while it drains.
+STORE_READ = 512 * 1024
 
 #: ... and until then, or for good once its client has shown it is slow (a
 #: pause that lasted L{SLOW_PAUSE} seconds; a fast client's last
@@ -96,7 +99,7 @@ STORE_READ = 128 * 1024
 #: any client look fast for its first megabytes, and what a slow client holds
 #: is a few pieces (its transport's buffer, one read queued), so they must be
 #: small from the first.
-SLOW_READ = 16 * 1024
+SLOW_READ = 8 * 1024
 SLOW_PAUSE = 0.5
 
 #: Bytes a download delivers, with no long pause, before it takes
@@ -398,7 +401,7 @@ class ObjectProducer(StreamProducer):
 
     def startProducing(self, consumer: Any) -> Deferred[None]:
         # Every byte passes through user space here (no sendfile): the
-        # client's transport pauses us once 16 KiB wait in it, not 64 KiB.
+        # client's transport pauses us once 8 KiB wait in it, not 64 KiB.
         set_send_buffer(getattr(getattr(consumer, "channel", None), "transport", None), SLOW_READ)
         return super().startProducing(consumer)
 
@@ -482,6 +485,11 @@ class ObjectProducer(StreamProducer):
         self._body = body = _RangeBody(length, self._timeout, self._get_clock(), self._key)
         body.set_piece(self._piece)
         response.deliverBody(body)
+        # Nothing more is read from the store's headers, and the parser keeps
+        # them for as long as the body flows: for a slow client, about a
+        # tenth of what its download holds here.
+        for name, _ in list(response.headers.getAllRawHeaders()):
+            response.headers.removeHeader(name)
         return self._taken(body.take())
 
     def _refused(self, failure: Failure) -> Failure:

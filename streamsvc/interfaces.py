@@ -387,3 +387,15 @@ class IFileStore(Interface):
 
     def make_folder(segments):
         """Make the folder (and those on the way); a Deferred of whether it was new. A file in the way: 409."""
+
+    def install_file(segments, checks, path):
+        """
+        Install the complete local file at C{path} (a resumable upload's
+        bytes, L{streamsvc.files.pending}) as the new version at
+        C{segments}; a Deferred of the L{streamsvc.files.store.Installed}.
+        C{checks.hashes} already holds every byte of the file: the digests
+        and preconditions are checked here, at the install, as
+        L{IUploadSink} does. The store takes the file over whichever way it
+        ends (moves it into place, or copies it and removes it): the caller
+        never touches C{path} again. The same errors as L{begin_upload}.
+        """

@@ -472,6 +472,45 @@ class DiskUpload:
             self._discard()
             self._settle(Failure(UploadAborted()))
 
+    def adopt(self, path: str) -> None:
+        """
+        Take the complete file at C{path} (whose bytes C{checks.hashes} has
+        seen) as this upload's body, instead of writing one
+        (L{streamsvc.interfaces.IFileStore.install_file}): moved over the
+        temporary file (copied, on another disk), then installed as a body
+        that has ended is.
+        """
+        self._busy = True
+        self._run_blocking(self._move_in, path).addCallback(self._moved_in).addErrback(self._disk_failed)
+
+    def _move_in(self, path: str) -> int | None:
+        """In a thread: C{path} as the temporary file; the descriptor on it, if it is a new one."""
+        assert self._fd is not None and self._folder_fd is not None
+        try:
+            os.rename(path, self._temp, dst_dir_fd=self._folder_fd)
+        except OSError as error:
+            if error.errno != errno.EXDEV:
+                raise
+            with open(path, "rb") as source:  # another disk: copied into the temporary file
+                while os.sendfile(self._fd, source.fileno(), None, 1 << 30):
+                    pass
+            os.unlink(path)
+            return None
+        fd = os.open(self._temp, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self._folder_fd)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+
+    def _moved_in(self, fd: int | None) -> None:
+        self._busy = False
+        if fd is not None:
+            old, self._fd = self._fd, fd
+            if old is not None:
+                os.close(old)  # the empty file it replaced
+        if self._ended:
+            self._release()
+        else:
+            self._install()
+
     # installing
 
     def _install(self) -> None:

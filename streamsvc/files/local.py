@@ -34,7 +34,7 @@ from streamsvc.files.disk_upload import (
 from streamsvc.files.facts import FactsCache, FileFacts
 from streamsvc.files.listing import DiskEntries
 from streamsvc.files.paths import LIST_FLAGS, Target, open_failed, open_inside, open_regular, resolve
-from streamsvc.files.store import WriteChecks, WritePreconditions
+from streamsvc.files.store import Installed, WriteChecks, WritePreconditions
 from streamsvc.interfaces import IFileStore, IReadAtOnce, IStoredFile, IStoredFolder, IStreamProducer
 from streamsvc.producers import DEFAULT_CHUNK_SIZE, FileProducer, read_spans
 
@@ -177,6 +177,14 @@ class LocalFileStore:
 
     def begin_upload(self, segments: tuple[str, ...], checks: WriteChecks, flow: Any) -> disk_upload.DiskUpload:
         return disk_upload.begin(self.root, segments, checks, flow, self.run_blocking, self._high_water)
+
+    def install_file(self, segments: tuple[str, ...], checks: WriteChecks, path: str) -> Deferred[Installed]:
+        try:
+            upload = disk_upload.begin(self.root, segments, checks, None, self.run_blocking, self._high_water)
+        except Exception:  # a 404, a 409, a 412: the Deferred's, as the contract says
+            return fail()
+        upload.adopt(path)
+        return upload.done
 
     def delete(self, segments: tuple[str, ...], preconditions: WritePreconditions) -> Deferred[None]:
         try:

@@ -38,6 +38,8 @@ from streamsvc.generate import GenerateResource
 from streamsvc.stages import ClientBuckets
 from streamsvc.files.disk_upload import RunBlocking, remove_stale_uploads
 from streamsvc.files.local import LocalFileStore
+from streamsvc.files.pending import PendingUploads
+from streamsvc.files.resumable import ResumableUploads, UploadsResource
 from streamsvc.files.upload import Uploads
 from streamsvc.interfaces import IFileStore, ITaskStore
 from streamsvc.tasks.events import EventHub
@@ -100,6 +102,57 @@ def open_file_store(
             timeout=config.s3.timeout, clock=clock,
         )
     return LocalFileStore(files_dir(config), largest=config.stream.chunk_size, clock=clock, run_blocking=run_blocking)
+
+
+def uploads_dir(config: Config) -> str:
+    """Where resumable uploads wait to be complete: C{DATA_DIR/uploads} (never under C{files/})."""
+    return os.path.join(config.server.data_dir, "uploads")
+
+
+def open_pending_uploads(
+    config: Config, store: IFileStore, *, clock: IReactorTime | None = None, run_blocking: RunBlocking | None = None
+) -> PendingUploads:
+    """The pending resumable uploads of C{DATA_DIR/uploads}, installed into C{store} once complete."""
+    return PendingUploads(
+        uploads_dir(config), store, run_blocking=run_blocking, clock=clock if clock is not None else default_clock(),
+        expiry=config.files.upload_expiry, max_pending=config.files.max_pending_uploads,
+        max_bytes=config.limits.max_upload_bytes,
+    )
+
+
+#: Seconds between two sweeps of the expired resumable uploads (at most; less for a short expiry).
+SWEEP_INTERVAL = 600
+
+
+def sweep_service(site: Site) -> Any:
+    """
+    The service that removes expired resumable uploads while the server
+    runs, every L{SWEEP_INTERVAL} seconds at most (start-up swept already:
+    L{prepare_data_dir}).
+    """
+    from twisted.application.service import Service
+    from twisted.internet.task import LoopingCall
+
+    pending = site.pending_uploads  # type: ignore[attr-defined]
+    interval = min(SWEEP_INTERVAL, max(1, pending.expiry // 10))
+
+    def sweep() -> None:
+        # Not returned: stopping the server does not wait for a sweep in a thread.
+        pending.sweep().addErrback(lambda failure: log.failure("sweeping expired uploads failed", failure))
+
+    class Sweeper(Service):
+        def startService(self) -> None:
+            super().startService()
+            self.loop = LoopingCall(sweep)
+            self.loop.clock = site.reactor
+            self.loop.start(interval, now=False)
+
+        def stopService(self) -> Any:
+            if self.loop.running:
+                self.loop.stop()
+            return super().stopService()
+
+    return Sweeper()
 
 
 #: Connections kept open to the object store, per process.
@@ -228,6 +281,12 @@ def prepare_data_dir(config: Config) -> None:
     removed = remove_stale_uploads(path)
     if removed:
         log.info("removed {count} unfinished upload(s) left by a stopped process", count=removed)
+    try:
+        expired = open_pending_uploads(config, LocalFileStore(path)).prepare()
+    except OSError as e:
+        raise ConfigError(f"data_dir {config.server.data_dir!r}: cannot prepare {uploads_dir(config)!r}: {e.strerror}") from None
+    if expired:
+        log.info("removed {count} expired resumable upload(s)", count=expired)
 
 
 log = Logger()
@@ -296,6 +355,10 @@ def build_resource(
     now = clock if clock is not None else default_clock()
     links = LinkSigner(link_secret(config), now)
     store = open_file_store(config, clock=clock, run_blocking=run_blocking)
+    uploads = Uploads(store, tokens)
+    pending = open_pending_uploads(config, store, clock=clock, run_blocking=run_blocking)
+    root.pending_uploads = pending  # type: ignore[attr-defined]  # for the Site (its sweeps)
+    resumable = ResumableUploads(pending, uploads)
     files: IResource = FilesResource(
         store,
         chunk_size=config.stream.chunk_size,
@@ -304,7 +367,8 @@ def build_resource(
         gzip_level=config.stream.gzip_level,
         sendfile=config.stream.sendfile,
         clock=clock,
-        uploads=Uploads(store, tokens),
+        uploads=uploads,
+        resumable=resumable,
         max_upload_bytes=config.limits.max_upload_bytes,
         sandbox_html=config.files.sandbox_html,
         links=links,
@@ -312,6 +376,7 @@ def build_resource(
     if config.auth.protect_downloads:
         files = BearerGuard(files, tokens, links=links)
     root.putChild(b"files", files)
+    root.putChild(b"uploads", UploadsResource(resumable, config.limits.max_upload_bytes))
     root.putChild(
         b"echo", EchoResource(max_body_bytes=config.limits.max_upload_bytes, clock=clock)
     )
@@ -411,9 +476,11 @@ def build_site(
         events=events,
         status_feed=feed,
     )
+    pending = getattr(root, "pending_uploads", None)
     if config.server.cors_origins:
         root = CORSResource(root, CORSPolicy(config.server.cors_origins))
     site = Site(root, reactor=reactor, parsePOSTFormSubmission=False)
+    site.pending_uploads = pending  # type: ignore[attr-defined]
     site.task_store = task_store  # type: ignore[attr-defined]
     site.events = events  # type: ignore[attr-defined]
     site.drain_hooks = [events.close] if events is not None else []  # type: ignore[attr-defined]

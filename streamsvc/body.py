@@ -456,7 +456,7 @@ class BodyRequest(Request):
         if getattr(self.channel, "_transferDecoder", None) is not None:
             self.channel.persistent = False
             headers[b"connection"] = b"close"
-        body = render_error(self, HTTPError(error.code, error.message, headers))
+        body = render_error(self, HTTPError(error.code, error.message, headers, problem=error.problem))
         self.write(body)
         self.finish()
 

@@ -167,6 +167,10 @@ class FilesConfig:
 
     sandbox_html: bool = True
     store: str = "local"
+    #: Seconds a resumable upload may go untouched before it is removed.
+    upload_expiry: int = 24 * 3600
+    #: Resumable uploads pending at once, at most.
+    max_pending_uploads: int = 1000
 
 
 @attrs.frozen
@@ -683,6 +687,8 @@ _SCHEMA: Final[Mapping[str, tuple[type, Mapping[str, _Key]]]] = MappingProxyType
             {
                 "sandbox_html": _Key(_parse_boolean),
                 "store": _Key(_parse_file_store),
+                "upload_expiry": _Key(_integer(60, 365 * 24 * 3600)),
+                "max_pending_uploads": _Key(_integer(1, 1_000_000)),
             },
         ),
         "s3": (

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from typing import Any
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -28,15 +29,20 @@ class HTTPError(Exception):
     @ivar code: the HTTP status code (4xx or 5xx).
     @ivar message: a short human-readable reason, sent as C{{"error": message}}.
     @ivar headers: extra response headers (e.g. C{Allow}, C{WWW-Authenticate}).
+    @ivar problem: for an error a protocol gives a problem type (RFC 9457),
+        its C{type} and members: the body is then C{application/problem+json}
+        with them, C{title} and, as always, C{error}.
     """
 
     def __init__(
-        self, code: int, message: str, headers: Mapping[bytes, bytes] | None = None
+        self, code: int, message: str, headers: Mapping[bytes, bytes] | None = None,
+        *, problem: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(code, message)
         self.code = code
         self.message = message
         self.headers = dict(headers or {})
+        self.problem = dict(problem) if problem else None
 
 
 def error_body(message: str) -> bytes:
@@ -67,11 +73,15 @@ def render_error(request: IRequest, error: HTTPError) -> bytes:
     for name, value in error.headers.items():
         request.setHeader(name, value)
     body = error_body(error.message)
+    content_type = b"application/json"
+    if error.problem is not None:
+        body = json.dumps({**error.problem, "title": error.message, "error": error.message}).encode() + b"\n"
+        content_type = b"application/problem+json"
     if not request.responseHeaders.hasHeader(b"cache-control"):
         # An error is about this moment (a 404 may be a file not uploaded
         # yet, a 503 a shortage): no cache in front may keep it.
         request.setHeader(b"cache-control", b"no-store")
-    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"content-type", content_type)
     request.setHeader(b"x-content-type-options", b"nosniff")
     request.setHeader(b"content-length", b"%d" % (len(body),))
     # HEAD gets the headers GET would (Content-Length included) and no body;

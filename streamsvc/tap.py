@@ -19,7 +19,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python import usage
 
-from streamsvc.app import build_site, prepare_data_dir
+from streamsvc.app import build_site, prepare_data_dir, sweep_service
 from streamsvc.limits import DrainService, raise_fd_limit
 from streamsvc.workers import WorkerPool
 from streamsvc.config import (
@@ -128,6 +128,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         return top
     site = build_site(config, reactor=reactor)
     DrainService(site, reactor, config.server.shutdown_timeout).setServiceParent(top)
+    sweep_service(site).setServiceParent(top)
     for description in config.server.listen:
         _Listener(description, serverFromString(reactor, description), site).setServiceParent(top)
     return top

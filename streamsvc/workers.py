@@ -492,12 +492,13 @@ def worker_service(start: WorkerStart, reactor: Any) -> Any:
     """The worker's services: its Site's drain, and a listener per inherited socket."""
     from twisted.application.service import MultiService
 
-    from streamsvc.app import build_site
+    from streamsvc.app import build_site, sweep_service
     from streamsvc.limits import DrainService
 
     site = build_site(start.config, reactor=reactor)
     top = MultiService()
     DrainService(site, reactor, start.config.server.shutdown_timeout).setServiceParent(top)
+    sweep_service(site).setServiceParent(top)
     for inherited in start.sockets:
         _Adopted(reactor, inherited, site).setServiceParent(top)
     top.site = site  # type: ignore[attr-defined]

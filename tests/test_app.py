@@ -50,7 +50,7 @@ def test_index_lists_endpoints(tmp_path: Path) -> None:
     """GET / names the endpoints; HEAD has the same length and no body."""
     config = config_for(tmp_path)
     get = fetch(config, "GET", "/")
-    assert json.loads(get.body) == {"endpoints": ["/echo", "/files", "/generate", "/healthz", "/metrics", "/status", "/tasks", "/ui"]}
+    assert json.loads(get.body) == {"endpoints": ["/echo", "/files", "/generate", "/healthz", "/metrics", "/status", "/tasks", "/ui", "/uploads"]}
     head = fetch(config, "HEAD", "/")
     assert head.body == b"" and head.header("content-length") == str(len(get.body))
 

@@ -302,3 +302,23 @@ async def test_signed_links_name_a_path_on_every_store(site: StoreSite) -> None:
     assert folder.code == 200 and "/files/linked/?" in json.loads(body)["url"]
     missing, _ = await site.request("POST", "/files/linked/nope.txt?sign=60", **AUTH)
     assert missing.code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_resumable_upload_is_installed_by_the_store(site: StoreSite) -> None:
+    """The IETF draft's creation, an append and the completion: the store installs the file (install_file)."""
+    body = os.urandom(6 * MiB + 123)  # on s3: more than one part
+    digest = f"sha-256=:{b64encode(hashlib.sha256(body).digest()).decode()}:"
+    created, _ = await site.put("/files/resumed/big.bin", body[:MiB],
+                                **{"Upload-Complete": "?0", "Repr-Digest": digest, "Upload-Draft-Interop-Version": "8"})
+    assert created.code == 201 and created.headers.getRawHeaders("upload-offset") == [str(MiB)]
+    location = created.headers.getRawHeaders("location")[0]
+    missing, _ = await site.request("GET", "/files/resumed/big.bin")
+    assert missing.code == 404  # nothing under /files until it is complete
+    done, _ = await site.request("PATCH", location, body[MiB:], **AUTH, **{
+        "Content-Type": "application/partial-upload", "Upload-Offset": str(MiB), "Upload-Complete": "?1"})
+    assert done.code == 201 and done.headers.getRawHeaders("upload-complete") == ["?1"]
+    got, content = await site.request("GET", "/files/resumed/big.bin")
+    assert got.code == 200 and content == body
+    head, _ = await site.request("HEAD", location, **AUTH)
+    assert head.headers.getRawHeaders("upload-complete") == ["?1"]

@@ -164,7 +164,7 @@ def test_make_service_one_endpoint_service_per_listen(tmp_path: Path) -> None:
     service = makeService(options, reactor=reactor)
     children = [c for c in service if isinstance(c, StreamServerEndpointService)]
     assert len(children) == 2
-    assert len(list(service)) == 3  # and the one that drains the Site at stop
+    assert len(list(service)) == 4  # and the one that drains the Site at stop, and the uploads' sweep
     service.privilegedStartService()
     service.startService()
     assert len(reactor.tcpServers) == 2

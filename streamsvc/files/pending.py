@@ -54,7 +54,7 @@ from twisted.python.failure import Failure
 
 from streamsvc.digests import Hashes, mismatches
 from streamsvc.errors import HTTPError
-from streamsvc.files.disk_upload import DEFAULT_HIGH_WATER, DiskWriter, RunBlocking, write_failed
+from streamsvc.files.disk_upload import DEFAULT_HIGH_WATER, DiskThreadPool, DiskWriter, RunBlocking, write_failed
 from streamsvc.files.store import Installed, WriteChecks, WritePreconditions
 from streamsvc.interfaces import IFileStore
 
@@ -152,7 +152,7 @@ class PendingUploads:
     @param max_bytes: the longest upload (C{[limits] max_upload_bytes}).
     """
 
-    def __init__(self, folder: str, store: IFileStore, *, run_blocking: RunBlocking, clock: Any,
+    def __init__(self, folder: str, store: IFileStore, *, run_blocking: RunBlocking | None = None, clock: Any,
                  expiry: float = DEFAULT_EXPIRY, max_pending: int = DEFAULT_MAX_PENDING,
                  max_bytes: int = 1024**3, high_water: int = DEFAULT_HIGH_WATER) -> None:
         self.folder = folder
@@ -160,13 +160,20 @@ class PendingUploads:
         self.expiry = expiry
         self.max_pending = max_pending
         self.max_bytes = max_bytes
-        self._run_blocking = run_blocking
+        self._run_blocking_given = run_blocking
         self._clock = clock
         self._high_water = high_water
         self._appending: dict[str, Append] = {}
+        self._sweeping = False
         #: Hashes of an upload's first bytes, kept while this process lives:
         #: id -> (the offset they reach, the hashes).
         self._hashes: dict[str, tuple[int, Hashes]] = {}
+
+    @property
+    def _run_blocking(self) -> RunBlocking:
+        if self._run_blocking_given is None:  # made when first needed, as the local store's
+            self._run_blocking_given = DiskThreadPool(self._clock)
+        return self._run_blocking_given
 
     # -- paths ----------------------------------------------------------------
 
@@ -189,10 +196,14 @@ class PendingUploads:
 
     def sweep(self) -> Deferred[int]:
         """Remove the uploads untouched for C{expiry} seconds (in a thread); a Deferred of how many."""
-        return self._run_blocking(self._sweep_now).addCallback(self._swept)
+        if self._sweeping:
+            return succeed(0)  # the last one is still at it
+        self._sweeping = True
+        return self._run_blocking(self._sweep_now).addBoth(self._swept)
 
-    def _swept(self, removed: int) -> int:
-        if removed:
+    def _swept(self, removed: Any) -> Any:
+        self._sweeping = False
+        if isinstance(removed, int) and removed:
             log.info("removed {n} expired upload(s)", n=removed)
         return removed
 

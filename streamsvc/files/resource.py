@@ -34,6 +34,7 @@ from streamsvc.files.facts import FileFacts
 from streamsvc.files.listing import HTMLPage, JSONArray, Listing
 from streamsvc.files.local import LocalFileStore
 from streamsvc.files.media import content_disposition
+from streamsvc.files.resumable import ResumableUploads, wants_resumable
 from streamsvc.files.upload import DEFAULT_MAX_UPLOAD_BYTES, Uploads
 from streamsvc.interfaces import (
     IBodyConsumer,
@@ -116,6 +117,9 @@ class FilesResource(JSONResource):
     @param clock: the reactor, for scheduling push producers (tests pass a Clock).
     @param uploads: what takes PUT and DELETE (L{Uploads}); without it they
         are refused (403).
+    @param resumable: what takes a PUT or POST with C{Upload-Complete} (a
+        resumable upload, L{streamsvc.files.resumable}); without it such a
+        request is an ordinary PUT (and a POST a 400).
     @param max_upload_bytes: the longest PUT body (C{[limits]
         max_upload_bytes}).
     @param sendfile: send unencoded bodies to a plain TCP socket with
@@ -135,6 +139,7 @@ class FilesResource(JSONResource):
         streaming: bool = True,
         clock: IReactorTime | None = None,
         uploads: Uploads | None = None,
+        resumable: ResumableUploads | None = None,
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
         sendfile: bool = True,
         sandbox_html: bool = True,
@@ -157,12 +162,15 @@ class FilesResource(JSONResource):
         self.streaming = streaming
         self.clock = clock
         self.uploads = uploads
+        self.resumable = resumable
         self.max_body_bytes = max_upload_bytes
         self.sendfile = sendfile
 
     # IStreamingBodyResource: the body of a PUT goes to disk as it arrives.
 
     def body_consumer(self, request: IRequest) -> IBodyConsumer | None:
+        if self.resumable is not None and wants_resumable(request):
+            return self.resumable.create(request, paused=True)
         if request.method != b"PUT":
             return None  # no other method here takes a body
         if request.postpath and request.postpath[-1] == b"" and len(request.postpath) > 1:
@@ -177,6 +185,9 @@ class FilesResource(JSONResource):
 
     def render_PUT(self, request: IRequest) -> int:
         """A PUT without a body (the only kind rendered): an empty file, or a folder."""
+        if self.resumable is not None and wants_resumable(request):
+            self.resumable.create(request, paused=False).body_done()  # an empty creation
+            return NOT_DONE_YET  # type: ignore[no-any-return]
         if request.postpath and request.postpath[-1] == b"" and len(request.postpath) > 1:
             return self._uploads().make_folder(request)
         self._uploads().put(request).body_done()
@@ -196,6 +207,9 @@ class FilesResource(JSONResource):
         C{POST /files/<path>?sign=SECONDS} (a Bearer token, as for uploads):
         a signed link to GET that path for C{SECONDS} (L{streamsvc.signing}).
         """
+        if self.resumable is not None and wants_resumable(request):
+            self.resumable.create(request, paused=False).body_done()  # an empty creation
+            return NOT_DONE_YET  # type: ignore[no-any-return]
         raw = request.args.get(b"sign")
         if self.links is None:
             raise HTTPError(405, "method not allowed", {b"allow": b"GET, HEAD, PUT, DELETE"})

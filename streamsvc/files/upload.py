@@ -182,31 +182,40 @@ class UploadBody:
         _answer_error(self._request, failure_error(self._request, reason, _WHAT))
 
     def _answer(self, installed: Installed) -> None:
-        request = self._request
-        if request_over(request):
-            return
-        digest = field({STORED_ALGORITHM: self._checks.hashes.digests()[STORED_ALGORITHM]})
-        request.setHeader(b"etag", installed.etag.encode("ascii"))
-        request.setHeader(b"last-modified", http_date(installed.mtime).encode("ascii"))
-        # Repr-Digest, not Content-Digest: it describes the stored file (the
-        # representation), where Content-Digest would have to describe this
-        # answer's own body (RFC 9530 §2, §3).
-        request.setHeader(b"repr-digest", digest)
-        if not installed.created:
-            request.setResponseCode(204)
-            request.write(b"")
-            request.finish()
-            return
-        location = "/" + "/".join(
-            quote(s.decode("utf-8", "surrogateescape"), safe="") for s in request.prepath
-        )
-        location += "/" + "/".join(quote(s, safe="") for s in self._segments)
-        body = json.dumps(
-            {"path": self.path, "size": installed.size, "etag": installed.etag, "digest": digest.decode()}
-        ).encode() + b"\n"
-        request.setResponseCode(201)
-        request.setHeader(b"location", location.encode("ascii"))
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"content-length", b"%d" % (len(body),))
-        request.write(body)
+        base = "/" + "/".join(quote(s.decode("utf-8", "surrogateescape"), safe="") for s in self._request.prepath)
+        answer_installed(self._request, installed, base, self._segments, self._checks.hashes.digests())
+
+
+def answer_installed(request: IRequest, installed: Installed, base: str, segments: tuple[str, ...],
+                     digests: dict[str, bytes]) -> None:
+    """
+    The answer to a write that installed a new version (a PUT, the
+    completing request of a resumable upload): 201 with its C{Location} and
+    a JSON description for a new file, 204 for a replaced one; its ETag,
+    Last-Modified and C{Repr-Digest} either way. C{base} is the URL path
+    the files are served under (C{/files}), quoted.
+    """
+    if request_over(request):
+        return
+    digest = field({STORED_ALGORITHM: digests[STORED_ALGORITHM]})
+    request.setHeader(b"etag", installed.etag.encode("ascii"))
+    request.setHeader(b"last-modified", http_date(installed.mtime).encode("ascii"))
+    # Repr-Digest, not Content-Digest: it describes the stored file (the
+    # representation), where Content-Digest would have to describe this
+    # answer's own body (RFC 9530 §2, §3).
+    request.setHeader(b"repr-digest", digest)
+    if not installed.created:
+        request.setResponseCode(204)
+        request.write(b"")
         request.finish()
+        return
+    location = base + "/" + "/".join(quote(s, safe="") for s in segments)
+    body = json.dumps(
+        {"path": "/".join(segments), "size": installed.size, "etag": installed.etag, "digest": digest.decode()}
+    ).encode() + b"\n"
+    request.setResponseCode(201)
+    request.setHeader(b"location", location.encode("ascii"))
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"content-length", b"%d" % (len(body),))
+    request.write(body)
+    request.finish()

@@ -300,3 +300,32 @@ def test_a_file_feed_paces_the_sink_and_removes_the_file(tmp_path: Any) -> None:
     feed.resume_body()
     assert sink.finished and sink.got == b"0123456789" * 10
     assert outcome(done).size == 100 and not path.exists()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_disk_that_fails_an_append_keeps_the_durable_offset_and_releases_the_file(tmp_path: Any) -> None:
+    import errno
+
+    w = World(tmp_path)
+    state = w.append(w.create(), b"kept").state
+    before = open_fds()
+    w.jobs.fail["_write_all"] = OSError(errno.ENOSPC, "No space left on device")
+    append = w.uploads.append(state, Flow(), offset=4, complete=False, content_length=None)
+    append.write(b"x" * 300_000)  # a job's worth: written, and failing
+    failure = outcome(append.done)
+    assert failure.value.code == 507
+    assert open_fds() == before  # the data file's descriptor (and its lock) let go
+    del w.jobs.fail["_write_all"]
+    assert w.uploads.find(state.id).offset == 4
+    assert w.append(w.uploads.find(state.id), b"!", complete=True).installed.size == 5
+
+
+def test_a_cut_append_releases_the_file(tmp_path: Any) -> None:
+    w = World(tmp_path)
+    state = w.create()
+    before = open_fds()
+    w.append(state, b"a" * 100_000, cut=True)
+    assert open_fds() == before

@@ -48,6 +48,7 @@ import secrets
 from typing import Any
 
 import attrs
+from zope.interface import implementer
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -56,7 +57,7 @@ from streamsvc.digests import Hashes, mismatches
 from streamsvc.errors import HTTPError
 from streamsvc.files.disk_upload import DEFAULT_HIGH_WATER, DiskThreadPool, DiskWriter, RunBlocking, write_failed
 from streamsvc.files.store import Installed, WriteChecks, WritePreconditions
-from streamsvc.interfaces import IFileStore
+from streamsvc.interfaces import IBodyConsumer, IFileStore
 
 log = Logger()
 
@@ -208,20 +209,20 @@ class PendingUploads:
         return removed
 
     def _sweep_now(self) -> int:
+        """
+        In a thread (or at start-up): each upload (an id with a state, or a
+        data file left without one) removed when expired or unreadable.
+        """
         now = self._clock.seconds()
-        removed = 0
+        ids = set()
         for name in os.listdir(self.folder):
             upload_id, suffix = os.path.splitext(name)
-            if not is_upload_id(upload_id) or upload_id in self._appending:
-                continue
-            if suffix == STATE:
-                state = self._read(upload_id)
-                if state is not None and state.expires_at(self.expiry) > now:
-                    continue
-            elif suffix == DATA:
-                if os.path.exists(self._path(upload_id, STATE)):
-                    continue  # its state decides
-            else:
+            if suffix in (STATE, DATA) and is_upload_id(upload_id) and upload_id not in self._appending:
+                ids.add(upload_id)
+        removed = 0
+        for upload_id in ids:
+            state = self._read(upload_id)
+            if state is not None and state.expires_at(self.expiry) > now:
                 continue
             _unlink(self._path(upload_id, DATA))
             _unlink(self._path(upload_id, STATE))
@@ -267,6 +268,10 @@ class PendingUploads:
             os.close(fd)
         os.rename(temp, self._path(state.id, STATE))
         _fsync_folder(self.folder)
+
+    def seconds_left(self, state: PendingState) -> float:
+        """How long C{state} has before it expires, untouched."""
+        return state.expires_at(self.expiry) - self._clock.seconds()
 
     def touched(self, state: PendingState, **changes: Any) -> PendingState:
         return attrs.evolve(state, touched=self._clock.seconds(), **changes)
@@ -441,13 +446,14 @@ class UploadCompleted(HTTPError):
 
 
 class InconsistentLength(HTTPError):
-    """A length that contradicts the one known, or an upload completed short of its length."""
+    """A length that contradicts the one known, or an upload completed short of its length (C{state}: None at a creation)."""
 
-    def __init__(self, state: PendingState, message: str) -> None:
+    def __init__(self, state: PendingState | None, message: str) -> None:
         super().__init__(400, message)
         self.state = state
 
 
+@implementer(IBodyConsumer)
 class Append:
     """
     One request body appended to a pending upload: written at its offset

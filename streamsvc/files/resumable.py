@@ -160,7 +160,7 @@ class ResumableUploads:
 
     def limit(self, state: PendingState) -> bytes:
         max_size = self.pending.max_bytes if state.length is None else state.length
-        return upload_limit(max_size, state.expires_at(self.pending.expiry) - self.pending._clock.seconds())
+        return upload_limit(max_size, self.pending.seconds_left(state))
 
     def create(self, request: IRequest, *, paused: bool) -> CreationBody:
         """
@@ -176,7 +176,7 @@ class ResumableUploads:
         body_length = getattr(request, "body_length", None)
         if complete and body_length is not None:
             if length is not None and length != body_length:
-                raise _problem(InconsistentLength(_NO_STATE, "Upload-Length is not the length of the body"))
+                raise _problem(InconsistentLength(None, "Upload-Length is not the length of the body"))
             length = body_length
         try:
             expected = expected_digests(
@@ -226,10 +226,6 @@ class ResumableUploads:
             fail(error)  # also stops reading a body still coming
         else:
             answer_error(request, error)
-
-
-#: A stand-in state for the errors decided before there is an upload.
-_NO_STATE = PendingState(id="0" * 24, segments=("-",), created=0.0, touched=0.0)
 
 
 @implementer(IBodyConsumer)
@@ -356,13 +352,13 @@ class UploadsResource(JSONResource):
     def body_consumer(self, request: IRequest) -> IBodyConsumer | None:
         if request.method != b"PATCH":
             return None
-        return self._append(request, paused=True)
+        return self._append(request)
 
     def render_PATCH(self, request: IRequest) -> int:
-        self._append(request, paused=False).body_done()  # an empty append (it may complete the upload)
+        self._append(request).body_done()  # an empty append (it may complete the upload)
         return NOT_DONE_YET  # type: ignore[no-any-return]
 
-    def _append(self, request: IRequest, *, paused: bool) -> IBodyConsumer:
+    def _append(self, request: IRequest) -> IBodyConsumer:
         state = self._state(request)
         content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
         if content_type != PARTIAL_UPLOAD:
@@ -391,12 +387,10 @@ class UploadsResource(JSONResource):
                                                    content_length=body_length, content_digests=content)
         except HTTPError as error:
             raise _problem(error, provided=offset) from None
-        body = _Appending(request, paused=False)
         resumable = self.resumable
         append.done.addCallbacks(lambda appended: resumable.answer(request, appended, created=False),
                                  lambda failure: resumable.answer_failure(request, failure, offset))
-        body._begin(append)
-        return body
+        return append  # the body's consumer: it exists already, nothing to hold back
 
     def render_HEAD(self, request: IRequest) -> bytes:
         state = self._state(request)

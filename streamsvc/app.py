@@ -40,6 +40,7 @@ from streamsvc.files.disk_upload import RunBlocking, remove_stale_uploads
 from streamsvc.files.local import LocalFileStore
 from streamsvc.files.pending import PendingUploads
 from streamsvc.files.resumable import ResumableUploads, UploadsResource
+from streamsvc.files.tus import TusUploads
 from streamsvc.files.upload import Uploads
 from streamsvc.interfaces import IFileStore, ITaskStore
 from streamsvc.tasks.events import EventHub
@@ -110,13 +111,14 @@ def uploads_dir(config: Config) -> str:
 
 
 def open_pending_uploads(
-    config: Config, store: IFileStore, *, clock: IReactorTime | None = None, run_blocking: RunBlocking | None = None
+    config: Config, store: IFileStore, *, clock: IReactorTime | None = None, run_blocking: RunBlocking | None = None,
+    metrics: Metrics | None = None,
 ) -> PendingUploads:
     """The pending resumable uploads of C{DATA_DIR/uploads}, installed into C{store} once complete."""
     return PendingUploads(
         uploads_dir(config), store, run_blocking=run_blocking, clock=clock if clock is not None else default_clock(),
         expiry=config.files.upload_expiry, max_pending=config.files.max_pending_uploads,
-        max_bytes=config.limits.max_upload_bytes,
+        max_bytes=config.limits.max_upload_bytes, events=metrics,
     )
 
 
@@ -356,9 +358,10 @@ def build_resource(
     links = LinkSigner(link_secret(config), now)
     store = open_file_store(config, clock=clock, run_blocking=run_blocking)
     uploads = Uploads(store, tokens)
-    pending = open_pending_uploads(config, store, clock=clock, run_blocking=run_blocking)
+    pending = open_pending_uploads(config, store, clock=clock, run_blocking=run_blocking, metrics=metrics)
     root.pending_uploads = pending  # type: ignore[attr-defined]  # for the Site (its sweeps)
     resumable = ResumableUploads(pending, uploads)
+    tus = TusUploads(pending, uploads)
     files: IResource = FilesResource(
         store,
         chunk_size=config.stream.chunk_size,
@@ -369,6 +372,7 @@ def build_resource(
         clock=clock,
         uploads=uploads,
         resumable=resumable,
+        tus=tus,
         max_upload_bytes=config.limits.max_upload_bytes,
         sandbox_html=config.files.sandbox_html,
         links=links,
@@ -376,7 +380,8 @@ def build_resource(
     if config.auth.protect_downloads:
         files = BearerGuard(files, tokens, links=links)
     root.putChild(b"files", files)
-    root.putChild(b"uploads", UploadsResource(resumable, config.limits.max_upload_bytes))
+    root.putChild(b"uploads", UploadsResource(pending, uploads, {"ietf": resumable, "tus": tus},
+                                              config.limits.max_upload_bytes))
     root.putChild(
         b"echo", EchoResource(max_body_bytes=config.limits.max_upload_bytes, clock=clock)
     )

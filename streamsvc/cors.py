@@ -38,11 +38,18 @@ from streamsvc.files.fields import add_vary
 ALLOWED_METHODS = b"GET, HEAD, PUT, POST, PATCH, DELETE, OPTIONS"
 ALLOWED_HEADERS = (
     b"Authorization, Range, If-Range, If-Match, If-None-Match, If-Modified-Since, "
-    b"If-Unmodified-Since, Content-Type, Content-Digest, Last-Event-ID, Accept, Cache-Control"
+    b"If-Unmodified-Since, Content-Type, Content-Digest, Repr-Digest, Last-Event-ID, Accept, Cache-Control, "
+    # resumable uploads: the IETF draft's fields, then tus's (what tusd allows)
+    b"Upload-Complete, Upload-Draft-Interop-Version, Upload-Offset, Upload-Length, "
+    b"Tus-Resumable, Upload-Metadata, Upload-Checksum, Upload-Defer-Length, Upload-Concat, "
+    b"X-HTTP-Method-Override, X-Requested-With"
 )
 EXPOSED_HEADERS = (
-    b"Content-Range, Content-Length, Content-Type, ETag, Last-Modified, Content-Digest, "
-    b"Content-Disposition, Accept-Ranges, Location, Retry-After"
+    b"Content-Range, Content-Length, Content-Type, ETag, Last-Modified, Content-Digest, Repr-Digest, "
+    b"Content-Disposition, Accept-Ranges, Location, Retry-After, "
+    b"Upload-Complete, Upload-Draft-Interop-Version, Upload-Offset, Upload-Length, Upload-Limit, "
+    b"Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm, "
+    b"Upload-Metadata, Upload-Expires, Upload-Defer-Length, Upload-Concat"
 )
 #: Seconds a browser may keep a preflight's answer.
 MAX_AGE = b"600"

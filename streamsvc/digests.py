@@ -30,6 +30,17 @@ ALGORITHMS: Final[Mapping[str, Callable[[], Any]]] = {
 #: The digest every stored body gets and answers with.
 STORED_ALGORITHM: Final = "sha-256"
 
+#: tus's C{Upload-Checksum} algorithms (its checksum extension): a check
+#: of one request's bytes against damage on the way, by a client that
+#: chose the algorithm; not evidence of what a file is (that is
+#: L{ALGORITHMS}'), so md5 and sha1 are fine here.
+CHECKSUM_ALGORITHMS: Final[Mapping[str, Callable[[], Any]]] = {
+    "sha1": hashlib.sha1,
+    "md5": hashlib.md5,
+    "sha256": hashlib.sha256,
+    "sha512": hashlib.sha512,
+}
+
 #: A Content-Digest member: key=:base64: with optional ;parameters
 #: (RFC 8941 §3.2 dictionary, byte-sequence values).
 _MEMBER = re.compile(
@@ -111,9 +122,10 @@ class Hashes:
     buffers), as long as one caller at a time uses it.
     """
 
-    def __init__(self, algorithms: Iterable[str] = ()) -> None:
-        names = {STORED_ALGORITHM, *algorithms}
-        self._hashes = {name: ALGORITHMS[name]() for name in sorted(names)}
+    def __init__(self, algorithms: Iterable[str] = (), *,
+                 table: Mapping[str, Callable[[], Any]] = ALGORITHMS, stored: bool = True) -> None:
+        names = {STORED_ALGORITHM, *algorithms} if stored else set(algorithms)
+        self._hashes = {name: table[name]() for name in sorted(names)}
 
     def update(self, data: bytes) -> None:
         for hash_ in self._hashes.values():

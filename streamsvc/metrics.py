@@ -35,6 +35,10 @@ OUTCOMES = ("complete", "client_gone", "error", "store_failed", "cancelled", "sh
 TIMEOUT_KINDS = ("header", "idle", "send", "body")
 #: Status classes of C{responses_total} ("other" for a code outside 1xx-5xx).
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "other")
+#: The resumable upload protocols (L{streamsvc.files.pending.PendingState.protocol}).
+UPLOAD_PROTOCOLS = ("ietf", "tus")
+#: What happens to a resumable upload (L{streamsvc.files.pending.UploadEvents}).
+UPLOAD_EVENTS = ("started", "resumed", "completed", "cancelled", "expired")
 #: Kinds whose stream holds an open file (or folder) descriptor.
 FILE_KINDS = frozenset({"file", "listing"})
 
@@ -116,6 +120,15 @@ class Metrics:
             "Subscribers cut off because their queue overflowed ([events] overflow = disconnect)",
             registry=registry,
         )
+        self.resumable_uploads = Counter(
+            p + "resumable_uploads",
+            "Resumable uploads started, resumed (an append after a cut one), completed, cancelled, expired",
+            ["protocol", "event"], registry=registry,
+        )
+        self.resumable_bytes = Counter(
+            p + "resumable_bytes_appended", "Bytes appended durably to resumable uploads", ["protocol"],
+            registry=registry,
+        )
         # Every known label combination exists from the start, at zero (the
         # Prometheus instrumentation guidelines: a series that appears only
         # at its first event is invisible to a rate() or an alert until
@@ -131,6 +144,11 @@ class Metrics:
         }
         self._statuses = {status: self.responses.labels(status) for status in STATUS_CLASSES}
         self._timeouts = {kind: self.timeouts.labels(kind) for kind in TIMEOUT_KINDS}
+        self._upload_events = {
+            (protocol, event): self.resumable_uploads.labels(protocol, event)
+            for protocol in UPLOAD_PROTOCOLS for event in UPLOAD_EVENTS
+        }
+        self._appended = {protocol: self.resumable_bytes.labels(protocol) for protocol in UPLOAD_PROTOCOLS}
 
     def scrape(self) -> CollectorRegistry:
         """
@@ -188,6 +206,16 @@ class Metrics:
     def timeout(self, kind: str) -> None:
         child = self._timeouts.get(kind)
         (child or self.timeouts.labels(kind)).inc()
+
+    # resumable uploads (streamsvc.files.pending.UploadEvents)
+
+    def upload_event(self, protocol: str, event: str) -> None:
+        child = self._upload_events.get((protocol, event))
+        (child or self.resumable_uploads.labels(protocol, event)).inc()
+
+    def upload_appended(self, protocol: str, size: int) -> None:
+        child = self._appended.get(protocol)
+        (child or self.resumable_bytes.labels(protocol)).inc(size)
 
     # live events (streamsvc.tasks.events)
 

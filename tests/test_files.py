@@ -193,7 +193,7 @@ def test_method_not_allowed_is_json(files: Files) -> None:
     r = files.get("/files/hello.txt", method="PATCH")
     assert r.code == 405
     assert json.loads(r.body) == {"error": "method not allowed"}
-    assert r.header("allow") == "DELETE, GET, HEAD, POST, PUT"
+    assert r.header("allow") == "DELETE, GET, HEAD, OPTIONS, POST, PUT"
 
 
 def test_missing_file_is_json_404(files: Files) -> None:

@@ -561,7 +561,7 @@ def test_patch_to_files_is_a_405_and_a_post_body_a_413_at_the_headers(server: Se
     conn.send(b"PATCH /files/f HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n")
     conn.read_until_quiet(server.clock)
     response = conn.response()
-    assert response.code == 405 and response.header("allow") == "DELETE, GET, HEAD, POST, PUT"
+    assert response.code == 405 and response.header("allow") == "DELETE, GET, HEAD, OPTIONS, POST, PUT"
     conn = server.connect()
     conn.send(b"POST /files/f?sign=60 HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n")
     conn.read_until_quiet(server.clock)

@@ -118,6 +118,37 @@ def singleton_header(request: IRequest, name: bytes) -> str | None:
     return values[0].decode("latin-1")
 
 
+def one_header(request: IRequest, name: bytes) -> bytes | None:
+    """
+    The value of a field that must come once (a resumable upload's
+    C{Upload-Offset}, C{Upload-Length}...), None when absent; given on two
+    lines, a 400 (which one the client meant is anyone's guess).
+    """
+    values = request.requestHeaders.getRawHeaders(name)
+    if values is None:
+        return None
+    if len(values) > 1:
+        raise HTTPError(400, f"{name.decode('latin-1')} given more than once")
+    return values[0]
+
+
+#: The longest count a field may hold: a Structured Field integer's 15 digits (RFC 9651 §3.3.1).
+_MAX_DIGITS = 15
+
+
+def count_field(value: bytes | None, name: str) -> int | None:
+    """
+    A non-negative integer field (an offset, a length: digits only, at most
+    15 of them, as a Structured Field integer), None when absent; 400 otherwise.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if not value.isdigit() or len(value) > _MAX_DIGITS:
+        raise HTTPError(400, f"{name} must be a non-negative integer")
+    return int(value)
+
+
 def finish_without_body(request: IRequest) -> int:
     """
     End a response that has no body (HEAD, 304, redirects) ourselves, so

@@ -45,15 +45,17 @@ import json
 import os
 import re
 import secrets
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import attrs
 from zope.interface import implementer
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
 
-from streamsvc.digests import Hashes, mismatches
+from streamsvc.digests import ALGORITHMS, Hashes, mismatches
 from streamsvc.errors import HTTPError
 from streamsvc.files.disk_upload import DEFAULT_HIGH_WATER, DiskThreadPool, DiskWriter, RunBlocking, write_failed
 from streamsvc.files.store import Installed, WriteChecks, WritePreconditions
@@ -103,6 +105,8 @@ class PendingState:
     metadata: dict[str, str] = attrs.field(factory=dict)
     #: Once complete: what the install reported (etag, size, mtime, created).
     installed: dict[str, Any] | None = None
+    #: The last append was cut: the next one resumes the upload (metrics).
+    interrupted: bool = False
 
     def to_json(self) -> bytes:
         value = attrs.asdict(self, recurse=True)
@@ -144,6 +148,26 @@ class Appended:
     digests: dict[str, bytes] | None = None
 
 
+class UploadEvents(Protocol):
+    """
+    What the pending store reports as it goes (L{streamsvc.metrics.Metrics}
+    provides it): C{event} is one of started, resumed, completed,
+    cancelled, expired.
+    """
+
+    def upload_event(self, protocol: str, event: str) -> None: ...
+
+    def upload_appended(self, protocol: str, size: int) -> None: ...
+
+
+class _NoEvents:
+    def upload_event(self, protocol: str, event: str) -> None:
+        pass
+
+    def upload_appended(self, protocol: str, size: int) -> None:
+        pass
+
+
 class PendingUploads:
     """
     The pending uploads below C{folder}, installed into C{store} when complete.
@@ -151,12 +175,16 @@ class PendingUploads:
     @param run_blocking: runs disk work (writes, fsync, renames) off the reactor.
     @param clock: C{seconds()} is wall-clock time here (the expiry survives restarts).
     @param max_bytes: the longest upload (C{[limits] max_upload_bytes}).
+    @param events: told of uploads started, resumed, completed, cancelled,
+        expired, and of the bytes appended (the metrics).
     """
 
     def __init__(self, folder: str, store: IFileStore, *, run_blocking: RunBlocking | None = None, clock: Any,
                  expiry: float = DEFAULT_EXPIRY, max_pending: int = DEFAULT_MAX_PENDING,
-                 max_bytes: int = 1024**3, high_water: int = DEFAULT_HIGH_WATER) -> None:
+                 max_bytes: int = 1024**3, high_water: int = DEFAULT_HIGH_WATER,
+                 events: UploadEvents | None = None) -> None:
         self.folder = folder
+        self.events: UploadEvents = events if events is not None else _NoEvents()
         self.store = store
         self.expiry = expiry
         self.max_pending = max_pending
@@ -227,6 +255,8 @@ class PendingUploads:
             _unlink(self._path(upload_id, DATA))
             _unlink(self._path(upload_id, STATE))
             self._hashes.pop(upload_id, None)
+            if state is not None and not state.complete:
+                self.events.upload_event(state.protocol, "expired")
             removed += 1
         return removed
 
@@ -299,12 +329,18 @@ class PendingUploads:
             pending = sum(1 for name in os.listdir(self.folder) if name.endswith(STATE))
             if pending >= self.max_pending:
                 raise HTTPError(503, "too many uploads pending: try again later", {b"retry-after": b"60"})
+            # The state first: a sweep meanwhile (another thread, another
+            # worker) takes a data file without a state for a leftover.
+            self._save_now(state)
             fd = os.open(self._path(state.id, DATA), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             os.close(fd)
-            self._save_now(state)
             return state
 
-        return self._run_blocking(make).addErrback(self._disk_failed, state)
+        def made(state: PendingState) -> PendingState:
+            self.events.upload_event(protocol, "started")
+            return state
+
+        return self._run_blocking(make).addCallbacks(made, self._disk_failed, errbackArgs=(state,))
 
     def cancel(self, state: PendingState) -> Deferred[None]:
         """Remove the upload and its data (409 while an append holds it)."""
@@ -317,7 +353,11 @@ class PendingUploads:
             _unlink(self._path(state.id, DATA))
             _fsync_folder(self.folder)
 
-        return self._run_blocking(remove)
+        def removed(_: None) -> None:
+            if not state.complete:
+                self.events.upload_event(state.protocol, "cancelled")
+
+        return self._run_blocking(remove).addCallback(removed)
 
     def _disk_failed(self, reason: Failure, state: PendingState) -> Failure:
         if reason.check(OSError):
@@ -327,12 +367,20 @@ class PendingUploads:
 
     # -- appending ------------------------------------------------------------
 
-    def append(self, state: PendingState, flow: Any, *, offset: int, complete: bool,
-               content_length: int | None, content_digests: dict[str, bytes] | None = None) -> Append:
+    def append(self, state: PendingState, flow: Any, *, offset: int, complete: bool | None,
+               content_length: int | None, content_digests: dict[str, bytes] | None = None,
+               content_algorithms: Mapping[str, Callable[[], Any]] = ALGORITHMS) -> Append:
         """
         Begin an append of the request body (the C{flow}) at C{offset}:
         the L{Append} that takes the body, or the L{HTTPError} refusing it
         (L{Conflict} for a wrong offset or an append in progress).
+
+        @param complete: whether this body ends the upload (the draft says
+            so in each request); None: it does if it reaches the upload's
+            length (tus: the length is known from the start).
+        @param content_digests: what this body's own digests must be
+            (L{ContentMismatch} otherwise: nothing appended), by the names
+            of C{content_algorithms}.
         """
         if state.complete:
             raise UploadCompleted(state)
@@ -365,8 +413,10 @@ class PendingUploads:
         hashed = self._hashes.get(state.id)
         hashes = hashed[1] if hashed is not None and hashed[0] == offset else None
         append = Append(self, state, fd, flow, hashes=hashes, complete=complete, limit=limit - offset,
-                        content_digests=content_digests or {})
+                        content_digests=content_digests or {}, content_algorithms=content_algorithms)
         self._appending[state.id] = append
+        if state.interrupted:
+            self.events.upload_event(state.protocol, "resumed")
         return append
 
     def _append_ended(self, append: Append) -> None:
@@ -414,6 +464,7 @@ class PendingUploads:
             return self.store.install_file(state.segments, checks, self._path(state.id, DATA))
 
         def installed(done: Installed) -> Deferred[Appended]:
+            self.events.upload_event(state.protocol, "completed")
             final = self.touched(state, complete=True, length=state.offset,
                                  installed={"etag": done.etag, "size": done.size, "mtime": done.mtime,
                                             "created": done.created})
@@ -435,6 +486,14 @@ class Conflict(HTTPError):
     def __init__(self, state: PendingState, message: str) -> None:
         super().__init__(409, message)
         self.state = state
+
+
+class ContentMismatch(HTTPError):
+    """400: an append's body is not what its own digest (C{Content-Digest}, tus's C{Upload-Checksum}) says."""
+
+    def __init__(self, algorithm: str) -> None:
+        super().__init__(400, f"the content does not match its {algorithm} digest")
+        self.algorithm = algorithm
 
 
 class UploadCompleted(HTTPError):
@@ -466,7 +525,8 @@ class Append:
     """
 
     def __init__(self, uploads: PendingUploads, state: PendingState, fd: int, flow: Any, *,
-                 hashes: Hashes | None, complete: bool, limit: int, content_digests: dict[str, bytes]) -> None:
+                 hashes: Hashes | None, complete: bool | None, limit: int, content_digests: dict[str, bytes],
+                 content_algorithms: Mapping[str, Callable[[], Any]] = ALGORITHMS) -> None:
         self.uploads = uploads
         self.state = state
         self.done: Deferred[Appended] = Deferred()
@@ -474,7 +534,7 @@ class Append:
         self._fd: int | None = fd
         self._complete = complete
         self._hashes = hashes
-        self._content = Hashes(content_digests) if content_digests else None
+        self._content = Hashes(content_digests, table=content_algorithms, stored=False) if content_digests else None
         self._content_expected = content_digests
         self._writer = DiskWriter(fd, _Tee(hashes, self._content), flow, uploads._run_blocking,
                                   uploads._high_water, self._write_failed)
@@ -524,16 +584,20 @@ class Append:
             # offset stays, so its bytes do not count), and the hashes of the
             # representation have seen them: computed again if needed.
             uploads._hashes_reach(self.state.id, -1, None)
-            return self._finish_with(self.state, HTTPError(400, f"the content does not match its {bad[0]} digest"))
+            return self._finish_with(self.state, ContentMismatch(bad[0]))
         if cut and self._content is not None:
             size = 0  # a digest of a whole body cannot vouch for a part of it
-        state = uploads.touched(self.state, offset=self.state.offset + size)
+        state = uploads.touched(self.state, offset=self.state.offset + size, interrupted=cut)
+        completing = self._complete if self._complete is not None else (
+            not cut and error is None and state.length is not None and state.offset == state.length)
         valid = self._hashes is not None and not (cut and self._content is not None)
         uploads._hashes_reach(self.state.id, state.offset, self._hashes if valid else None)
 
         def saved(_: None) -> Any:
             self.state = state
-            if error is not None or cut or not self._complete:
+            if size:
+                uploads.events.upload_appended(state.protocol, size)
+            if error is not None or cut or not completing:
                 return self._finish_with(state, error)
             self._close()
             uploads._append_ended(self)
@@ -581,6 +645,63 @@ class Append:
     def _settle_failure(self, reason: Failure) -> None:
         if not self.done.called:
             self.done.errback(reason)
+
+
+@implementer(IBodyConsumer)
+class HeldBody:
+    """
+    A creating request's body on its way into an L{Append}, held back
+    until there is one (the upload is being saved): what arrives before
+    (one socket read, the socket paused meanwhile) is kept, then handed on
+    in order. The protocols' creations subclass it.
+    """
+
+    def __init__(self, request: IRequest, paused: bool) -> None:
+        self._request = request
+        self._append: Append | None = None
+        self._queue: list[bytes] = []
+        self._ended: Failure | bool = False  # True: done; a Failure: failed
+        self._paused = paused
+        if paused:
+            request.pause_body()
+
+    def _begin(self, append: Append) -> None:
+        self._append = append
+        for data in self._queue:
+            append.write(data)
+        self._queue = []
+        ended = self._ended
+        if ended is True:
+            append.body_done()
+        elif isinstance(ended, Failure):
+            append.body_failed(ended)
+        if self._paused:
+            self._paused = False
+            self._request.resume_body()
+
+    def _cannot_begin(self) -> None:
+        """No append will come (the request is answered): nothing more to hand on."""
+        self._queue = []
+        if self._paused:
+            self._paused = False
+
+    def write(self, data: bytes) -> None:
+        if self._append is not None:
+            self._append.write(data)
+        elif self._ended is False:
+            self._queue.append(data)
+
+    def body_done(self) -> None:
+        if self._append is not None:
+            self._append.body_done()
+        else:
+            self._ended = True
+
+    def body_failed(self, reason: Failure) -> None:
+        if self._append is not None:
+            self._append.body_failed(reason)
+        else:
+            self._ended = reason
 
 
 class _Tee:

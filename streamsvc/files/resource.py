@@ -35,6 +35,7 @@ from streamsvc.files.listing import HTMLPage, JSONArray, Listing
 from streamsvc.files.local import LocalFileStore
 from streamsvc.files.media import content_disposition
 from streamsvc.files.resumable import ResumableUploads, wants_resumable
+from streamsvc.files.tus import TusUploads, wants_tus
 from streamsvc.files.upload import DEFAULT_MAX_UPLOAD_BYTES, Uploads
 from streamsvc.interfaces import (
     IBodyConsumer,
@@ -120,6 +121,8 @@ class FilesResource(JSONResource):
     @param resumable: what takes a PUT or POST with C{Upload-Complete} (a
         resumable upload, L{streamsvc.files.resumable}); without it such a
         request is an ordinary PUT (and a POST a 400).
+    @param tus: what takes a POST with C{Tus-Resumable} (a tus 1.0
+        creation, L{streamsvc.files.tus}).
     @param max_upload_bytes: the longest PUT body (C{[limits]
         max_upload_bytes}).
     @param sendfile: send unencoded bodies to a plain TCP socket with
@@ -140,6 +143,7 @@ class FilesResource(JSONResource):
         clock: IReactorTime | None = None,
         uploads: Uploads | None = None,
         resumable: ResumableUploads | None = None,
+        tus: TusUploads | None = None,
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
         sendfile: bool = True,
         sandbox_html: bool = True,
@@ -163,6 +167,7 @@ class FilesResource(JSONResource):
         self.clock = clock
         self.uploads = uploads
         self.resumable = resumable
+        self.tus = tus
         self.max_body_bytes = max_upload_bytes
         self.sendfile = sendfile
 
@@ -171,6 +176,8 @@ class FilesResource(JSONResource):
     def body_consumer(self, request: IRequest) -> IBodyConsumer | None:
         if self.resumable is not None and wants_resumable(request):
             return self.resumable.create(request, paused=True)
+        if self.tus is not None and wants_tus(request):
+            return self.tus.create(request, paused=True)
         if request.method != b"PUT":
             return None  # no other method here takes a body
         if request.postpath and request.postpath[-1] == b"" and len(request.postpath) > 1:
@@ -196,6 +203,21 @@ class FilesResource(JSONResource):
     def render_DELETE(self, request: IRequest) -> int:
         return self._uploads().delete(request)
 
+    def render_OPTIONS(self, request: IRequest) -> bytes:
+        """
+        What may be done here: the methods, and what the resumable upload
+        protocols offer (tus's C{Tus-*} headers, the draft's C{Upload-Limit}).
+        """
+        request.setResponseCode(204)
+        request.setHeader(b"allow", b"GET, HEAD, PUT, POST, DELETE, OPTIONS")
+        if self.resumable is not None:
+            self.resumable.options(request)
+            request.responseHeaders.removeHeader(b"accept-patch")  # (the uploads' own: PATCH is not here)
+        if self.tus is not None:
+            self.tus.options(request)
+        request.setHeader(b"content-length", b"0")
+        return b""
+
     def render_GET(self, request: IRequest) -> bytes | int:
         return self._respond(request, head=False)
 
@@ -209,6 +231,9 @@ class FilesResource(JSONResource):
         """
         if self.resumable is not None and wants_resumable(request):
             self.resumable.create(request, paused=False).body_done()  # an empty creation
+            return NOT_DONE_YET  # type: ignore[no-any-return]
+        if self.tus is not None and wants_tus(request):
+            self.tus.create(request, paused=False).body_done()  # a creation without a body
             return NOT_DONE_YET  # type: ignore[no-any-return]
         raw = request.args.get(b"sign")
         if self.links is None:

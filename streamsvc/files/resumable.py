@@ -27,7 +27,7 @@ else is a 400 that says which field.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from twisted.python.failure import Failure
@@ -38,12 +38,12 @@ from zope.interface import implementer
 from streamsvc._transport import request_over
 from streamsvc.digests import DigestError, expected_digests
 from streamsvc.errors import HTTPError, JSONResource, answer_error, failure_error
-from streamsvc.files.fields import list_header
+from streamsvc.files.fields import count_field, list_header, one_header
 from streamsvc.files.paths import write_segments
 from streamsvc.files.pending import (
-    Append,
     Appended,
     Conflict,
+    HeldBody,
     InconsistentLength,
     PendingState,
     PendingUploads,
@@ -64,7 +64,6 @@ PARTIAL_UPLOAD = b"application/partial-upload"
 PROBLEMS = "https://iana.org/assignments/http-problem-types#"
 
 _WHAT = "file store"
-_MAX_SF_INTEGER = 999_999_999_999_999
 
 
 # -- the fields (pure) ---------------------------------------------------------
@@ -82,14 +81,8 @@ def sf_boolean(value: bytes | None, name: str) -> bool | None:
     raise HTTPError(400, f"{name} must be ?1 or ?0")
 
 
-def sf_integer(value: bytes | None, name: str) -> int | None:
-    """A non-negative Structured Field integer, None when absent; 400 otherwise."""
-    if value is None:
-        return None
-    value = value.strip()
-    if not value.isdigit() or len(value) > 15:
-        raise HTTPError(400, f"{name} must be a non-negative integer")
-    return int(value)
+#: A non-negative Structured Field integer, None when absent; 400 otherwise.
+sf_integer = count_field
 
 
 def interop_version(request: IRequest) -> int | None:
@@ -109,15 +102,6 @@ def upload_limit(max_size: int, max_age: float) -> bytes:
 def wants_resumable(request: IRequest) -> bool:
     """Whether a PUT or POST to C{/files} asks for a resumable upload (it has C{Upload-Complete})."""
     return request.method in (b"PUT", b"POST") and request.requestHeaders.hasHeader(b"upload-complete")
-
-
-def _header(request: IRequest, name: bytes) -> bytes | None:
-    values = request.requestHeaders.getRawHeaders(name)
-    if values is None:
-        return None
-    if len(values) > 1:
-        raise HTTPError(400, f"{name.decode()} given more than once")
-    return values[0]
 
 
 def _problem(error: HTTPError, state: PendingState | None = None, provided: int | None = None) -> HTTPError:
@@ -171,8 +155,8 @@ class ResumableUploads:
         segments = write_segments(request.postpath)
         if request.requestHeaders.hasHeader(b"content-range"):
             raise HTTPError(400, "a resumable upload takes no Content-Range")
-        complete = sf_boolean(_header(request, b"upload-complete"), "Upload-Complete")
-        length = sf_integer(_header(request, b"upload-length"), "Upload-Length")
+        complete = sf_boolean(one_header(request, b"upload-complete"), "Upload-Complete")
+        length = sf_integer(one_header(request, b"upload-length"), "Upload-Length")
         body_length = getattr(request, "body_length", None)
         if complete and body_length is not None:
             if length is not None and length != body_length:
@@ -213,10 +197,65 @@ class ResumableUploads:
             request.setHeader(b"content-type", b"application/json")
             request.setHeader(b"content-length", b"%d" % (len(body),))
             request.write(body)
+            request.finish()
         else:
-            request.setResponseCode(204)
-            request.write(b"")
-        request.finish()
+            answer_no_content(request)
+
+    # UploadProtocol: the requests on /uploads/<id>
+
+    def prepare(self, request: IRequest) -> None:
+        pass
+
+    def options(self, request: IRequest) -> None:
+        request.setHeader(b"accept-patch", PARTIAL_UPLOAD)
+        request.setHeader(b"upload-limit", b"max-size=%d" % (self.pending.max_bytes,))
+
+    def append(self, request: IRequest, state: PendingState) -> IBodyConsumer:
+        content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+        if content_type != PARTIAL_UPLOAD:
+            raise _problem(HTTPError(415, "an append's body must be application/partial-upload"))
+        offset = sf_integer(one_header(request, b"upload-offset"), "Upload-Offset")
+        complete = sf_boolean(one_header(request, b"upload-complete"), "Upload-Complete")
+        if offset is None or complete is None:
+            raise _problem(HTTPError(400, "an append needs Upload-Offset and Upload-Complete"))
+        length = sf_integer(one_header(request, b"upload-length"), "Upload-Length")
+        body_length = getattr(request, "body_length", None)
+        if state.complete:
+            error: HTTPError = UploadCompleted(state)
+            if body_length:
+                error = InconsistentLength(state, "the upload is complete already")
+            raise _problem(error)
+        if length is not None and state.length is not None and length != state.length:
+            raise _problem(InconsistentLength(state, f"the upload's length is {state.length}, not {length}"))
+        if complete and body_length is not None and length is not None and offset + body_length != length:
+            raise _problem(InconsistentLength(state, "Upload-Length is not where this append ends"))
+        try:
+            content = expected_digests(list_header(request, b"content-digest"), None, None)
+        except DigestError as error:
+            raise HTTPError(400, str(error)) from None
+        try:
+            append = self.pending.append(state, request, offset=offset, complete=complete,
+                                         content_length=body_length, content_digests=content)
+        except HTTPError as error:
+            raise _problem(error, provided=offset) from None
+        append.done.addCallbacks(lambda appended: self.answer(request, appended, created=False),
+                                 lambda failure: self.answer_failure(request, failure, offset))
+        return append  # the body's consumer: it exists already, nothing to hold back
+
+    def head(self, request: IRequest, state: PendingState) -> bytes:
+        request.setResponseCode(204)
+        request.setHeader(b"upload-offset", b"%d" % (state.offset,))
+        request.setHeader(b"upload-complete", b"?1" if state.complete else b"?0")
+        if state.length is not None:
+            request.setHeader(b"upload-length", b"%d" % (state.length,))
+        request.setHeader(b"upload-limit", self.limit(state))
+        request.setHeader(b"cache-control", b"no-store")
+        return b""
+
+    def delete(self, request: IRequest, state: PendingState) -> int:
+        self.pending.cancel(state).addCallbacks(
+            lambda _: answer_no_content(request), lambda failure: self.answer_failure(request, failure))
+        return NOT_DONE_YET  # type: ignore[no-any-return]
 
     def answer_failure(self, request: IRequest, failure: Failure, provided: int | None = None) -> None:
         error = failure_error(request, failure, _WHAT)
@@ -228,63 +267,7 @@ class ResumableUploads:
             answer_error(request, error)
 
 
-@implementer(IBodyConsumer)
-class _Appending:
-    """
-    A body on its way into an L{Append}, held back until there is one:
-    what arrives before (one socket read, the socket paused meanwhile) is
-    kept, then handed on in order.
-    """
-
-    def __init__(self, request: IRequest, paused: bool) -> None:
-        self._request = request
-        self._append: Append | None = None
-        self._queue: list[bytes] = []
-        self._ended: Failure | bool = False  # True: done; a Failure: failed
-        self._paused = paused
-        if paused:
-            request.pause_body()
-
-    def _begin(self, append: Append) -> None:
-        self._append = append
-        for data in self._queue:
-            append.write(data)
-        self._queue = []
-        ended = self._ended
-        if ended is True:
-            append.body_done()
-        elif isinstance(ended, Failure):
-            append.body_failed(ended)
-        if self._paused:
-            self._paused = False
-            self._request.resume_body()
-
-    def _cannot_begin(self) -> None:
-        """No append will come (the request is answered): nothing more to hand on."""
-        self._queue = []
-        if self._paused:
-            self._paused = False
-
-    def write(self, data: bytes) -> None:
-        if self._append is not None:
-            self._append.write(data)
-        elif self._ended is False:
-            self._queue.append(data)
-
-    def body_done(self) -> None:
-        if self._append is not None:
-            self._append.body_done()
-        else:
-            self._ended = True
-
-    def body_failed(self, reason: Failure) -> None:
-        if self._append is not None:
-            self._append.body_failed(reason)
-        else:
-            self._ended = reason
-
-
-class CreationBody(_Appending):
+class CreationBody(HeldBody):
     """A creating request's body: the upload saved, the 104 sent, then the body appended."""
 
     def __init__(self, resumable: ResumableUploads, request: IRequest, segments: tuple[str, ...],
@@ -321,6 +304,14 @@ class CreationBody(_Appending):
         self._resumable.answer_failure(self._request, failure)
 
 
+def answer_no_content(request: IRequest) -> None:
+    """A 204, now (the request still there)."""
+    if not request_over(request):
+        request.setResponseCode(204)
+        request.write(b"")
+        request.finish()
+
+
 def _informational(request: IRequest, headers: list[tuple[bytes, bytes]]) -> None:
     """A C{104 Upload Resumption Supported} before the final answer (HTTP/1.1 only: 1.0 has no 1xx)."""
     if request.clientproto != b"HTTP/1.1":
@@ -329,93 +320,94 @@ def _informational(request: IRequest, headers: list[tuple[bytes, bytes]]) -> Non
     request.channel.transport.write(b"HTTP/1.1 104 Upload Resumption Supported\r\n" + lines + b"\r\n")
 
 
+class UploadProtocol(Protocol):
+    """What answers the requests on one protocol's uploads, for L{UploadsResource}."""
+
+    def prepare(self, request: IRequest) -> None:
+        """Before the upload is looked up: this protocol's checks of any request (its version...)."""
+
+    def head(self, request: IRequest, state: PendingState) -> bytes: ...
+
+    def append(self, request: IRequest, state: PendingState) -> IBodyConsumer:
+        """The consumer of a PATCH's body (it answers), or an L{HTTPError}."""
+
+    def delete(self, request: IRequest, state: PendingState) -> int: ...
+
+    def options(self, request: IRequest) -> None:
+        """The headers of an C{OPTIONS} answer that say what this protocol offers."""
+
+
 @implementer(IStreamingBodyResource)
 class UploadsResource(JSONResource):
-    """C{/uploads/<id>}: HEAD, PATCH and DELETE on one pending upload."""
+    """
+    C{/uploads/<id>}: HEAD, PATCH and DELETE on one pending upload, by the
+    protocol that created it (C{protocols}: L{PendingState.protocol} ->
+    L{UploadProtocol}). A request is that protocol's when it says so
+    (C{Tus-Resumable}), the draft's otherwise.
+    """
 
     isLeaf = True
 
-    def __init__(self, resumable: ResumableUploads, max_body_bytes: int) -> None:
+    def __init__(self, pending: PendingUploads, uploads: Uploads, protocols: dict[str, UploadProtocol],
+                 max_body_bytes: int) -> None:
         super().__init__()
-        self.resumable = resumable
+        self.pending = pending
+        self.uploads = uploads
+        self.protocols = protocols
         self.max_body_bytes = max_body_bytes
 
-    def _state(self, request: IRequest) -> PendingState:
-        self.resumable.uploads.authorize(request)
+    def _asked(self, request: IRequest) -> UploadProtocol:
+        """The protocol the request speaks, its checks done."""
+        asked = "tus" if request.requestHeaders.hasHeader(b"tus-resumable") else "ietf"
+        protocol = self.protocols.get(asked) or self.protocols["ietf"]
+        protocol.prepare(request)
+        return protocol
+
+    def _state(self, request: IRequest) -> tuple[UploadProtocol, PendingState]:
+        self._asked(request)
+        self.uploads.authorize(request)
         if len(request.postpath) != 1:
             raise HTTPError(404, "no such upload")
-        state = self.resumable.pending.find(request.postpath[0].decode("latin-1"))
-        if state is None:
+        state = self.pending.find(request.postpath[0].decode("latin-1"))
+        if state is None or state.protocol not in self.protocols:
             raise HTTPError(404, "no such upload")
-        return state
+        return self.protocols[state.protocol], state
 
     def body_consumer(self, request: IRequest) -> IBodyConsumer | None:
+        self._asked(request)  # (a method override makes a POST a PATCH)
         if request.method != b"PATCH":
             return None
-        return self._append(request)
+        protocol, state = self._state(request)
+        return protocol.append(request, state)
 
     def render_PATCH(self, request: IRequest) -> int:
-        self._append(request).body_done()  # an empty append (it may complete the upload)
+        protocol, state = self._state(request)
+        protocol.append(request, state).body_done()  # an empty append (it may complete the upload)
         return NOT_DONE_YET  # type: ignore[no-any-return]
 
-    def _append(self, request: IRequest) -> IBodyConsumer:
-        state = self._state(request)
-        content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
-        if content_type != PARTIAL_UPLOAD:
-            raise _problem(HTTPError(415, "an append's body must be application/partial-upload"))
-        offset = sf_integer(_header(request, b"upload-offset"), "Upload-Offset")
-        complete = sf_boolean(_header(request, b"upload-complete"), "Upload-Complete")
-        if offset is None or complete is None:
-            raise _problem(HTTPError(400, "an append needs Upload-Offset and Upload-Complete"))
-        length = sf_integer(_header(request, b"upload-length"), "Upload-Length")
-        body_length = getattr(request, "body_length", None)
-        if state.complete:
-            error: HTTPError = UploadCompleted(state)
-            if body_length:
-                error = InconsistentLength(state, "the upload is complete already")
-            raise _problem(error)
-        if length is not None and state.length is not None and length != state.length:
-            raise _problem(InconsistentLength(state, f"the upload's length is {state.length}, not {length}"))
-        if complete and body_length is not None and length is not None and offset + body_length != length:
-            raise _problem(InconsistentLength(state, "Upload-Length is not where this append ends"))
-        try:
-            content = expected_digests(list_header(request, b"content-digest"), None, None)
-        except DigestError as error:
-            raise HTTPError(400, str(error)) from None
-        try:
-            append = self.resumable.pending.append(state, request, offset=offset, complete=complete,
-                                                   content_length=body_length, content_digests=content)
-        except HTTPError as error:
-            raise _problem(error, provided=offset) from None
-        resumable = self.resumable
-        append.done.addCallbacks(lambda appended: resumable.answer(request, appended, created=False),
-                                 lambda failure: resumable.answer_failure(request, failure, offset))
-        return append  # the body's consumer: it exists already, nothing to hold back
+    def render_POST(self, request: IRequest) -> bytes | int:
+        self._asked(request)
+        if request.method == b"POST":
+            raise HTTPError(405, "method not allowed", {b"allow": b"HEAD, PATCH, DELETE, OPTIONS"})
+        return self.render(request)  # overridden (X-HTTP-Method-Override)
 
     def render_HEAD(self, request: IRequest) -> bytes:
-        state = self._state(request)
-        request.setResponseCode(204)
-        request.setHeader(b"upload-offset", b"%d" % (state.offset,))
-        request.setHeader(b"upload-complete", b"?1" if state.complete else b"?0")
-        if state.length is not None:
-            request.setHeader(b"upload-length", b"%d" % (state.length,))
-        request.setHeader(b"upload-limit", self.resumable.limit(state))
-        request.setHeader(b"cache-control", b"no-store")
-        return b""
+        protocol, state = self._state(request)
+        return protocol.head(request, state)
 
     def render_DELETE(self, request: IRequest) -> int:
-        state = self._state(request)
+        protocol, state = self._state(request)
+        return protocol.delete(request, state)
 
-        def done(_: None) -> None:
-            if not request_over(request):
-                request.setResponseCode(204)
-                request.write(b"")
-                request.finish()
-
-        self.resumable.pending.cancel(state).addCallbacks(
-            done, lambda failure: self.resumable.answer_failure(request, failure))
-        return NOT_DONE_YET  # type: ignore[no-any-return]
+    def render_OPTIONS(self, request: IRequest) -> bytes:
+        """What the protocols offer (no token needed: it says nothing of any upload)."""
+        self._asked(request)
+        request.setResponseCode(204)
+        request.setHeader(b"allow", b"HEAD, PATCH, DELETE, OPTIONS")
+        for protocol in self.protocols.values():
+            protocol.options(request)
+        return b""
 
     def render_GET(self, request: IRequest) -> bytes:
         self._state(request)
-        raise HTTPError(405, "an upload is read with HEAD", {b"allow": b"HEAD, PATCH, DELETE"})
+        raise HTTPError(405, "an upload is read with HEAD", {b"allow": b"HEAD, PATCH, DELETE, OPTIONS"})

@@ -15,6 +15,7 @@ from streamsvc.client.errors import ClientError, error_line
 from streamsvc.client.get import download_with_retries, stream
 from streamsvc.client.http import http_client
 from streamsvc.client.put import upload
+from streamsvc.client.put_resume import resumable_upload
 from streamsvc.client.tail import tail
 
 
@@ -33,6 +34,10 @@ class Progress:
             self._bar.close()
 
     def start(self, total: int | None, offset: int) -> None:
+        """A bar from C{offset} (a resume starts where the server's bytes end); again: a new bar."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
         if self._enabled:
             from tqdm import tqdm
 
@@ -85,6 +90,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     put.add_argument("--no-digest", dest="digest", action="store_false", help="send no Content-Digest")
     put.add_argument("--if-match", metavar="ETAG", help="replace only the version with this ETag")
     put.add_argument("--if-none-match", action="store_true", help="create only: fail if URL exists")
+    put.add_argument("--retries", type=int, default=0, metavar="N",
+                     help="a resumable upload (the IETF draft): after a cut, send the rest, up to N times")
+    put.add_argument("--resume", action="store_true",
+                     help="continue this file's upload from an earlier run (a resumable upload)")
+    put.add_argument("--state-dir", metavar="DIR",
+                     help="where resumable uploads are recorded (default: "
+                          "$XDG_STATE_HOME/streamsvc-client/uploads)")
+    put.add_argument("-q", "--quiet", action="store_true", help="no progress bar (resumable uploads)")
     tail = commands.add_parser("tail", parents=[common], help="print NDJSON lines or Server-Sent Events as they arrive")
     tail.add_argument("url")
     tail.add_argument("--events", action="store_true", help="print whole SSE events, not only their data")
@@ -135,7 +148,15 @@ def main(argv: list[str] | None = None) -> int:
         try:
             headers = headers_of(args)
             client = http_client(reactor, cacert=args.cacert, insecure=args.insecure)
-            if args.command == "put":
+            if args.command == "put" and (args.retries > 0 or args.resume):
+                with Progress(enabled=not args.quiet and sys.stderr.isatty()) as progress:
+                    code, body = await resumable_upload(
+                        client, args.file, args.url, reactor=reactor, headers=headers, digest=args.digest,
+                        if_match=args.if_match, if_none_match=args.if_none_match, retries=args.retries,
+                        resume=args.resume, state_dir=args.state_dir, on_start=progress.start,
+                        on_data=progress.update)
+                print(f"{code} {body.decode('utf-8', 'replace').strip()}")
+            elif args.command == "put":
                 code, body, _ = await upload(client, args.file, args.url, reactor=reactor, headers=headers,
                                              digest=args.digest, if_match=args.if_match,
                                              if_none_match=args.if_none_match)

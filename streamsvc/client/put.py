@@ -46,11 +46,15 @@ def file_digest(path: str) -> bytes:
 
 @implementer(IBodyProducer)
 class HeldFileProducer:
-    """A file as a request body, started only after C{hold} seconds unless released first."""
+    """
+    A file (from C{offset} on) as a request body, started only after
+    C{hold} seconds unless released first.
+    """
 
-    def __init__(self, path: str, *, reactor: Any, hold: float) -> None:
+    def __init__(self, path: str, *, reactor: Any, hold: float, offset: int = 0) -> None:
         self._file = open(path, "rb")
-        self.length = os.fstat(self._file.fileno()).st_size
+        self._offset = offset
+        self.length = max(0, os.fstat(self._file.fileno()).st_size - offset)
         self._reactor = reactor
         self._hold = hold
         self._inner: FileProducer | None = None
@@ -75,7 +79,7 @@ class HeldFileProducer:
         # streamsvc's own file producer, the one downloads use: 256 KiB preads
         # written until the transport pauses it. (FileBodyProducer runs on a
         # cooperator that works 10 ms, then idles 10 ms: half the speed.)
-        self._inner = FileProducer.for_range(self._file, 0, self.length, chunk_size=CHUNK)
+        self._inner = FileProducer.for_range(self._file, self._offset, self.length, chunk_size=CHUNK)
         self._inner.startProducing(self._consumer).chainDeferred(self._done)
 
     def release(self) -> None:

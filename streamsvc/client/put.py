@@ -140,6 +140,16 @@ class ContinueWatch:
             self._producer.release()
 
 
+def preconditions(if_match: str | None, if_none_match: bool) -> dict[str, str]:
+    """The headers of a safe replace (C{If-Match}) or create (C{If-None-Match: *})."""
+    headers = {}
+    if if_match:
+        headers["If-Match"] = if_match
+    if if_none_match:
+        headers["If-None-Match"] = "*"
+    return headers
+
+
 async def upload(
     client: Any,
     path: str,
@@ -160,10 +170,7 @@ async def upload(
     asked = dict(headers or {})
     if digest:
         asked["Content-Digest"] = field({"sha-256": await deferToThread(file_digest, path)}).decode("ascii")
-    if if_match:
-        asked["If-Match"] = if_match
-    if if_none_match:
-        asked["If-None-Match"] = "*"
+    asked.update(preconditions(if_match, if_none_match))
     asked["Expect"] = "100-continue"
     producer = HeldFileProducer(path, reactor=reactor, hold=hold)
     try:

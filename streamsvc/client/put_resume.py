@@ -39,7 +39,7 @@ from twisted.internet.threads import deferToThread
 
 from streamsvc.client.errors import ClientError, tls_problem
 from streamsvc.client.get import _status_error
-from streamsvc.client.put import ContinueWatch, HeldFileProducer, file_digest
+from streamsvc.client.put import ContinueWatch, HeldFileProducer, file_digest, preconditions
 from streamsvc.digests import field
 
 #: The draft's interop version we speak (as the server: L{streamsvc.files.resumable}).
@@ -223,10 +223,7 @@ async def _create(client: Any, path: str, url: str, size: int, base: dict[str, s
     asked.update({"Upload-Complete": "?0", "Upload-Length": str(size)})
     if digest:
         asked["Repr-Digest"] = field({"sha-256": await deferToThread(file_digest, path)}).decode("ascii")
-    if if_match:
-        asked["If-Match"] = if_match
-    if if_none_match:
-        asked["If-None-Match"] = "*"
+    asked.update(preconditions(if_match, if_none_match))
     response = await client.put(url, data=b"", headers=asked)
     await response.content()
     location = response.headers.getRawHeaders(b"location", [None])[0]

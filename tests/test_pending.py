@@ -329,3 +329,18 @@ def test_a_cut_append_releases_the_file(tmp_path: Any) -> None:
     before = open_fds()
     w.append(state, b"a" * 100_000, cut=True)
     assert open_fds() == before
+
+
+def test_the_sweep_spares_an_upload_another_process_is_appending_to(tmp_path: Any) -> None:
+    import fcntl
+
+    w = World(tmp_path, expiry=3600)
+    state = w.create("held.bin")
+    held = os.open(w.data_path(state), os.O_WRONLY)  # as another worker's append holds it
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        w.clock.advance(3601)
+        assert result_of(w.uploads.sweep()) == 0 and os.path.exists(w.data_path(state))
+    finally:
+        os.close(held)
+    assert result_of(w.uploads.sweep()) == 1 and not os.path.exists(w.data_path(state))

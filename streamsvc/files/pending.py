@@ -252,6 +252,8 @@ class PendingUploads:
             state = self._read(upload_id)
             if state is not None and state.expires_at(self.expiry) > now:
                 continue
+            if _appending_elsewhere(self._path(upload_id, DATA)):
+                continue  # another worker's append, longer than the expiry: its upload is alive
             _unlink(self._path(upload_id, DATA))
             _unlink(self._path(upload_id, STATE))
             self._hashes.pop(upload_id, None)
@@ -713,6 +715,21 @@ class _Tee:
     def update(self, data: bytes) -> None:
         for h in self._all:
             h.update(data)
+
+
+def _appending_elsewhere(path: str) -> bool:
+    """Whether another process's append holds the data file's lock (L{PendingUploads.append} takes it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False  # no data file: nothing holds it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # (the lock, if taken, goes with it)
+    return False
 
 
 def _position(fd: int, offset: int) -> None:

@@ -118,6 +118,11 @@ def singleton_header(request: IRequest, name: bytes) -> str | None:
     return values[0].decode("latin-1")
 
 
+def media_type(request: IRequest) -> bytes:
+    """The request body's media type, lower case, without parameters (C{b""} when none is given)."""
+    return (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+
+
 def one_header(request: IRequest, name: bytes) -> bytes | None:
     """
     The value of a field that must come once (a resumable upload's

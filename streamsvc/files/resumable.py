@@ -37,8 +37,8 @@ from zope.interface import implementer
 
 from streamsvc._transport import request_over
 from streamsvc.digests import DigestError, expected_digests
-from streamsvc.errors import HTTPError, JSONResource, answer_error, failure_error
-from streamsvc.files.fields import count_field, list_header, one_header
+from streamsvc.errors import HTTPError, JSONResource, failure_error
+from streamsvc.files.fields import count_field, list_header, media_type, one_header
 from streamsvc.files.paths import write_segments
 from streamsvc.files.pending import (
     Appended,
@@ -50,7 +50,7 @@ from streamsvc.files.pending import (
     UploadCompleted,
 )
 from streamsvc.files.store import WriteChecks, WritePreconditions
-from streamsvc.files.upload import Uploads, answer_installed
+from streamsvc.files.upload import Uploads, answer_installed, answer_no_content, answer_write_error
 from streamsvc.interfaces import IBodyConsumer, IStreamingBodyResource
 
 #: The interop versions we speak (C{Upload-Draft-Interop-Version}), and the one we prefer.
@@ -211,8 +211,7 @@ class ResumableUploads:
         request.setHeader(b"upload-limit", b"max-size=%d" % (self.pending.max_bytes,))
 
     def append(self, request: IRequest, state: PendingState) -> IBodyConsumer:
-        content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
-        if content_type != PARTIAL_UPLOAD:
+        if media_type(request) != PARTIAL_UPLOAD:
             raise _problem(HTTPError(415, "an append's body must be application/partial-upload"))
         offset = sf_integer(one_header(request, b"upload-offset"), "Upload-Offset")
         complete = sf_boolean(one_header(request, b"upload-complete"), "Upload-Complete")
@@ -258,13 +257,7 @@ class ResumableUploads:
         return NOT_DONE_YET  # type: ignore[no-any-return]
 
     def answer_failure(self, request: IRequest, failure: Failure, provided: int | None = None) -> None:
-        error = failure_error(request, failure, _WHAT)
-        fail = getattr(request, "fail_body", None)
-        error = _problem(error, provided=provided)
-        if fail is not None and not request_over(request) and not request.startedWriting:
-            fail(error)  # also stops reading a body still coming
-        else:
-            answer_error(request, error)
+        answer_write_error(request, _problem(failure_error(request, failure, _WHAT), provided=provided))
 
 
 class CreationBody(HeldBody):
@@ -302,14 +295,6 @@ class CreationBody(HeldBody):
     def _refused(self, failure: Failure) -> None:
         self._cannot_begin()
         self._resumable.answer_failure(self._request, failure)
-
-
-def answer_no_content(request: IRequest) -> None:
-    """A 204, now (the request still there)."""
-    if not request_over(request):
-        request.setResponseCode(204)
-        request.write(b"")
-        request.finish()
 
 
 def _informational(request: IRequest, headers: list[tuple[bytes, bytes]]) -> None:
@@ -365,6 +350,10 @@ class UploadsResource(JSONResource):
 
     def _state(self, request: IRequest) -> tuple[UploadProtocol, PendingState]:
         self._asked(request)
+        return self._found(request)
+
+    def _found(self, request: IRequest) -> tuple[UploadProtocol, PendingState]:
+        """The upload the request names and the protocol that answers it (the request's checks done)."""
         self.uploads.authorize(request)
         if len(request.postpath) != 1:
             raise HTTPError(404, "no such upload")
@@ -377,7 +366,7 @@ class UploadsResource(JSONResource):
         self._asked(request)  # (a method override makes a POST a PATCH)
         if request.method != b"PATCH":
             return None
-        protocol, state = self._state(request)
+        protocol, state = self._found(request)
         return protocol.append(request, state)
 
     def render_PATCH(self, request: IRequest) -> int:
@@ -389,7 +378,7 @@ class UploadsResource(JSONResource):
         self._asked(request)
         if request.method == b"POST":
             raise HTTPError(405, "method not allowed", {b"allow": b"HEAD, PATCH, DELETE, OPTIONS"})
-        return self.render(request)  # overridden (X-HTTP-Method-Override)
+        return self.render(request)  # overridden (X-HTTP-Method-Override): its checks run again, and pass
 
     def render_HEAD(self, request: IRequest) -> bytes:
         protocol, state = self._state(request)

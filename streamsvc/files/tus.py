@@ -49,8 +49,8 @@ from zope.interface import implementer
 
 from streamsvc._transport import request_over
 from streamsvc.digests import CHECKSUM_ALGORITHMS
-from streamsvc.errors import HTTPError, answer_error, failure_error
-from streamsvc.files.fields import count_field, one_header
+from streamsvc.errors import HTTPError, failure_error
+from streamsvc.files.fields import count_field, media_type, one_header
 from streamsvc.files.paths import write_segments
 from streamsvc.files.pending import (
     Appended,
@@ -60,9 +60,8 @@ from streamsvc.files.pending import (
     PendingState,
     PendingUploads,
 )
-from streamsvc.files.resumable import answer_no_content
 from streamsvc.files.store import WriteChecks, WritePreconditions
-from streamsvc.files.upload import Uploads
+from streamsvc.files.upload import Uploads, answer_no_content, answer_write_error
 from streamsvc.interfaces import IBodyConsumer
 from streamsvc.ranges import http_date
 
@@ -171,11 +170,6 @@ def override_method(request: IRequest) -> None:
     request.method = method
 
 
-def _is_octet_body(request: IRequest) -> bool:
-    content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
-    return content_type == OFFSET_OCTET_STREAM
-
-
 # -- the protocol --------------------------------------------------------------
 
 
@@ -224,7 +218,7 @@ class TusUploads:
             postpath = postpath[:-1] + [name.encode("utf-8")]
         segments = write_segments(postpath)
         body_length = getattr(request, "body_length", None)
-        if body_length != 0 and not _is_octet_body(request) and (
+        if body_length != 0 and media_type(request) != OFFSET_OCTET_STREAM and (
                 body_length is not None or request.requestHeaders.hasHeader(b"transfer-encoding")):
             raise HTTPError(415, "the body of a tus creation must be application/offset+octet-stream")
         if body_length is not None and body_length > length:
@@ -257,11 +251,7 @@ class TusUploads:
             headers = dict(error.headers)
             headers[b"upload-offset"] = b"%d" % (error.state.offset,)
             error = HTTPError(409, error.message, headers)
-        fail = getattr(request, "fail_body", None)
-        if fail is not None and not request_over(request) and not request.startedWriting:
-            fail(error)  # also stops reading a body still coming
-        else:
-            answer_error(request, error)
+        answer_write_error(request, error)
 
     # UploadProtocol: the requests on /uploads/<id>
 
@@ -285,7 +275,7 @@ class TusUploads:
         return b""
 
     def append(self, request: IRequest, state: PendingState) -> IBodyConsumer:
-        if not _is_octet_body(request):
+        if media_type(request) != OFFSET_OCTET_STREAM:
             raise HTTPError(415, "an append's body must be application/offset+octet-stream")
         offset = count_field(one_header(request, b"upload-offset"), "Upload-Offset")
         if offset is None:
@@ -324,7 +314,7 @@ class TusUploads:
         request.setHeader(b"upload-offset", b"%d" % (state.offset,))
         self._expires(request, state)
         if appended.installed is not None:
-            request.setHeader(b"etag", appended.installed.etag)  # the installed file's
+            request.setHeader(b"etag", appended.installed.etag.encode("ascii"))  # the installed file's
         answer_no_content(request)
 
     def delete(self, request: IRequest, state: PendingState) -> int:

@@ -51,8 +51,11 @@ def _refuse_partial(request: IRequest) -> None:
         raise HTTPError(400, "PUT with Content-Range (partial update) is not supported")
 
 
-def _answer_error(request: IRequest, error: HTTPError) -> None:
-    """Answer C{error} if the request can still be answered; also stop reading a body still coming."""
+def answer_write_error(request: IRequest, error: HTTPError) -> None:
+    """
+    Answer C{error} to a write (a PUT, a resumable upload's request) if the
+    request can still be answered; also stop reading a body still coming.
+    """
     if request_over(request) or request.startedWriting:
         answer_error(request, error)
         return
@@ -108,14 +111,8 @@ class Uploads:
         self.authorize(request)
         segments = write_segments(request.postpath)
 
-        def done(_: None) -> None:
-            if not request_over(request):
-                request.setResponseCode(204)
-                request.write(b"")
-                request.finish()
-
         self.store.delete(segments, WritePreconditions.of(request)).addCallbacks(
-            done, lambda failure: answer_error(request, failure_error(request, failure, _WHAT))
+            lambda _: answer_no_content(request), lambda failure: answer_error(request, failure_error(request, failure, _WHAT))
         )
         return NOT_DONE_YET  # type: ignore[no-any-return]
 
@@ -179,11 +176,19 @@ class UploadBody:
     def _sink_failed(self, reason: Failure) -> None:
         if self._failed or reason.check(UploadAborted):
             return  # the body failed first: the request side has answered it
-        _answer_error(self._request, failure_error(self._request, reason, _WHAT))
+        answer_write_error(self._request, failure_error(self._request, reason, _WHAT))
 
     def _answer(self, installed: Installed) -> None:
         base = "/" + "/".join(quote(s.decode("utf-8", "surrogateescape"), safe="") for s in self._request.prepath)
         answer_installed(self._request, installed, base, self._segments, self._checks.hashes.digests())
+
+
+def answer_no_content(request: IRequest) -> None:
+    """A 204, now (if the request is still there to answer)."""
+    if not request_over(request):
+        request.setResponseCode(204)
+        request.write(b"")
+        request.finish()
 
 
 def answer_installed(request: IRequest, installed: Installed, base: str, segments: tuple[str, ...],

@@ -1,7 +1,9 @@
 """
 streamsvc in a real headless Chromium (issue 17): the listing page, folder
 navigation, an upload by the file input (its hash checked on disk), a
-cancelled upload that leaves nothing, a protected audio/video file played
+cancelled upload that leaves nothing, resumable uploads (issue 31: one cut
+by the network that resumes by itself, one cut by a page reload that
+resumes when the same file is chosen again), a protected audio/video file played
 and seeked through a signed link, a throttled download watched on the
 dashboard as its client stops reading, and an NDJSON export fetched from
 another origin with CORS.
@@ -270,6 +272,203 @@ def leftovers(folder: Path) -> list[str]:
     return [p.name for p in folder.rglob(".streamsvc-upload-*")]
 
 
+def pending(server: Streamsvc, *, data_only: bool = False) -> list[str]:
+    """
+    What resumable uploads hold on the server (DATA_DIR/uploads): a state
+    and a data file each. A completed upload keeps only its small state (so
+    a client whose answer was lost learns it completed), until it expires.
+    """
+    folder = server.folder / "data" / "uploads"
+    names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    return [name for name in names if not (data_only and name.endswith(".json"))]
+
+
+def uploads_to(server: Streamsvc, name: str) -> list[str]:
+    """The ids of the resumable uploads the server holds for the file C{name}."""
+    folder = server.folder / "data" / "uploads"
+    return [n[:-5] for n in pending(server) if n.endswith(".json")
+            and json.loads((folder / n).read_text())["segments"][-1:] == [name]]
+
+
+class SlowProxy:
+    """
+    A loopback TCP proxy in threads in front of a server: the page is
+    loaded through it (one origin, one localStorage), what the browser
+    sends is relayed at C{rate} bytes a second, and C{cut_after} more bytes
+    from the browser cut the connection carrying them (once, by RST).
+    C{sent} keeps how many bytes each connection carried to the server.
+    """
+
+    def __init__(self, port: int, rate: float) -> None:
+        self.target = port
+        self.rate = rate
+        self.cut_after: int | None = None
+        self.cuts = 0
+        self.sent: list[int] = []
+        self.lock = threading.Lock()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                browser, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            with self.lock:
+                self.sent.append(0)
+                index = len(self.sent) - 1
+            threading.Thread(target=self._up, args=(browser, server, index), daemon=True).start()
+            threading.Thread(target=self._down, args=(server, browser), daemon=True).start()
+
+    def _cut(self, *sockets: socket.socket) -> None:
+        for s in sockets:
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.shutdown(socket.SHUT_RDWR)  # (wakes the other thread's recv, without which close would wait for it)
+            except OSError:
+                pass  # closed already
+            s.close()
+
+    def _up(self, browser: socket.socket, server: socket.socket, index: int) -> None:
+        try:
+            while True:
+                try:
+                    data = browser.recv(64 * 1024)
+                except OSError:  # the browser reset the connection (a reload): so do we
+                    self._cut(server)
+                    return
+                if not data:
+                    server.shutdown(socket.SHUT_WR)
+                    return
+                with self.lock:
+                    cut = self.cut_after is not None and self.cut_after <= len(data)
+                    if self.cut_after is not None:
+                        self.cut_after = None if cut else self.cut_after - len(data)
+                    self.cuts += cut
+                if cut:
+                    self._cut(browser, server)
+                    return
+                server.sendall(data)
+                with self.lock:
+                    self.sent[index] += len(data)
+                time.sleep(len(data) / self.rate)  # the slow link
+        except OSError:  # the server closed: the browser is told by a reset, as without us
+            self._cut(browser, server)
+
+    def _down(self, server: socket.socket, browser: socket.socket) -> None:
+        try:
+            while data := server.recv(64 * 1024):
+                browser.sendall(data)
+            browser.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._cut(browser, server)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture()
+def slow(public: Streamsvc) -> Any:
+    proxy = SlowProxy(public.port, rate=24 * MiB)
+    yield proxy
+    proxy.close()
+
+
+def random_file(path: Path, mib: int) -> bytes:
+    data = os.urandom(mib * MiB)
+    path.write_bytes(data)
+    return hashlib.sha256(data).digest()
+
+
+def upload_state(browser: Any, name: str) -> dict[str, Any]:
+    return browser.execute_script(
+        "const li = document.querySelector(`li.upload[data-name=\"${arguments[0]}\"]`);"
+        "if (!li) return {};"
+        "const p = li.querySelector('progress');"
+        "return {class: li.className, value: p.value, max: p.max, resumedFrom: li.dataset.resumedFrom,"
+        " offset: li.dataset.offset, message: li.querySelector('.message').textContent};", name) or {}
+
+
+def wait_upload(browser: Any, name: str, mark: str, timeout: float = 120) -> dict[str, Any]:
+    """The state of the page's upload of C{name} once its row is marked C{mark} (done, interrupted...)."""
+    try:
+        return wait_for(lambda: mark in upload_state(browser, name).get("class", "").split()
+                        and upload_state(browser, name), f"the upload of {name} to be {mark}", timeout=timeout)
+    except AssertionError as error:
+        raise AssertionError(f"{error}; the page shows {upload_state(browser, name)}") from None
+
+
+def test_an_upload_cut_by_the_network_resumes_by_itself(
+    browser: Any, public: Streamsvc, slow: SlowProxy, shots: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "cut.bin"
+    digest = random_file(source, 48)
+    with_token(browser, slow.url + "/files/")
+    field = show_upload_input(browser)
+    slow.cut_after = 20 * MiB  # the page is loaded: the next 20 MiB from the browser are the upload's
+    field.send_keys(str(source))
+    state = wait_upload(browser, "cut.bin", "done")
+    browser.save_screenshot(str(shots / "upload-resumed.png"))
+    assert slow.cuts == 1
+    # Resumed from what the server had made durable, not from zero, and not past the cut.
+    assert 0 < int(state["resumedFrom"]) <= 20 * MiB, state
+    assert hashlib.sha256((public.files / "cut.bin").read_bytes()).digest() == digest
+    assert not pending(public, data_only=True)  # its data installed, nothing left beside
+    assert browser.execute_script(
+        "return Object.keys(localStorage).filter((k) => k.startsWith('streamsvc.upload:')).length") == 0
+
+
+def test_a_reloaded_page_resumes_when_the_same_file_is_chosen_again(
+    browser: Any, public: Streamsvc, slow: SlowProxy, shots: Path, tmp_path: Path
+) -> None:
+    size = 48 * MiB
+    source = tmp_path / "reload.bin"
+    digest = random_file(source, 48)
+    (public.files / "reload.bin").write_bytes(b"the old version")
+    with_token(browser, slow.url + "/files/")
+    show_upload_input(browser).send_keys(str(source))
+    wait_for(lambda: upload_state(browser, "reload.bin").get("value", 0) > size // 3, "a third sent", timeout=60)
+    # The page goes mid-upload (its beforeunload question left out).
+    browser.execute_script("window.addEventListener('beforeunload', (e) => e.stopImmediatePropagation(), true)")
+    browser.refresh()
+    assert (public.files / "reload.bin").read_bytes() == b"the old version"  # served meanwhile
+    # The server counts the cut append's bytes once it has seen the cut and
+    # made them durable (until then its offset is 0): that done, one more reload.
+    upload = browser.execute_script(
+        "const k = Object.keys(localStorage).find((k) => k.startsWith('streamsvc.upload:'));"
+        "return k && JSON.parse(localStorage.getItem(k)).upload;")
+    assert upload and "/uploads/" in upload
+    path = urllib.parse.urlsplit(upload).path
+
+    def offset() -> int:
+        request = urllib.request.Request(public.url + path, method="HEAD", headers={
+            "Authorization": f"Bearer {TOKEN}", "Upload-Draft-Interop-Version": "8"})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return int(answer.headers["Upload-Offset"])
+
+    server_offset = wait_for(offset, "the cut append counted")
+    browser.refresh()
+    code, body = public.call("GET", "/files/")
+    assert code == 200 and b"upload" not in body.replace(b"reload.bin", b"")  # no partial data listed
+    # The new page shows the interrupted upload at the server's offset.
+    shown = wait_upload(browser, "reload.bin", "interrupted", timeout=30)
+    browser.save_screenshot(str(shots / "upload-interrupted.png"))
+    assert int(shown["offset"]) == server_offset and shown["value"] == server_offset < size
+    before = list(slow.sent)
+    show_upload_input(browser).send_keys(str(source))  # the same file again
+    state = wait_upload(browser, "reload.bin", "done")
+    resumed = int(state["resumedFrom"])
+    assert resumed >= int(shown["offset"]) > 0, state
+    # Only the rest went: all the connections together carried that and a few requests' headers.
+    carried = sum(slow.sent) - sum(before)
+    assert size - resumed <= carried < size - resumed + 64 * 1024, (carried, resumed)
+    assert hashlib.sha256((public.files / "reload.bin").read_bytes()).digest() == digest
+    assert not pending(public, data_only=True)  # its data installed, nothing left beside
+
+
 def test_a_cancelled_upload_leaves_nothing(browser: Any, public: Streamsvc, shots: Path, tmp_path: Path) -> None:
     source = tmp_path / "huge.bin"
     with open(source, "wb") as f:
@@ -287,7 +486,11 @@ def test_a_cancelled_upload_leaves_nothing(browser: Any, public: Streamsvc, shot
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, item + ".cancelled"), "the cancelled mark")
     browser.save_screenshot(str(shots / "cancelled.png"))
     wait_for(lambda: not leftovers(public.files), "the partial upload to be removed")
+    wait_for(lambda: not uploads_to(public, "huge.bin"), "the resumable upload deleted on the server")
+    assert not pending(public, data_only=True)
     assert not (public.files / "huge.bin").exists()
+    assert browser.execute_script(
+        "return Object.keys(localStorage).filter((k) => k.startsWith('streamsvc.upload:')).length") == 0
 
 
 def make_wav(path: Path, seconds: int = 60, rate: int = 22050) -> None:

@@ -327,9 +327,124 @@
   });
 
   // ---------- uploads ----------
+  //
+  // Every upload is resumable (the IETF resumable upload draft, interop
+  // version 8, as streamsvc-client put --retries speaks it): an empty
+  // creation (PUT with Upload-Complete: ?0) whose answer names the upload
+  // (/uploads/<id>), kept in localStorage before a byte of the file goes;
+  // then one PATCH with the file. A cut connection is retried with backoff
+  // from the server's offset (HEAD); a page closed or reloaded mid-way
+  // resumes when the same file (name, size, modification time) is chosen
+  // again for the same folder. Cancel deletes the upload on the server.
+
+  const INTEROP_VERSION = '8';
+  const RETRIES = 5;         // cuts in a row before giving up (backoff 1, 2, 4, 8, 16 s)
+  const MAX_CONFLICTS = 3;   // 409s (the server still finishing a cut append) asked again
+  const RECORD_PREFIX = 'streamsvc.upload:';
+  const RECORD_DAYS = 7;     // records older than this are dropped unasked
 
   const queue = [];    // jobs waiting for a free slot
   let running = 0;
+  const active = new Set();  // the record keys of the uploads running
+
+  // ----- the records of uploads in progress (localStorage) -----
+
+  function recordKey(target, file) {
+    return RECORD_PREFIX + JSON.stringify([target, file.size, file.lastModified]);
+  }
+  function recall(key) {
+    try {
+      const record = JSON.parse(localStorage.getItem(key) || 'null');
+      return record && typeof record.upload === 'string' ? record : null;
+    } catch { return null; }
+  }
+  function remember(key, record) {
+    try { localStorage.setItem(key, JSON.stringify(record)); } catch { /* storage full or off: no resume after a reload */ }
+  }
+  function forget(key) {
+    try { localStorage.removeItem(key); } catch { /* storage off */ }
+  }
+  // The records of uploads into this folder: [key, record].
+  function recordsHere() {
+    const here = [];
+    const folder = new URL(base, location.href).href;
+    let keys = [];
+    try { keys = Object.keys(localStorage); } catch { return here; }
+    for (const key of keys) {
+      if (!key.startsWith(RECORD_PREFIX)) continue;
+      const record = recall(key);
+      if (!record || Date.now() - (record.saved || 0) > RECORD_DAYS * 86400e3) { forget(key); continue; }
+      const target = String(record.target || '');
+      if (target.startsWith(folder) && !target.slice(folder.length).includes('/')) here.push([key, record]);
+    }
+    return here;
+  }
+
+  // ----- the requests -----
+
+  function resumableHeaders(extra) {
+    return Object.assign({'Upload-Draft-Interop-Version': INTEROP_VERSION}, authHeaders(), extra);
+  }
+
+  // The server's offset of an upload: {status, offset, complete}; status 200 when known, 0: no answer.
+  async function askOffset(upload) {
+    let response;
+    try {
+      response = await fetch(upload, {method: 'HEAD', headers: resumableHeaders(), cache: 'no-store'});
+    } catch {
+      return {status: 0};
+    }
+    const offset = Number(response.headers.get('Upload-Offset'));
+    if (!response.ok || !Number.isSafeInteger(offset)) return {status: response.ok ? 502 : response.status};
+    return {status: 200, offset, complete: response.headers.get('Upload-Complete') === '?1'};  // (the answer is a 204)
+  }
+
+  // The upload made on the server, nothing of the file sent yet: {upload} or {error}.
+  async function create(target, file) {
+    let response;
+    try {
+      response = await fetch(target, {method: 'PUT', cache: 'no-store', body: '',
+        headers: resumableHeaders({'Upload-Complete': '?0', 'Upload-Length': String(file.size)})});
+    } catch {
+      return {error: 'network error'};
+    }
+    const body = await response.text().catch(() => '');
+    const location = response.headers.get('Location');
+    if (response.status !== 201 || !location) {
+      const text = response.ok ? 'the server does not take resumable uploads' : errorText(response.status, body, response.statusText);
+      refused(response.status, text);
+      return {error: text};
+    }
+    return {upload: new URL(location, target).href};
+  }
+
+  // One PATCH with the file from offset: {status, text} once answered (status 0: cut).
+  function append(job, offset) {
+    return new Promise((resolve) => {
+      const {file} = job;
+      const xhr = new XMLHttpRequest();
+      job.xhr = xhr;
+      xhr.open('PATCH', job.upload);
+      const headers = resumableHeaders({'Content-Type': 'application/partial-upload', 'Upload-Offset': String(offset),
+        'Upload-Complete': '?1', 'Upload-Length': String(file.size)});
+      for (const [name, value] of Object.entries(headers)) xhr.setRequestHeader(name, value);
+      xhr.upload.addEventListener('progress', (event) => progress(job, offset + event.loaded));
+      xhr.addEventListener('load', () => resolve({status: xhr.status, text: xhr.responseText, statusText: xhr.statusText}));
+      xhr.addEventListener('error', () => resolve({status: 0}));
+      xhr.addEventListener('abort', () => resolve({status: 0, aborted: true}));
+      xhr.send(file.slice(offset));  // a Blob: the browser streams it from disk
+    });
+  }
+
+  // A wait that Cancel cuts short.
+  function pause(job, seconds) {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => { job.wake = null; resolve(); }, seconds * 1000);
+      job.wake = () => { clearTimeout(timer); job.wake = null; resolve(); };
+    });
+  }
+
+  // ----- the jobs -----
 
   function upload(files) {
     if (!files.length) return;
@@ -343,24 +458,32 @@
     pump();
   }
 
-  function newJob(file) {
+  // The row of one upload: name, progress bar, percent, rate, time left, Cancel, message.
+  function uploadItem(name, size, cancelled) {
     // An earlier, finished row of the same name would pass for this one.
     for (const old of uploads.querySelectorAll('li.upload')) {
-      if (old.dataset.name === file.name && old.matches('.done, .failed, .cancelled')) old.remove();
+      if (old.dataset.name === name && old.matches('.done, .failed, .cancelled, .interrupted')) old.remove();
     }
-    const job = {file, state: 'queued', xhr: null, samples: []};
-    job.progress = el('progress', {max: Math.max(file.size, 1), value: 0,
-      'aria-label': `Upload of ${file.name}`});
-    job.percent = el('span', {class: 'percent'}, '0%');
-    job.rate = el('span', {class: 'rate'});
-    job.eta = el('span', {class: 'eta'});
-    job.message = el('span', {class: 'message'}, 'queued');
+    const parts = {
+      progress: el('progress', {max: Math.max(size, 1), value: 0, 'aria-label': `Upload of ${name}`}),
+      percent: el('span', {class: 'percent'}, '0%'),
+      rate: el('span', {class: 'rate'}),
+      eta: el('span', {class: 'eta'}),
+      message: el('span', {class: 'message'}),
+    };
     const cancel = el('button', {type: 'button', class: 'cancel'}, 'Cancel');
-    cancel.addEventListener('click', () => cancelJob(job));
-    job.item = el('li', {class: 'upload', dataset: {name: file.name}},
-      el('span', {class: 'name', title: humanSize(file.size)}, file.name),
-      job.progress, job.percent, job.rate, job.eta, cancel, job.message);
-    uploads.append(job.item);
+    cancel.addEventListener('click', cancelled);
+    parts.item = el('li', {class: 'upload', dataset: {name}},
+      el('span', {class: 'name', title: humanSize(size)}, name),
+      parts.progress, parts.percent, parts.rate, parts.eta, cancel, parts.message);
+    uploads.append(parts.item);
+    return parts;
+  }
+
+  function newJob(file) {
+    const job = {file, state: 'queued', xhr: null, samples: [], upload: null, key: null, wake: null};
+    Object.assign(job, uploadItem(file.name, file.size, () => cancelJob(job)));
+    job.message.textContent = 'queued';
     return job;
   }
 
@@ -370,41 +493,121 @@
 
   function start(job) {
     const {file} = job;
-    let url;
-    try { url = base + encodeName(file.name); } catch {  // a lone surrogate in the name
+    let target;
+    try { target = new URL(base + encodeName(file.name), location.href).href; } catch {  // a lone surrogate in the name
       finish(job, 'failed', 'this file name cannot be put in a URL');
       return;
     }
     job.state = 'running';
     running += 1;
     job.message.textContent = '';
-    const xhr = new XMLHttpRequest();
-    job.xhr = xhr;
-    xhr.open('PUT', url);
-    const token = getToken();
-    if (token) xhr.setRequestHeader('Authorization', 'Bearer ' + token);
-    xhr.upload.addEventListener('progress', (event) => progress(job, event.loaded));
-    xhr.addEventListener('load', () => {
-      if (xhr.status >= 200 && xhr.status < 300) {  // 201 made, 204 replaced
-        progress(job, file.size);
-        job.progress.value = job.progress.max;  // full, even for an empty file
-        const seconds = (performance.now() - job.started) / 1000;
-        if (seconds > 0) job.rate.textContent = `${(file.size / seconds / 1e6).toFixed(1)} MB/s`;  // on average
-        finish(job, 'done', xhr.status === 204 ? 'done: replaced the file' : 'done');
-        addRow('file', file.name, file.size);
+    run(job, target).catch((error) => finish(job, 'failed', String(error)));
+  }
+
+  const over = (job) => job.state !== 'running';
+
+  async function run(job, target) {
+    const {file} = job;
+    job.key = recordKey(target, file);
+    active.add(job.key);
+    let offset = 0;
+    const record = recall(job.key);
+    if (record) {
+      const known = await askOffset(record.upload);
+      if (over(job)) return;
+      if (known.status === 200 && known.complete) { forget(job.key); completed(job, 'done: completed earlier'); return; }
+      if (known.status === 200) {
+        job.upload = record.upload;
+        offset = known.offset;
+        job.item.dataset.resumedFrom = String(offset);
+        job.message.textContent = `resumed at ${humanSize(offset)} (${percentOf(offset, file.size)})`;
+      } else if (known.status === 404) {
+        forget(job.key);  // expired or cancelled: afresh
       } else {
-        const text = errorText(xhr.status, xhr.responseText, xhr.statusText);
-        refused(xhr.status, text);
-        finish(job, 'failed', text);
+        finish(job, 'failed', known.status ? errorText(known.status, '', '') : 'network error: choose the file again to resume');
+        return;
       }
-    });
-    // A server that refuses a body (401, 413, ...) before reading it may
-    // close the connection, which XHR reports as a bare network error.
-    xhr.addEventListener('error', () => finish(job, 'failed', 'the connection failed or the server refused the upload'));
-    xhr.addEventListener('abort', () => finish(job, 'cancelled', 'cancelled: nothing kept'));
+    }
+    if (!job.upload) {
+      const made = await create(target, file);
+      if (over(job)) { if (made.upload) discard(made.upload); return; }
+      if (!made.upload) { finish(job, 'failed', made.error); return; }
+      job.upload = made.upload;
+      remember(job.key, {upload: job.upload, target, name: file.name, size: file.size,
+        lastModified: file.lastModified, saved: Date.now()});
+    }
     job.started = performance.now();
-    job.samples = [[job.started, 0]];
-    xhr.send(file);  // the File itself: the browser streams it from disk
+    job.sent = offset;
+    let cuts = 0, conflicts = 0, wait = 1;
+    for (;;) {
+      job.samples = [[performance.now(), offset]];
+      progress(job, offset);
+      const answer = await append(job, offset);
+      job.xhr = null;
+      if (over(job)) return;
+      if (answer.status >= 200 && answer.status < 300) {  // 201 made, 204 replaced
+        forget(job.key);
+        completed(job, answer.status === 204 ? 'done: replaced the file' : 'done');
+        return;
+      }
+      const retry = answer.status === 0 || [502, 503, 504].includes(answer.status);
+      if (answer.status === 409 && conflicts < MAX_CONFLICTS) {
+        conflicts += 1;  // the server still finishing a cut append (its fsync): ask again
+      } else if (!retry) {
+        const text = errorText(answer.status, answer.text, answer.statusText);
+        if (!refused(answer.status, text) && answer.status < 500) forget(job.key);  // the server ended the upload
+        finish(job, 'failed', text);
+        return;
+      } else if (cuts === RETRIES) {
+        finish(job, 'interrupted', `interrupted at ${percentOf(job.progress.value, file.size)}: ` +
+          'choose the same file again to resume');
+        return;
+      } else {
+        cuts += 1;
+      }
+      job.message.textContent = `connection lost: resuming in ${wait} s`;
+      job.rate.textContent = job.eta.textContent = '';
+      await pause(job, wait);
+      if (over(job)) return;
+      wait = Math.min(wait * 2, 30);
+      const known = await askOffset(job.upload);
+      if (over(job)) return;
+      if (known.status === 404) { forget(job.key); finish(job, 'failed', 'the server no longer has this upload: choose the file again'); return; }
+      if (known.status === 200 && known.complete) { forget(job.key); completed(job, 'done'); return; }
+      if (known.status !== 200) continue;  // the server still unreachable: the next try asks again
+      offset = known.offset;
+      job.item.dataset.resumedFrom = String(offset);
+      job.message.textContent = `resumed at ${humanSize(offset)} (${percentOf(offset, file.size)})`;
+    }
+  }
+
+  function percentOf(bytes, total) {
+    return total ? `${Math.floor((bytes / total) * 100)}%` : '100%';
+  }
+
+  function completed(job, text) {
+    const {file} = job;
+    progress(job, file.size);
+    job.progress.value = job.progress.max;  // full, even for an empty file
+    const seconds = (performance.now() - (job.started || performance.now())) / 1000;
+    const sent = file.size - (job.sent || 0);
+    if (seconds > 0 && sent > 0) job.rate.textContent = `${(sent / seconds / 1e6).toFixed(1)} MB/s`;  // on average
+    finish(job, 'done', text);
+    addRow('file', file.name, file.size);
+  }
+
+  // An upload the page gives up: gone from the server (its partial data
+  // with it). Right after an abort the server may still be ending the cut
+  // append, and answers 409 until then: asked again a few times.
+  async function discard(upload) {
+    for (let tries = 0; tries < 10; tries += 1) {
+      let status = 0;
+      try {
+        status = (await fetch(upload, {method: 'DELETE', headers: resumableHeaders(), cache: 'no-store'})).status;
+      } catch { /* no answer: try again */ }
+      if (status && status !== 409) return;
+      await new Promise((resolve) => setTimeout(resolve, 500 * (tries + 1)));
+    }
   }
 
   // Rate over the last few seconds, so a stall shows soon.
@@ -415,7 +618,7 @@
     const [t0, loaded0] = job.samples[0];
     const total = job.file.size;
     job.progress.value = Math.min(loaded, Math.max(total, 1));
-    job.percent.textContent = total ? `${Math.floor((loaded / total) * 100)}%` : '100%';
+    job.percent.textContent = percentOf(loaded, total);
     if (now - t0 > 250) {
       const rate = ((loaded - loaded0) * 1000) / (now - t0);  // bytes per second
       job.rate.textContent = `${(rate / 1e6).toFixed(rate < 1e7 ? 2 : 1)} MB/s`;
@@ -424,21 +627,56 @@
   }
 
   function cancelJob(job) {
-    if (job.state === 'running') job.xhr.abort();  // fires 'abort' → finish()
-    else if (job.state === 'queued') {
+    if (job.state === 'running') {
+      if (job.xhr) job.xhr.abort();
+      if (job.wake) job.wake();
+      if (job.upload) discard(job.upload);  // (run() sees the state and stops)
+      if (job.key) forget(job.key);
+      finish(job, 'cancelled', 'cancelled: nothing kept');
+    } else if (job.state === 'queued') {
       queue.splice(queue.indexOf(job), 1);
       finish(job, 'cancelled', 'cancelled');
+    } else if (job.state === 'interrupted') {  // given up on, still resumable: now not
+      job.state = 'cancelled';
+      discardShown(job, job.upload, job.key);
     }
+  }
+
+  // An interrupted row's Cancel: the upload gone from the server and the record.
+  function discardShown(shown, upload, key) {
+    discard(upload);
+    forget(key);
+    shown.item.classList.replace('interrupted', 'cancelled');
+    shown.message.textContent = 'cancelled: nothing kept';
   }
 
   function finish(job, state, text) {
     if (job.state !== 'queued' && job.state !== 'running') return;  // already over
-    if (job.state === 'running') running -= 1;
+    if (job.state === 'running') { running -= 1; active.delete(job.key); }
     job.state = state;
     job.eta.textContent = '';
     job.message.textContent = text;
-    job.item.classList.add(state);  // done, failed or cancelled
+    job.item.classList.add(state);  // done, failed, interrupted or cancelled
     pump();
+  }
+
+  // The uploads into this folder that an earlier page left unfinished:
+  // shown at the server's offset until the same file is chosen again.
+  async function showInterrupted() {
+    if (!getToken()) return;
+    for (const [key, record] of recordsHere()) {
+      const known = await askOffset(record.upload);
+      if (known.status === 404 || (known.status === 200 && known.complete)) { forget(key); continue; }
+      if (known.status !== 200) continue;
+      const size = Number(record.size) || 0;
+      if (active.has(key)) continue;  // chosen again meanwhile
+      const shown = uploadItem(String(record.name), size, () => discardShown(shown, record.upload, key));
+      shown.progress.value = Math.min(known.offset, Math.max(size, 1));
+      shown.percent.textContent = percentOf(known.offset, size);
+      shown.message.textContent = 'interrupted: choose the same file again to resume';
+      shown.item.classList.add('interrupted');
+      shown.item.dataset.offset = String(known.offset);
+    }
   }
 
   uploadInput.addEventListener('change', () => {
@@ -488,7 +726,7 @@
     upload(files);
   });
 
-  // Leaving the page would cut off what is still uploading.
+  // Leaving the page stops what is still uploading (until the same file is chosen again).
   window.addEventListener('beforeunload', (event) => {
     if (running || queue.length) { event.preventDefault(); event.returnValue = ''; }
   });
@@ -499,4 +737,5 @@
   for (const row of tbody.rows) decorate(row);
   sortRows();  // folders first, otherwise as the server sent them
   showTokenState();
+  showInterrupted();
 })();

@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -26,6 +27,7 @@ from streamsvc.metrics import Metrics, MetricsResource
 from streamsvc.config import TWISTD_LOG, Config, ConfigError, check_file_store
 from streamsvc.cors import CORSPolicy, CORSResource
 from streamsvc.pages import UIResource
+from streamsvc.plugin import SelectedPlugin, mount_plugins, plugin_kind, select_plugins
 from streamsvc.producers import default_clock
 from streamsvc.signing import LinkSigner
 from streamsvc.status import StatusResource, StreamsFeed
@@ -342,10 +344,13 @@ def build_resource(
     task_store: ITaskStore | None = None,
     events: EventHub | None = None,
     status_feed: StreamsFeed | None = None,
+    plugins: Sequence[SelectedPlugin] = (),
+    reactor: Any = None,
 ) -> Resource:
     """
     The whole tree: C{/files}, C{/echo}, C{/generate}, C{/tasks}, C{/healthz},
-    C{/metrics}.
+    C{/metrics}, and the enabled C{plugins} (built on C{reactor}, by default
+    C{clock} or the global reactor).
 
     @param run_blocking: runs uploads' disk work off the reactor (tests pass
         one that runs it at once); by default a disk thread pool of the uploads' own.
@@ -412,7 +417,30 @@ def build_resource(
         if config.auth.protect_metrics:
             page = BearerGuard(page, tokens)
         root.putChild(b"metrics", page)
+    if plugins:
+        _mount(root, plugins, config, reactor if reactor is not None else clock, now, metrics, tokens)
     return root
+
+
+def _mount(
+    root: Resource, plugins: Sequence[SelectedPlugin], config: Config, reactor: Any, clock: IReactorTime,
+    metrics: Metrics | None, tokens: TokenSet,
+) -> None:
+    if reactor is None:
+        from twisted.internet import reactor
+    if metrics is not None:
+        for chosen in plugins:
+            metrics.add_kind(plugin_kind(chosen.name))
+
+    def guard(resource: IResource) -> IResource:
+        if not len(tokens):
+            return ErrorPage(HTTPError(403, "this endpoint needs Bearer tokens, and none are configured ([auth] tokens)"))
+        return BearerGuard(resource, tokens)
+
+    mount_plugins(
+        root, plugins, config=config, reactor=reactor, clock=clock,
+        registry=metrics.registry if metrics is not None else None, guard=guard,
+    )
 
 
 def _tasks(
@@ -450,6 +478,7 @@ def build_site(
     reactor: IReactorTime | None = None,
     run_blocking: RunBlocking | None = None,
     task_store: ITaskStore | None = None,
+    plugins: Sequence[SelectedPlugin] | None = None,
 ) -> Site:
     """
     A Site whose requests answer unexpected failures with JSON and never
@@ -462,6 +491,9 @@ def build_site(
     from C{DATA_DIR/tasks.sqlite3}, opened here (L{open_task_store}).
     The Site's C{task_store} and C{events} are then set, and
     C{drain_hooks} ends the live event streams when a drain starts.
+
+    C{plugins}: those mounted; by default those C{[plugins] enabled} names
+    (L{streamsvc.plugin.select_plugins}: a ConfigError if one cannot be).
     """
     metrics = Metrics() if config.server.metrics else None
     if reactor is None:
@@ -472,6 +504,8 @@ def build_site(
         task_store = open_task_store(config, reactor)
     events = build_events(config, reactor, metrics) if task_store is not None else None
     feed = StreamsFeed(reactor)
+    if plugins is None:
+        plugins = select_plugins(config) if config.plugins.enabled or config.plugins.sections else ()
     root: IResource = build_resource(
         config,
         clock=reactor,
@@ -480,6 +514,8 @@ def build_site(
         task_store=task_store,
         events=events,
         status_feed=feed,
+        plugins=plugins,
+        reactor=reactor,
     )
     pending = getattr(root, "pending_uploads", None)
     if config.server.cors_origins:

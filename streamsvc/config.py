@@ -40,6 +40,7 @@ __all__ = [
     "AuthConfig",
     "Config",
     "ConfigError",
+    "PluginsConfig",
     "ServerConfig",
     "StreamConfig",
     "access_log_default",
@@ -192,6 +193,31 @@ class S3Config:
     timeout: int = 30
 
 
+#: What a plugin's name may be (L{streamsvc.interfaces.IStreamsvcPlugin.name}).
+PLUGIN_NAME: Final = re.compile(r"[a-z][a-z0-9_-]{0,63}", re.ASCII)
+#: The prefix of a plugin's own section: C{[plugin:NAME]}.
+PLUGIN_SECTION: Final = "plugin:"
+
+
+@attrs.frozen
+class PluginsConfig:
+    """
+    C{[plugins]}: which installed plugins are served (none by default:
+    installing a package must not expose an endpoint), and the raw text of
+    every C{[plugin:NAME]} section, which only the plugin's own settings
+    can parse (L{streamsvc.plugin.select_plugins}, at start-up). C{source}
+    names the file in those errors.
+    """
+
+    enabled: tuple[str, ...] = ()
+    sections: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+    source: str = attrs.field(default="configuration", eq=False)
+
+    def section(self, name: str) -> dict[str, str]:
+        """The raw C{key: value} pairs of C{[plugin:NAME]} (empty if it is absent)."""
+        return dict(dict(self.sections).get(name, ()))
+
+
 @attrs.frozen
 class Config:
     """The whole configuration; C{Config()} is the built-in defaults."""
@@ -204,6 +230,7 @@ class Config:
     events: EventsConfig = EventsConfig()
     files: FilesConfig = FilesConfig()
     s3: S3Config = S3Config()
+    plugins: PluginsConfig = PluginsConfig()
 
 
 # --- values -----------------------------------------------------------------
@@ -590,6 +617,17 @@ def _parse_dsn(value: str) -> str | None:
 _parse_overflow = _choice("drop-oldest", "disconnect")
 
 
+def _parse_plugin_names(value: str) -> tuple[str, ...]:
+    """Plugin names separated by commas or spaces; empty: none."""
+    names = [n for n in re.split(r"[\s,]+", value.strip()) if n]
+    for name in names:
+        if PLUGIN_NAME.fullmatch(name) is None:
+            raise ValueError(
+                f"{name!r} is not a plugin name (lower-case letters, digits, - and _, starting with a letter)"
+            )
+    return _unique(names)
+
+
 def _parse_token_list(value: str) -> tuple[str, ...]:
     tokens = [t for t in _TOKEN_SEPARATORS.split(value) if t]
     if any(_TOKEN.fullmatch(t) is None for t in tokens):
@@ -706,6 +744,12 @@ _SCHEMA: Final[Mapping[str, tuple[type, Mapping[str, _Key]]]] = MappingProxyType
                 "timeout": _Key(_integer(1, 3600)),
             },
         ),
+        "plugins": (
+            PluginsConfig,
+            {
+                "enabled": _Key(_parse_plugin_names),
+            },
+        ),
     }
 )
 
@@ -744,9 +788,18 @@ def parse_config(text: str, source: str = "<string>") -> Config:
             "apply to every section); put each key in its own section"
         )
 
-    known_sections = ", ".join(_SCHEMA)
+    known_sections = ", ".join([*_SCHEMA, PLUGIN_SECTION + "NAME"])
+    plugin_sections: list[tuple[str, tuple[tuple[str, str], ...]]] = []
     for section in parser.sections():
-        if section not in _SCHEMA:
+        if section.startswith(PLUGIN_SECTION):
+            name = section[len(PLUGIN_SECTION):]
+            if PLUGIN_NAME.fullmatch(name) is None:
+                raise ConfigError(
+                    f"{source}: [{_show(section)}]: {name!r} is not a plugin name "
+                    "(lower-case letters, digits, - and _, starting with a letter)"
+                )
+            plugin_sections.append((name, tuple(parser.items(section))))
+        elif section not in _SCHEMA:
             raise ConfigError(
                 f"{source}: unknown section [{_show(section)}] (known: {known_sections})"
             )
@@ -771,6 +824,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
                 shown = "" if spec.secret else f" = {raw!r}"
                 raise ConfigError(f"{source}: [{section}] {key}{shown}: {e}") from None
         parts[section] = cls(**values)
+    parts["plugins"] = attrs.evolve(parts["plugins"], sections=tuple(plugin_sections), source=source)
     return Config(**parts)
 
 

@@ -19,6 +19,22 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 from twisted.web.iweb import IRequest
 
+
+__all__ = [
+    "ErrorPage",
+    "HTTPError",
+    "JSONResource",
+    "Request",
+    "StoreUnavailable",
+    "allowed_methods",
+    "answer_error",
+    "error_body",
+    "failure_error",
+    "not_found",
+    "render_error",
+    "unavailable_error",
+]
+
 log = Logger()
 
 

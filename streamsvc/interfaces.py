@@ -9,8 +9,24 @@ what, when, and who closes what.
 
 from __future__ import annotations
 
+from twisted.plugin import IPlugin
 from zope.interface import Attribute, Interface
 from twisted.internet.interfaces import IPushProducer
+
+
+__all__ = [
+    "IBodyConsumer",
+    "IFileStore",
+    "IReadAtOnce",
+    "IStoredFile",
+    "IStoredFolder",
+    "IStreamProducer",
+    "IStreamingBodyResource",
+    "IStreamsvcPlugin",
+    "ITaskCursor",
+    "ITaskStore",
+    "IUploadSink",
+]
 
 
 class IStreamProducer(IPushProducer):
@@ -398,4 +414,61 @@ class IFileStore(Interface):
         L{IUploadSink} does. The store takes the file over whichever way it
         ends (moves it into place, or copies it and removes it): the caller
         never touches C{path} again. The same errors as L{begin_upload}.
+        """
+
+
+class IStreamsvcPlugin(IPlugin):
+    """
+    A streaming endpoint of someone else's, mounted by C{twistd streamsvc}.
+
+    Found with C{twisted.plugin.getPlugins(IStreamsvcPlugin,
+    streamsvc.plugins)}: a module-level object providing this interface in a
+    module of the C{streamsvc.plugins} dropin package, which the plugin's
+    own distribution installs (L{streamsvc.plugin.Plugin} is the ready-made
+    provider). Nothing found is served until the operator names it in
+    C{[plugins] enabled}.
+
+    The dropin module is imported at every scan, before the operator has
+    enabled anything: it should import only what it needs to describe the
+    plugin, and leave the real work to L{resource}.
+
+    A plugin's requests go through everything a streamsvc resource gets:
+    the connection and body limits, the timeouts, the access log, CORS,
+    the Bearer guard (unless L{public}), and, for bodies sent with
+    L{streamsvc.producers.send_body} / L{streamsvc.producers.start_body},
+    the rate limits, the send timeout, the per-stream metrics (labelled
+    C{plugin:NAME}) and the drain at shutdown.
+    """
+
+    name = Attribute(
+        "The plugin's name (C{str}): lower-case letters, digits, C{-} and "
+        "C{_}, starting with a letter. What C{[plugins] enabled} and the "
+        "C{[plugin:NAME]} section call it."
+    )
+    path = Attribute(
+        "The one path segment (C{str}) it is mounted at, e.g. C{'logs'} for "
+        "C{/logs}; the operator may move it (C{[plugin:NAME] mount}). "
+        "streamsvc's own paths are refused."
+    )
+    public = Attribute(
+        "C{True}: served without a Bearer token. C{False} (what a plugin "
+        "should be unless it shows nothing private): behind C{[auth] tokens}, "
+        "and refused (403) when there are none."
+    )
+    settings = Attribute(
+        "What C{[plugin:NAME]} may hold: a mapping of key to "
+        "L{streamsvc.plugin.Setting}. Values are parsed and checked at "
+        "start-up, with errors in the style of streamsvc's own sections."
+    )
+    description = Attribute("One line for the operator (C{str}).")
+
+    def resource(context):
+        """
+        Build the plugin's resource: called once per process, at start-up,
+        on the reactor, with a L{streamsvc.plugin.PluginContext}. It may not
+        block (no network, no reading of large files): anything slow is
+        done later, in C{context.run_in_thread}. Raising fails the start-up
+        with one line naming the plugin.
+
+        @return: an L{IResource}, mounted at L{path}.
         """

@@ -8,7 +8,8 @@ L{streamsvc.producers.BodySent} (bytes, outcome, seconds paused), the
 connection guard (L{streamsvc.limits.GuardedChannel}: open, rejected,
 timeouts), and the access log's one call per response (status classes).
 
-Labels are bounded: a stream's kind (a fixed set), an outcome (an enum),
+Labels are bounded: a stream's kind (a fixed set, plus C{plugin:NAME}
+for each enabled plugin), an outcome (an enum),
 a status class, a timeout kind. No path, no client address.
 """
 
@@ -55,10 +56,6 @@ def multiprocess_dir() -> str | None:
     prometheus_client reads it at import).
     """
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
-
-
-def kind_of(kind: str) -> str:
-    return kind if kind in KINDS else "other"
 
 
 class Metrics:
@@ -164,8 +161,27 @@ class Metrics:
 
     # streams
 
+    def add_kind(self, kind: str) -> None:
+        """
+        Count streams of C{kind} apart (a plugin's, C{plugin:NAME}), every
+        series at zero from now on; until added, such streams count as
+        C{other}.
+        """
+        if kind in self._active:
+            return
+        self._active[kind] = self.streams_active.labels(kind)
+        self._sent[kind] = self.bytes_sent.labels(kind)
+        self._pauses[kind] = self.pauses.labels(kind)
+        self._paused[kind] = self.paused_seconds.labels(kind)
+        self._throttled[kind] = self.throttled_seconds.labels(kind)
+        for outcome in OUTCOMES:
+            self._outcomes[(kind, outcome)] = self.streams.labels(kind, outcome)
+
+    def _kind(self, kind: str) -> str:
+        return kind if kind in self._active else "other"
+
     def stream_started(self, kind: str) -> None:
-        kind = kind_of(kind)
+        kind = self._kind(kind)
         self._active[kind].inc()
         if kind in FILE_KINDS:
             self.open_files.inc()
@@ -173,7 +189,7 @@ class Metrics:
     def stream_ended(
         self, kind: str, outcome: str, sent: int, *, pauses: int, paused: float, throttled: float
     ) -> None:
-        kind = kind_of(kind)
+        kind = self._kind(kind)
         self._active[kind].dec()
         if kind in FILE_KINDS:
             self.open_files.dec()
@@ -193,7 +209,7 @@ class Metrics:
 
     def sent_at_once(self, kind: str, sent: int) -> None:
         """A body written whole, with its headers (L{streamsvc.producers.send_at_once})."""
-        kind = kind_of(kind)
+        kind = self._kind(kind)
         self._outcomes[(kind, "complete")].inc()
         self._sent[kind].inc(sent)
 

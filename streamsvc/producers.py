@@ -54,6 +54,23 @@ SLOW_SEND_BUFFER = 16 * 1024
 #: been ended; every other exception a source raises just fails its stream.
 _FATAL = (KeyboardInterrupt, SystemExit)
 
+__all__ = [
+    "BodySent",
+    "BodyStream",
+    "FileProducer",
+    "IterableProducer",
+    "Outcome",
+    "SourceTruncated",
+    "StreamProducer",
+    "StreamStopped",
+    "default_clock",
+    "read_spans",
+    "send_at_once",
+    "send_body",
+    "start_body",
+    "throttled",
+]
+
 
 class StreamStopped(Exception):
     """
@@ -998,8 +1015,12 @@ def start_body(
     (see L{streamsvc.app.build_site}) put a L{ThrottleStage} outermost, so
     what is throttled is what goes on the wire.
 
-    C{kind} names the stream for the metrics (L{streamsvc.metrics.KINDS}).
+    C{kind} names the stream for the metrics (L{streamsvc.metrics.KINDS});
+    a request that a plugin answers is counted as that plugin's
+    (C{request.stream_kind}, set by L{streamsvc.plugin.PluginMount}) whatever
+    C{kind} says.
     """
+    kind = getattr(request, "stream_kind", None) or kind
     producer = _throttled(request, producer, clock, rate)
     stream = BodyStream(request, producer, clock, kind)
     stream._start()
@@ -1058,7 +1079,7 @@ def send_at_once(request: IRequest, data: bytes, *, kind: str = "other") -> byte
     """
     metrics = getattr(getattr(request, "site", None), "metrics", None)
     if metrics is not None:
-        metrics.sent_at_once(kind, len(data))
+        metrics.sent_at_once(getattr(request, "stream_kind", None) or kind, len(data))
     return data
 
 

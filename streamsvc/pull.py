@@ -32,6 +32,11 @@ from twisted.internet.interfaces import IDelayedCall, IPullProducer, IPushProduc
 from twisted.logger import Logger
 from zope.interface import implementer
 
+
+__all__ = [
+    "PullDriver",
+]
+
 log = Logger()
 
 #: At most this many C{resumeProducing} calls per reactor turn ...

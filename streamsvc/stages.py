@@ -26,6 +26,16 @@ from zope.interface import implementer
 
 from streamsvc.interfaces import IStreamProducer
 
+
+__all__ = [
+    "ClientBuckets",
+    "GzipStage",
+    "ThrottleStage",
+    "TokenBucket",
+    "accepts_gzip",
+    "is_compressible",
+]
+
 #: Media types worth compressing. Anything else (images, archives, video) is
 #: already compressed or binary, and gzip would only burn CPU.
 COMPRESSIBLE_TYPES = frozenset(

@@ -21,6 +21,7 @@ from twisted.python import usage
 
 from streamsvc.app import build_site, prepare_data_dir, sweep_service
 from streamsvc.limits import DrainService, raise_fd_limit
+from streamsvc.plugin import PluginFailed, SelectedPlugin, prepare_plugins, select_plugins
 from streamsvc.workers import WorkerPool
 from streamsvc.config import (
     DEFAULT_CONFIG_NAME,
@@ -70,6 +71,8 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self.config: Config | None = None
+        #: The enabled plugins, found and checked by L{resolve}.
+        self.plugins: tuple[SelectedPlugin, ...] | None = None
 
     def opt_listen(self, description: str) -> None:
         """
@@ -89,7 +92,9 @@ class Options(usage.Options):
         )
         check_workers(config)
         config = access_log_default(config)
+        self.plugins = select_plugins(config)
         prepare_data_dir(config)
+        prepare_plugins(config, self.plugins)
         try:
             raise_fd_limit(config.limits.max_connections)
         except ValueError as error:
@@ -126,7 +131,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
         WorkerPool(config, ports, reactor).setServiceParent(top)
         return top
-    site = build_site(config, reactor=reactor)
+    try:
+        site = build_site(config, reactor=reactor, plugins=options.plugins)
+    except PluginFailed as e:
+        # One line (with where the plugin raised), as for any start-up error.
+        (sys.__stderr__ or sys.stderr).write(f"streamsvc: error: {e}\n")
+        raise SystemExit(1) from None
     DrainService(site, reactor, config.server.shutdown_timeout).setServiceParent(top)
     sweep_service(site).setServiceParent(top)
     for description in config.server.listen:

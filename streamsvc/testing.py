@@ -4,13 +4,15 @@ Public test doubles for code built on streamsvc, as treq and txacme ship
 theirs: a consumer that records what a producer does, and a real
 L{twisted.web.server.Site} connection on a L{StringTransport} that a test can
 pause, resume and disconnect by hand — the only way to test flow control
-deterministically (treq's in-memory agent never pauses anything); and an
-in-memory L{ITaskStore}.
+deterministically (treq's in-memory agent never pauses anything); an
+in-memory L{ITaskStore}; and for plugin authors, L{PluginSite} (a plugin
+mounted as the server mounts it), L{trickle} (a slow reader),
+L{open_files} and L{CloseProbe} (was it let go?).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -28,6 +30,23 @@ from zope.interface import implementer
 from streamsvc.interfaces import ITaskCursor, ITaskStore
 from streamsvc.tasks.model import NewTask, Task, TaskQuery, matches, now_iso
 from streamsvc.tasks.store import LocalFeed, changed, writable
+
+
+__all__ = [
+    "BodySender",
+    "ClientTransport",
+    "CloseProbe",
+    "MemoryTaskStore",
+    "PluginSite",
+    "RawResponse",
+    "RecordingConsumer",
+    "SiteConnection",
+    "open_files",
+    "parse_response",
+    "parse_responses",
+    "record_resumes",
+    "trickle",
+]
 
 
 @implementer(IConsumer)
@@ -275,6 +294,125 @@ class SiteConnection:
 
     def response(self, *, head: bool = False) -> RawResponse:
         return parse_response(self.transport.value(), head=head)
+
+
+class PluginSite:
+    """
+    A plugin mounted on a real streamsvc Site, as C{twistd streamsvc} would
+    mount it (the guard, the limits, the metrics, the access log), on a
+    L{Clock}, for tests without sockets::
+
+        site = PluginSite(logs, tmp_path, settings={"dir": str(tmp_path / "logs")})
+        response = site.get("/logs/app.log?follow=no")
+        assert response.code == 200
+
+    @param plugin: the L{streamsvc.interfaces.IStreamsvcPlugin} (need not
+        be installed).
+    @param data_dir: the Site's C{[server] data_dir}.
+    @param settings: the raw C{[plugin:NAME]} section, as it would be in
+        C{tap.conf} (strings, parsed by the plugin's settings).
+    @param config: the rest of the configuration (limits, auth...); its
+        C{data_dir} and C{[plugins]} are replaced.
+    @ivar clock: the L{Clock} everything runs on: advance it to let
+        timers and producers run.
+    @ivar site: the L{Site}; C{site.metrics}, C{site.open_streams} are there.
+    """
+
+    def __init__(
+        self, plugin: Any, data_dir: Any, *, settings: Mapping[str, str] | None = None, config: Any = None
+    ) -> None:
+        from twisted.internet.task import Clock
+
+        from streamsvc.app import build_site, prepare_data_dir
+        from streamsvc.config import Config, PluginsConfig
+        from streamsvc.plugin import prepare_plugins, select_plugins
+
+        self.clock = Clock()
+        base = config if config is not None else Config()
+        sections = ((plugin.name, tuple((settings or {}).items())),)
+        self.config = attrs.evolve(
+            base,
+            server=attrs.evolve(base.server, data_dir=str(data_dir)),
+            plugins=PluginsConfig(enabled=(plugin.name,), sections=sections, source="PluginSite"),
+        )
+        self.plugins = select_plugins(self.config, [plugin])
+        prepare_data_dir(self.config)
+        prepare_plugins(self.config, self.plugins)
+        self.site = build_site(self.config, reactor=self.clock, plugins=self.plugins)
+
+    def connect(self, *, buffer_size: int = 64 * 1024) -> SiteConnection:
+        """A client connection that reads only when told (L{SiteConnection.read}): a slow or stopped reader."""
+        return SiteConnection(self.site, buffer_size=buffer_size)
+
+    def get(self, path: str, headers: Mapping[str, str] | None = None, *, method: str = "GET") -> RawResponse:
+        """One request on a connection of its own, read to the end (until the server writes nothing more)."""
+        conn = self.connect()
+        conn.request(method, path, dict(headers or {}))
+        conn.read_until_quiet(self.clock)
+        conn.disconnect()
+        return conn.response(head=method == "HEAD")
+
+    def metrics(self) -> str:
+        """The text C{/metrics} would show (empty with C{[server] metrics = no})."""
+        from prometheus_client import generate_latest
+
+        metrics = getattr(self.site, "metrics", None)
+        return generate_latest(metrics.registry).decode("utf-8") if metrics is not None else ""
+
+
+def trickle(conn: SiteConnection, clock: Any, *, nbytes: int, every: float, times: int) -> int:
+    """
+    A slow client: C{times} times, advance C{clock} by C{every} seconds and
+    read C{nbytes}. Returns how many bytes it read in all.
+    """
+    total = 0
+    for _ in range(times):
+        clock.advance(every)
+        total += conn.read(nbytes)
+    return total
+
+
+def open_files() -> set[str]:
+    """
+    The paths this process holds open now (Linux: C{/proc/self/fd}), for
+    asserting that a stream let go of its file::
+
+        conn.disconnect()
+        assert str(log_file) not in open_files()
+    """
+    import os
+
+    paths = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            paths.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            continue  # closed meanwhile (the listing's own descriptor)
+    return paths
+
+
+class CloseProbe:
+    """
+    An iterator that remembers whether it was closed: wrap a plugin's
+    generator in it to assert that a stream closed it (on disconnect, on
+    error), as L{streamsvc.producers.IterableProducer} must.
+    """
+
+    def __init__(self, iterable: Any) -> None:
+        self._iterator = iter(iterable)
+        self.closed = False
+
+    def __iter__(self) -> "CloseProbe":
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._iterator)
+
+    def close(self) -> None:
+        self.closed = True
+        close = getattr(self._iterator, "close", None)
+        if close is not None:
+            close()
 
 
 class BodySender(Protocol):

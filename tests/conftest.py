@@ -50,3 +50,14 @@ def s3_server():
     server.start()
     yield server
     server.destroy()
+
+
+@pytest.fixture
+def capture_log():
+    """Every log event emitted during the test (twisted.logger's dicts)."""
+    from twisted.logger import globalLogPublisher
+
+    events: list = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)

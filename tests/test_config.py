@@ -144,9 +144,19 @@ def test_known_keys_match_the_config_classes() -> None:
         "files": FilesConfig,
         "s3": S3Config,
     }
-    assert list(KNOWN_KEYS) == ["server", "stream", "auth", "limits", "tasks", "events", "files", "s3"]
+    assert list(KNOWN_KEYS) == ["server", "stream", "auth", "limits", "tasks", "events", "files", "s3", "plugins"]
     for section, cls in classes.items():
         assert KNOWN_KEYS[section] == tuple(f.name for f in attrs.fields(cls))
+    # [plugins] holds the sections of the plugins too, which are not keys.
+    assert KNOWN_KEYS["plugins"] == ("enabled",)
+
+
+def test_plugin_sections_are_kept_raw_for_their_plugins() -> None:
+    config = parse_config("[plugins]\nenabled = b, a b\n[plugin:a]\nx = 1\nY = two words\n[plugin:b]\n", "t.conf")
+    assert config.plugins.enabled == ("b", "a")
+    assert config.plugins.section("a") == {"x": "1", "y": "two words"}
+    assert config.plugins.section("b") == {} and config.plugins.section("c") == {}
+    assert config.plugins.source == "t.conf"
 
 
 # --- sizes ----------------------------------------------------------------------
@@ -276,7 +286,8 @@ def test_bad_booleans(section: str, key: str, value: str) -> None:
 def test_unknown_section(section: str) -> None:
     """A section the parser does not know stops parsing and lists the known ones."""
     assert error_of(f"[server]\n[{section}]\nx = 1\n") == (
-        f"tap.conf: unknown section [{section}] (known: server, stream, auth, limits, tasks, events, files, s3)"
+        f"tap.conf: unknown section [{section}] (known: server, stream, auth, limits, tasks, events, files, s3, "
+        "plugins, plugin:NAME)"
     )
 
 

@@ -140,6 +140,8 @@ def test_command_line_overrides_file(tmp_path: Path) -> None:
         ([], "[stream]\nchunk_size = big\n", "chunk_size"),
         ([], "[server]\nlisten = bogus:1\n", "bogus:1"),
         (["--listen", "tcp:notaport"], None, "tcp:notaport"),
+        ([], "[plugins]\nenabled = not-installed\n", "no plugin named 'not-installed' is installed"),
+        ([], "[plugin:not-installed]\nx = 1\n", "[plugin:not-installed]"),
     ],
 )
 def test_config_errors_are_one_line(

@@ -56,6 +56,8 @@ from streamsvc.tasks.model import (
 )
 from streamsvc.tasks.store import PreconditionFailed, StoreBusy, StoreUnavailable, TaskNotFound
 
+__all__ = ["CursorProducer", "EventsResource", "TaskResource", "TasksResource"]
+
 log = Logger()
 
 #: The longest JSON body of one task (C{POST}, C{PATCH}).

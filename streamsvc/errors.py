@@ -169,7 +169,7 @@ class ErrorPage(resource.Resource):
     """
     A leaf that answers every method with one JSON error.
 
-    Used in place of twisted.web's HTML L{resource.NoResource} and friends.
+    Used in place of twisted.web's HTML C{resource.NoResource} and friends.
     """
 
     isLeaf = True
@@ -188,6 +188,7 @@ class ErrorPage(resource.Resource):
 
 
 def not_found() -> ErrorPage:
+    """A JSON 404 page, for C{getChild} to return."""
     return ErrorPage(HTTPError(404, "not found"))
 
 

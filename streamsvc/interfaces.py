@@ -2,7 +2,7 @@
 """
 The contracts every streamsvc body source and stage obeys.
 
-Written as prose, in the manner of L{twisted.web.iweb.IBodyProducer}, because
+Written as prose, in the manner of C{twisted.web.iweb.IBodyProducer}, because
 the hard parts of streaming are not the method signatures but who may call
 what, when, and who closes what.
 """
@@ -29,9 +29,9 @@ __all__ = [
 ]
 
 
-class IStreamProducer(IPushProducer):
+class IStreamProducer(IPushProducer, Interface):
     """
-    A source of a response body that writes to an L{IConsumer} at the pace
+    A source of a response body that writes to an C{IConsumer} at the pace
     the consumer allows, and owns whatever it reads from.
 
     Two registrations, chosen by L{streaming} before L{startProducing}:
@@ -71,8 +71,8 @@ class IStreamProducer(IPushProducer):
     (any C{BaseException}, not only C{Exception}) fails the completion
     Deferred; C{KeyboardInterrupt} and C{SystemExit} propagate only after it.
 
-    Completion: the L{Deferred} returned by C{startProducing} fires with
-    L{None} when the whole body has been written, fails with the source's
+    Completion: the C{Deferred} returned by C{startProducing} fires with
+    C{None} when the whole body has been written, fails with the source's
     error if the source fails, and fails with L{StreamStopped} when
     C{stopProducing} is called first. It never fires twice. The producer
     never calls C{registerProducer}, C{unregisterProducer} or C{finish} on its
@@ -101,9 +101,9 @@ class IStreamProducer(IPushProducer):
         """
         Whether a C{resumeProducing} now would do any work.
 
-        @return: L{None} when it would; otherwise (an asynchronous chunk is
-            pending, a throttle is out of tokens) a L{Deferred} that fires,
-            with L{None}, once it would, or once the stream has ended. A pull
+        @return: C{None} when it would; otherwise (an asynchronous chunk is
+            pending, a throttle is out of tokens) a C{Deferred} that fires,
+            with C{None}, once it would, or once the stream has ended. A pull
             driver waits on it instead of calling C{resumeProducing} in a
             busy loop. A stage returns its upstream's answer.
         """
@@ -134,7 +134,7 @@ class IBodyConsumer(Interface):
     def body_failed(reason):
         """
         The body will not be complete: the client went away, or passed the
-        size limit. C{reason} is a L{Failure}. Discard what was received.
+        size limit. C{reason} is a C{Failure}. Discard what was received.
         """
 
 
@@ -168,7 +168,7 @@ class IStreamingBodyResource(Interface):
         412, 413...). A refusal is answered at once, no C{100 Continue} is
         sent and the connection is closed without reading the body.
 
-        Return L{None} to decline: the request's method takes no body here
+        Return C{None} to decline: the request's method takes no body here
         (a GET with one), and it is handled as for a resource that takes
         none (a small body dropped and the request rendered, a longer one
         refused).
@@ -312,7 +312,7 @@ class IReadAtOnce(Interface):
 class IStoredFolder(Interface):
     """
     A folder, found by L{IFileStore.open}. Its listing is an iterator of
-    batches, each a L{streamsvc.files.listing.Batch} or a L{Deferred} of one
+    batches, each a L{streamsvc.files.listing.Batch} or a C{Deferred} of one
     (a store that lists over the network), never more than a bounded number
     of entries at a time; the batch that says C{last} ends it.
     """
@@ -372,7 +372,7 @@ class IFileStore(Interface):
     checked. Nothing outside the store's root is ever reached, in any
     spelling; names starting with a dot are never served nor written.
 
-    Every method answers with a L{Deferred} (a local store's may have fired
+    Every method answers with a C{Deferred} (a local store's may have fired
     already) and never makes the reactor wait: slow disk work runs in
     threads, network work is asynchronous. Failures: L{HTTPError} 404 for
     what is not there (or not servable), 409 for a file where a folder must
@@ -417,7 +417,7 @@ class IFileStore(Interface):
         """
 
 
-class IStreamsvcPlugin(IPlugin):
+class IStreamsvcPlugin(IPlugin, Interface):
     """
     A streaming endpoint of someone else's, mounted by C{twistd streamsvc}.
 
@@ -470,5 +470,5 @@ class IStreamsvcPlugin(IPlugin):
         done later, in C{context.run_in_thread}. Raising fails the start-up
         with one line naming the plugin.
 
-        @return: an L{IResource}, mounted at L{path}.
+        @return: an C{IResource}, mounted at L{path}.
         """

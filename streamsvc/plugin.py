@@ -89,7 +89,7 @@ class Setting:
     One key of a plugin's C{[plugin:NAME]} section.
 
     @ivar parse: turns the text of the value into what the plugin gets, or
-        raises L{ValueError} with the reason (the parsers below, or any
+        raises C{ValueError} with the reason (the parsers below, or any
         function of your own).
     @ivar default: the value when the key is absent (not parsed), or
         L{REQUIRED}.
@@ -150,7 +150,7 @@ class Plugin:
                       description="follow the log files of a folder")
 
     @ivar resource: called with the L{PluginContext} at start-up; returns the
-        L{IResource} mounted at C{path}.
+        C{IResource} mounted at C{path}.
     """
 
     name: str
@@ -182,11 +182,11 @@ class PluginMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
 
     def counter(self, name: str, documentation: str, labels: Iterable[str] = ()) -> Counter:
-        """A L{prometheus_client.Counter} (its samples gain C{_total})."""
+        """A C{prometheus_client.Counter} (its samples gain C{_total})."""
         return Counter(self.prefix + name, documentation, list(labels), registry=self.registry)
 
     def gauge(self, name: str, documentation: str, labels: Iterable[str] = ()) -> Gauge:
-        """A L{prometheus_client.Gauge}; with several workers, the sum of those alive."""
+        """A C{prometheus_client.Gauge}; with several workers, the sum of those alive."""
         return Gauge(
             self.prefix + name, documentation, list(labels), registry=self.registry, multiprocess_mode="livesum"
         )
@@ -194,7 +194,7 @@ class PluginMetrics:
     def histogram(
         self, name: str, documentation: str, labels: Iterable[str] = (), buckets: Iterable[float] | None = None
     ) -> Histogram:
-        """A L{prometheus_client.Histogram} (default buckets unless given)."""
+        """A C{prometheus_client.Histogram} (default buckets unless given)."""
         extra: dict[str, Any] = {} if buckets is None else {"buckets": tuple(buckets)}
         return Histogram(self.prefix + name, documentation, list(labels), registry=self.registry, **extra)
 
@@ -208,7 +208,7 @@ class PluginContext:
     @ivar settings: its C{[plugin:NAME]} section, parsed (defaults filled in).
     @ivar reactor: the reactor (listen, connect, spawn).
     @ivar clock: what to schedule timers on (C{callLater}): the reactor
-        when serving, a L{twisted.internet.task.Clock} in tests. Producers
+        when serving, a C{twisted.internet.task.Clock} in tests. Producers
         take it as C{clock=}.
     @ivar metrics: the plugin's own L{PluginMetrics}.
     @ivar guard: wraps a resource in the Bearer guard of C{[auth] tokens}
@@ -220,9 +220,9 @@ class PluginContext:
         result: blocking work (a database driver, a large directory, a
         C{stat} of a network filesystem) runs here, on a small thread pool
         of the plugin's own (L{PLUGIN_THREADS} threads), never on the
-        reactor. On a L{twisted.internet.task.Clock} (tests) it runs the
+        reactor. On a C{twisted.internet.task.Clock} (tests) it runs the
         function at once.
-    @ivar log: a L{Logger} whose lines name the plugin.
+    @ivar log: a C{Logger} whose lines name the plugin.
     """
 
     name: str

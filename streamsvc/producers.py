@@ -99,6 +99,7 @@ Chunk = Union[bytes, "Deferred[bytes | None]", None]
 
 
 def default_clock() -> IReactorTime:
+    """The global reactor, imported when first needed (never at import time)."""
     from twisted.internet import reactor
 
     return reactor  # type: ignore[return-value]
@@ -124,7 +125,7 @@ class StreamProducer:
     static.File, whose cooperator batches the same way (BENCHMARKS.md).
 
     Pull mode writes one chunk per C{resumeProducing}. A chunk may be a
-    L{Deferred} (an asynchronous source); while it is pending nothing else
+    C{Deferred} (an asynchronous source); while it is pending nothing else
     is asked of the source, and L{when_ready} says when to ask again.
 
     Every way out of a step ends the stream: an exception from the source

@@ -7,7 +7,7 @@ leaves its buffer over the high-water mark, and C{resumeProducing} once, when
 the buffer has drained. Those calls are not balanced: two writes over the
 mark are two pauses, and one drain is one resume. twisted.web adapts a pull
 producer to that with C{twisted.internet._producer_helpers._PullToPush},
-which forwards them to a L{twisted.internet.task.CooperativeTask} — and a
+which forwards them to a C{twisted.internet.task.CooperativeTask} — and a
 task I{counts} pauses. Paused twice and resumed once, it never runs again: a
 pull-registered response stalls for good after a pipelined response left the
 buffer nearly full (the first write of a response is two transport writes,
@@ -62,7 +62,7 @@ class PullDriver:
     producer.
 
     @param clock: schedules the turns and measures the budget (the reactor,
-        or a L{twisted.internet.task.Clock} in tests).
+        or a C{twisted.internet.task.Clock} in tests).
     """
 
     def __init__(

@@ -2,7 +2,7 @@
 """
 Public test doubles for code built on streamsvc, as treq and txacme ship
 theirs: a consumer that records what a producer does, and a real
-L{twisted.web.server.Site} connection on a L{StringTransport} that a test can
+C{twisted.web.server.Site} connection on a C{StringTransport} that a test can
 pause, resume and disconnect by hand — the only way to test flow control
 deterministically (treq's in-memory agent never pauses anything); an
 in-memory L{ITaskStore}; and for plugin authors, L{PluginSite} (a plugin
@@ -178,10 +178,10 @@ def _dechunk(code: int, headers: Headers, rest: bytes) -> tuple[RawResponse, byt
 
 class ClientTransport(StringTransport):
     """
-    A L{StringTransport} with a TCP transport's flow control: it pauses its
+    A C{StringTransport} with a TCP transport's flow control: it pauses its
     streaming producer on any write that leaves more than C{buffer_size}
     unread bytes, and resumes it once the peer has read everything — what
-    L{twisted.internet.abstract.FileDescriptor} does with a real socket.
+    C{twisted.internet.abstract.FileDescriptor} does with a real socket.
     The peer reads only when a test says so (L{SiteConnection.read}).
     """
 
@@ -234,7 +234,7 @@ class SiteConnection:
     """
     One client connection to a real Site, over a L{ClientTransport}.
 
-    C{transport.producer} is the L{HTTPChannel}. The client reads only when
+    C{transport.producer} is the C{HTTPChannel}. The client reads only when
     told to (L{read}), so a test sees exactly what a server does for a client
     that stops reading; L{pause}/L{resume} drive the channel by hand.
     """
@@ -300,7 +300,7 @@ class PluginSite:
     """
     A plugin mounted on a real streamsvc Site, as C{twistd streamsvc} would
     mount it (the guard, the limits, the metrics, the access log), on a
-    L{Clock}, for tests without sockets::
+    C{Clock}, for tests without sockets::
 
         site = PluginSite(logs, tmp_path, settings={"dir": str(tmp_path / "logs")})
         response = site.get("/logs/app.log?follow=no")
@@ -313,9 +313,9 @@ class PluginSite:
         C{tap.conf} (strings, parsed by the plugin's settings).
     @param config: the rest of the configuration (limits, auth...); its
         C{data_dir} and C{[plugins]} are replaced.
-    @ivar clock: the L{Clock} everything runs on: advance it to let
+    @ivar clock: the C{Clock} everything runs on: advance it to let
         timers and producers run.
-    @ivar site: the L{Site}; C{site.metrics}, C{site.open_streams} are there.
+    @ivar site: the C{Site}; C{site.metrics}, C{site.open_streams} are there.
     """
 
     def __init__(

@@ -280,6 +280,24 @@ def test_a_plugins_streams_are_counted_under_its_name_and_its_own_metrics_shown(
     assert "streamsvc_plugin_demo_hits_total 1.0" in text
 
 
+def test_cors_applies_to_a_plugin(tmp_path: Any) -> None:
+    origin = "https://app.example"
+    site = PluginSite(Made(public=True).plugin, tmp_path, config=Config(server=ServerConfig(cors_origins=(origin,))))
+    response = site.get("/demo/1", {"Origin": origin})
+    assert response.code == 200 and response.header("access-control-allow-origin") == origin
+    preflight = site.get("/demo/1", {"Origin": origin, "Access-Control-Request-Method": "GET"}, method="OPTIONS")
+    assert preflight.code == 204
+
+
+def test_the_header_timeout_applies_before_a_plugin_is_reached(tmp_path: Any) -> None:
+    made = Made(public=True)
+    site = PluginSite(made.plugin, tmp_path, config=Config(limits=LimitsConfig(header_timeout=5)))
+    conn = site.connect()
+    conn.send(b"GET /demo/1 HTTP/1.1\r\nHost: x\r\n")  # the headers never end
+    site.clock.advance(5.1)
+    assert conn.transport.closed_by_server and made.resource.probes == []
+
+
 def test_the_access_log_has_a_plugins_requests(tmp_path: Any) -> None:
     log = tmp_path / "access.log"
     site = PluginSite(Made(public=True).plugin, tmp_path, config=Config(server=ServerConfig(access_log_file=str(log))))

@@ -37,8 +37,8 @@ Two notices, never queued as events (so they never count against a queue):
     so that an EventSource that reconnects before the next event resumes
     from C{<last>} instead of being reset again.
 
-Subscribed with C{opening=True} (as C{/tasks/events} does), a stream opens with a line of its own (SSE: the comment C{: streamsvc task
-events\n\n}; NDJSON: a blank line) unless it has events to replay, so the
+Subscribed with C{opening=True} (as C{/tasks/events} does), a stream opens with a line of its own (SSE: the comment
+C{: streamsvc task events\\n\\n}; NDJSON: a blank line) unless it has events to replay, so the
 headers reach the client at once rather than with the first event.
 
 No C{retry:} field is sent: browsers' default reconnection delay (a few

@@ -291,6 +291,8 @@ def select_plugins(config: Config, available: Iterable[IStreamsvcPlugin] | None 
             raise ConfigError(
                 f"{source}: [{PLUGIN_SECTION}{name}]: no plugin named {name!r} is installed (installed: {installed})"
             )
+        if name not in plugins.enabled:
+            log.info("[plugin:{name}] is there but {name} is not in [plugins] enabled: not served", name=name)
     selected: list[SelectedPlugin] = []
     mounted: dict[str, str] = {}
     for name in plugins.enabled:
@@ -330,6 +332,11 @@ def parse_settings(plugin: IStreamsvcPlugin, raw: Mapping[str, str], source: str
     name = plugin.name
     where = f"{source}: [{PLUGIN_SECTION}{name}]"
     settings: Mapping[str, Setting] = getattr(plugin, "settings", None) or {}
+    if MOUNT_KEY in settings:
+        raise ConfigError(
+            f"{where}: the plugin ({_module_of(plugin)}) has a setting named {MOUNT_KEY!r}, "
+            "which every section has already (where to mount it): it cannot be enabled until it is renamed"
+        )
     known = ", ".join([*settings, MOUNT_KEY])
     values: dict[str, Any] = {}
     for key, value in raw.items():

@@ -78,6 +78,10 @@ MAX_DELAY = 30.0
 #: Seconds past C{shutdown_timeout} before a worker that has not exited
 #: after SIGTERM is killed.
 KILL_GRACE = 10.0
+#: The exit status of a worker that cannot build its Site (a plugin's
+#: factory raised: sysexits' EX_CONFIG). Restarting it would fail the same
+#: way, so the supervisor stops instead, with the worker's one line.
+CANNOT_START = 78
 #: The longest log record (or line of standard error) kept from a worker.
 MAX_RECORD = 256 * 1024
 #: A worker's JSON log records are separated by this (twisted.logger's).
@@ -148,6 +152,7 @@ class WorkerPool(Service):
         self.workers: dict[int, WorkerProcess] = {}
         self._delays: dict[int, float] = {}
         self._restarts: dict[int, Any] = {}
+        self._given_up = False  # a worker could not start: stopping (L{_cannot_start})
         self._stopping = False
         self._ended: Deferred[None] | None = None
         self._metrics_dir: str | None = None
@@ -208,6 +213,9 @@ class WorkerPool(Service):
 
             multiprocess.mark_process_dead(process.pid, self._metrics_dir)
         how = f"signal {signal_}" if signal_ else f"status {status}"
+        if status == CANNOT_START and not self._stopping:
+            self._cannot_start(process)
+            return
         if self._stopping:
             log.info("worker {index} (pid {pid}) stopped ({how})", index=index, pid=process.pid, how=how)
             if not self.workers and self._ended is not None and not self._ended.called:
@@ -221,6 +229,26 @@ class WorkerPool(Service):
             index=index, pid=process.pid, how=how, lived=lived, delay=delay,
         )
         self._restarts[index] = self._reactor.callLater(delay, self._start, index)
+
+    def _cannot_start(self, process: WorkerProcess) -> None:
+        """
+        A worker could not build its Site: say why in one line (the
+        worker's own, on standard error too, as any start-up error) and
+        stop, with a non-zero exit status rather than a crash loop.
+        """
+        import atexit
+
+        if self._given_up:
+            return  # another worker said so already
+        self._given_up = True
+        line = process.last_error or f"worker {process.index} could not start"
+        log.critical("{line}; stopping", line=line)
+        (sys.__stderr__ or sys.stderr).write(f"{line}\n")
+        # twistd exits 0 once its reactor stops; this exit status is set
+        # after twistd's own clean-up (the pidfile) has run.
+        atexit.register(os._exit, 1)
+        if self._reactor.running:
+            self._reactor.stop()
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
@@ -282,6 +310,8 @@ class WorkerProcess(protocol.ProcessProtocol):
         self._out = _Records(RECORD_SEPARATOR, self._record)
         self._err = _Records(b"\n", self._stderr_line)
         self._system = f"worker-{index}"
+        #: The last line it wrote to standard error (what L{CANNOT_START} reports).
+        self.last_error: str | None = None
 
     def connectionMade(self) -> None:
         self.pid = self.transport.pid
@@ -312,6 +342,7 @@ class WorkerProcess(protocol.ProcessProtocol):
     def _stderr_line(self, line: bytes) -> None:
         text = line.decode("utf-8", "replace").rstrip()
         if text:
+            self.last_error = text
             log.error("{text}", text=text, log_system=self._system)
 
     def processEnded(self, reason: Any) -> None:
@@ -526,7 +557,14 @@ def worker_main() -> int:
     )
     from twisted.internet import reactor
 
-    top = worker_service(start, reactor)
+    from streamsvc.plugin import PluginFailed
+
+    try:
+        top = worker_service(start, reactor)
+    except PluginFailed as e:
+        sys.stderr.write(f"streamsvc: error: {e}\n")
+        sys.stderr.flush()
+        return CANNOT_START
     events = getattr(top.site, "events", None)
     on_message = hub_side(events) if events is not None else (lambda message: None)
     channel = EventChannel(on_message, lambda: _stop_reactor(reactor))

@@ -200,6 +200,11 @@ def test_a_secret_setting_is_never_shown() -> None:
     assert "hunter2" not in message and "[plugin:demo] password:" in message
 
 
+def test_a_plugin_may_not_take_the_mount_key_for_itself() -> None:
+    message = errors_of("[plugins]\nenabled = demo\n", [plugin(settings={"mount": Setting(str, default="")})])
+    assert "has a setting named 'mount'" in message
+
+
 def test_required_is_a_marker_not_a_value() -> None:
     assert Setting(str).default is REQUIRED and repr(REQUIRED) == "REQUIRED"
 
@@ -317,12 +322,32 @@ def test_a_rate_limit_holds_a_plugins_stream(tmp_path: Any) -> None:
     conn.disconnect()
 
 
-def test_a_stalled_reader_is_cut_at_the_send_timeout_and_its_generator_closed(tmp_path: Any) -> None:
+def test_a_per_client_rate_limit_is_shared_by_a_clients_plugin_streams(tmp_path: Any) -> None:
+    site = PluginSite(Made(public=True).plugin, tmp_path, config=Config(limits=LimitsConfig(client_rate_limit=4096)))
+    first, second = site.connect(), site.connect()  # one client address (127.0.0.1)
+    first.request("GET", "/demo/64")
+    second.request("GET", "/demo/64")
+    got = 0
+    for _ in range(8):  # two seconds
+        site.clock.advance(0.25)
+        got += first.read(1 << 20) + second.read(1 << 20)
+    assert 6 * 1024 <= got - 2 * 200 <= 12 * 1024 + 1024  # about 4 KiB/s for both together, headers aside
+    first.disconnect()
+    second.disconnect()
+
+
+def streaming(tmp_path: Any, config: Config | None = None) -> tuple[Made, PluginSite, Any]:
+    """A public plugin streaming 100000 KiB to a client with a 4 KiB buffer that does not read."""
     made = Made(public=True)
-    site = PluginSite(made.plugin, tmp_path, config=Config(limits=LimitsConfig(send_timeout=30)))
+    site = PluginSite(made.plugin, tmp_path, config=config)
     conn = site.connect(buffer_size=4096)
-    conn.request("GET", "/demo/10000")
+    conn.request("GET", "/demo/100000")
     site.clock.advance(0)
+    return made, site, conn
+
+
+def test_a_stalled_reader_is_cut_at_the_send_timeout_and_its_generator_closed(tmp_path: Any) -> None:
+    made, site, conn = streaming(tmp_path, Config(limits=LimitsConfig(send_timeout=30)))
     site.clock.advance(0)
     assert conn.transport.producer_paused and not made.resource.probes[0].closed
     site.clock.advance(31)
@@ -331,11 +356,7 @@ def test_a_stalled_reader_is_cut_at_the_send_timeout_and_its_generator_closed(tm
 
 
 def test_a_disconnect_closes_the_generator_at_once(tmp_path: Any) -> None:
-    made = Made(public=True)
-    site = PluginSite(made.plugin, tmp_path)
-    conn = site.connect(buffer_size=4096)
-    conn.request("GET", "/demo/10000")
-    site.clock.advance(0)
+    made, site, conn = streaming(tmp_path)
     conn.disconnect()
     assert made.resource.probes[0].closed
     assert [e.outcome for e in made.resource.ended] == [Outcome.CLIENT_GONE]
@@ -352,11 +373,7 @@ def test_a_body_over_the_limit_is_refused_before_the_plugin_sees_it(tmp_path: An
 
 
 def test_the_drain_waits_for_a_plugins_stream_then_stops_it(tmp_path: Any) -> None:
-    made = Made(public=True)
-    site = PluginSite(made.plugin, tmp_path)
-    conn = site.connect(buffer_size=4096)
-    conn.request("GET", "/demo/100000")
-    site.clock.advance(0)
+    made, site, conn = streaming(tmp_path)
     done = Drain(site.site, site.clock, 30).start()
     site.clock.advance(29)
     assert not done.called and not made.resource.probes[0].closed

@@ -39,7 +39,9 @@ def test_discovery_finds_it_from_the_installed_packages_alone() -> None:
     code = (
         "from streamsvc.plugin import discover\n"
         "import streamsvc\n"
+        "import sys\n"
         "found = {p.name: (p.path, type(p).__name__) for p in discover()}\n"
+        "assert 'streamsvc_logtail.resource' not in sys.modules, 'the scan imported the resource'\n"
         "print(found['logs'], streamsvc.__file__)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
@@ -105,6 +107,23 @@ def test_a_factory_failure_stops_twistd_with_one_line(tmp_path: Path) -> None:
         f"streamsvc: error: plugin 'logs' failed to start: ValueError: [plugin:logs] dir = "
         f"'{tmp_path / 'nope'}' is not a folder (at resource.py:{line_of('is not a folder')})"
     ]
+
+
+def test_with_workers_a_factory_failure_stops_the_supervisor_not_a_crash_loop(tmp_path: Path) -> None:
+    path = tmp_path / "tap.conf"
+    path.write_text(f"[server]\nworkers = 2\n[plugins]\nenabled = logs\n[plugin:logs]\ndir = {tmp_path / 'nope'}\n")
+    out = subprocess.run(
+        [TWISTD, "-n", "--pidfile=twistd.pid", "--logfile=-", "streamsvc", "--config", str(path), "--listen", "tcp:0:interface=127.0.0.1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        f"streamsvc: error: plugin 'logs' failed to start: ValueError: [plugin:logs] dir = "
+        f"'{tmp_path / 'nope'}' is not a folder (at resource.py:{line_of('is not a folder')})"
+    ]
+    assert "could not start" not in out.stdout and "restarting it" not in out.stdout
+    assert "failed to start" in out.stdout  # the log has it too
+    assert not (tmp_path / "twistd.pid").exists()
 
 
 def line_of(text: str) -> int:
